@@ -1,0 +1,3 @@
+"""Distributed self-supervised pretraining with the AdaDim objective."""
+
+__version__ = "0.1.0"

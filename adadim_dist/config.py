@@ -1,0 +1,252 @@
+"""Typed, validated configuration: YAML file + dotted ``key.sub=value`` overrides → frozen models.
+
+Defaults live only here. Every model forbids unknown keys, so a typo stops the run before any work with a
+message naming the dotted key. The same spelling is used end to end: config key = field = MLflow param.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A user error in the configuration; the message starts with the dotted key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+# --------------------------------------------------------------------------------------------------- data
+class ViewConfig(_Strict):
+    """Augmentations of one view (SimCLR / VICReg / BYOL recipe). Probabilities are per image."""
+
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_prob: float = Field(0.5, ge=0, le=1)
+    jitter_prob: float = Field(0.8, ge=0, le=1)
+    brightness: float = Field(0.4, ge=0)
+    contrast: float = Field(0.4, ge=0)
+    saturation: float = Field(0.2, ge=0)
+    hue: float = Field(0.1, ge=0, le=0.5)
+    grayscale_prob: float = Field(0.2, ge=0, le=1)
+    blur_prob: float = Field(0.0, ge=0, le=1)
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_prob: float = Field(0.0, ge=0, le=1)
+    solarize_threshold: int = Field(128, ge=0, le=256)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "ViewConfig":
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError("crop_scale must satisfy 0 < min <= max <= 1")
+        if not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
+            raise ValueError("crop_ratio must satisfy 0 < min <= max")
+        if not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
+            raise ValueError("blur_sigma must satisfy 0 < min <= max")
+        return self
+
+
+class DataConfig(_Strict):
+    """Where the .beton files are and how views are made from them."""
+
+    source: str = "fashion_mnist"  # what `prepare` writes when the .beton files are absent
+    train_path: Path = Path("data/fashion_mnist_train.beton")
+    test_path: Path = Path("data/fashion_mnist_test.beton")
+    image_size: int = Field(32, ge=8)
+    num_loader_workers: int = Field(2, ge=1)
+    subset: int | None = Field(None, ge=1)  # use only the first N training images (sweeps, tests)
+    cache_dir: Path | None = None  # copy .beton files to node-local disk before opening them
+    mean: tuple[float, float, float] = (0.2860, 0.2860, 0.2860)
+    std: tuple[float, float, float] = (0.3530, 0.3530, 0.3530)
+    view_a: ViewConfig = ViewConfig()
+    view_b: ViewConfig = ViewConfig(solarize_prob=0.2)
+
+
+# ------------------------------------------------------------------------------------------------ objective
+class AlphaConfig(_Strict):
+    """How α_t (the weight of the sample-contrastive term) is set."""
+
+    mode: Literal["adaptive", "fixed", "linear", "cosine"] = "adaptive"
+    value: float = Field(0.5, ge=0, le=1)  # the constant for mode=fixed
+    start: float = Field(0.0, ge=0, le=1)  # ramp endpoints for linear / cosine
+    end: float = Field(1.0, ge=0, le=1)
+    interval: int = Field(1, ge=1)  # adaptive: recompute every `interval` steps
+    ema: float = Field(0.0, ge=0, lt=1)  # adaptive: α ← ema·α + (1−ema)·α_new; 0 = no smoothing
+
+
+class ObjectiveConfig(_Strict):
+    dim_loss: Literal["vicreg", "barlow_twins"] = "vicreg"
+    invariance_weight: float = Field(25.0, ge=0)  # λ
+    variance_weight: float = Field(25.0, ge=0)  # μ
+    covariance_weight: float = Field(1.0, ge=0)  # ν
+    barlow_lambda: float = Field(5e-3, ge=0)
+    temperature: float = Field(0.2, gt=0)  # τ of NT-Xent
+    gamma: float = Field(1.0, ge=0)  # β = γ·α
+    mi_sign: Literal["maximize", "minimize", "off"] = "maximize"
+    mi_order: float = Field(2.0, gt=0)
+    kernel: Literal["cosine", "gaussian"] = "cosine"
+    kernel_sigma: float | None = Field(None, gt=0)  # gaussian kernel width; None = median heuristic
+    alpha: AlphaConfig = AlphaConfig()
+
+
+# ---------------------------------------------------------------------------------------------------- model
+class ModelConfig(_Strict):
+    backbone: Literal["small_cnn", "resnet18", "resnet50"] = "small_cnn"
+    cifar_stem: bool = True  # 3×3 stem without max-pool, for 28–64 px inputs
+    projector_dims: tuple[int, ...] = (512, 512)
+    num_classes: int = Field(10, ge=2)  # online linear probe
+
+
+# ---------------------------------------------------------------------------------------------------- optim
+class OptimConfig(_Strict):
+    name: Literal["lars", "sgd", "adamw"] = "lars"
+    lr: float = Field(0.3, gt=0)  # scaled by global_batch_size / 256
+    weight_decay: float = Field(1e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    warmup_epochs: float = Field(1.0, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    probe_lr: float = Field(0.1, gt=0)
+
+
+class DeepSpeedConfig(_Strict):
+    zero_stage: int = Field(2, ge=0, le=3)
+    offload_optimizer: bool = False
+    bf16: bool = False
+
+
+class TrainingConfig(_Strict):
+    epochs: int = Field(3, ge=1)
+    global_batch_size: int = Field(256, ge=2)
+    num_workers: int = Field(2, ge=1)  # Ray Train workers
+    cpus_per_worker: float = Field(1.0, gt=0)
+    use_gpu: bool = False
+    strategy: Literal["ddp", "deepspeed"] = "ddp"
+    deepspeed: DeepSpeedConfig = DeepSpeedConfig()
+    mixed_precision: bool = True  # bf16 autocast on GPU; ignored on CPU
+    max_steps_per_epoch: int | None = Field(None, ge=1)
+    log_every: int = Field(10, ge=1)
+    seed: int = 0
+    non_finite: Literal["stop", "skip"] = "stop"
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> "TrainingConfig":
+        if self.global_batch_size % self.num_workers:
+            raise ValueError(
+                f"global_batch_size ({self.global_batch_size}) must be divisible by num_workers ({self.num_workers})"
+            )
+        return self
+
+    @property
+    def batch_size_per_worker(self) -> int:
+        return self.global_batch_size // self.num_workers
+
+
+class EvalConfig(_Strict):
+    knn_k: tuple[int, ...] = (20, 200)
+    knn_temperature: float = Field(0.07, gt=0)
+    every_epochs: int = Field(1, ge=1)
+    baselines: bool = False  # also report kNN of a random encoder and of raw pixels
+
+
+class TrackingConfig(_Strict):
+    uri: str | None = None  # None = sqlite file under run.storage_path
+    experiment: str = "adadim"
+
+
+class RunConfig(_Strict):
+    name: str = "fmnist-smoke"
+    storage_path: Path = Path("runs")
+    max_failures: int = Field(0, ge=-1)
+    checkpoints_to_keep: int = Field(2, ge=1)
+    ray_address: str | None = None  # None = RAY_ADDRESS or a new local instance
+    dashboard_host: str = "127.0.0.1"
+
+
+class Config(_Strict):
+    data: DataConfig = DataConfig()
+    objective: ObjectiveConfig = ObjectiveConfig()
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    training: TrainingConfig = TrainingConfig()
+    eval: EvalConfig = EvalConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    run: RunConfig = RunConfig()
+
+
+# ------------------------------------------------------------------------------------------------- loading
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{dotted}: '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    """``a.b=value`` strings → (key, YAML-parsed value) pairs."""
+    pairs = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or any(not p for p in key.split(".")):
+            raise ConfigError(f"{item}: an override must look like section.key=value")
+        pairs.append((key, yaml.safe_load(raw) if raw else None))
+    return pairs
+
+
+def _format_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "config"
+    if first["type"] == "extra_forbidden":
+        return f"{key}: unknown key"
+    msg = first["msg"].removeprefix("Value error, ")
+    if "input" in first and first["type"] != "missing":
+        return f"{key}: {msg} (got {first['input']!r})"
+    return f"{key}: {msg}"
+
+
+def config_from_dict(tree: dict[str, Any]) -> Config:
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read YAML (optional), apply dotted overrides, validate. Raises ConfigError naming the key."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"--config: no such file {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--config: {path} is not valid YAML ({err.__class__.__name__})") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"--config: {path} must hold a mapping of sections")
+        tree = copy.deepcopy(loaded or {})
+    for key, value in parse_overrides(overrides or []):
+        _set_dotted(tree, key, value)
+    return config_from_dict(tree)
+
+
+def flatten(cfg: BaseModel | dict, prefix: str = "") -> dict[str, Any]:
+    """Dotted-key view of a config, for MLflow params."""
+    tree = cfg.model_dump(mode="json") if isinstance(cfg, BaseModel) else cfg
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat

@@ -1,0 +1,21 @@
+"""Process-group aware pieces: autograd-aware collectives and the DDP / DeepSpeed engines."""
+
+from .collectives import (
+    all_gather_no_grad,
+    all_gather_with_grad,
+    all_reduce_mean,
+    broadcast_from_rank0,
+    is_distributed,
+    rank,
+    world_size,
+)
+
+__all__ = [
+    "all_gather_no_grad",
+    "all_gather_with_grad",
+    "all_reduce_mean",
+    "broadcast_from_rank0",
+    "is_distributed",
+    "rank",
+    "world_size",
+]

@@ -1,0 +1,80 @@
+"""Collectives for statistics that feed a loss. Each is the identity when no process group exists.
+
+A plain ``torch.distributed.all_gather`` has no backward: gradients would flow only into the local shard of a
+global statistic, and the other workers' contributions would be lost. ``all_gather_with_grad`` sums the
+incoming gradient over workers in its backward, so that after DDP's gradient averaging every parameter gets
+exactly the gradient of the global-batch objective (proved by tests/distributed/test_gradient_equivalence.py).
+Shards must have equal sizes on every worker (training loaders drop the last partial batch).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+class _AllGatherWithGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, local: torch.Tensor) -> torch.Tensor:
+        ctx.num_local = local.shape[0]
+        shards = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+        dist.all_gather(shards, local.contiguous())
+        return torch.cat(shards, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad_global: torch.Tensor) -> torch.Tensor:
+        # Every worker's loss depends on every shard: the gradient of the sum of all workers' losses with
+        # respect to this worker's shard is the sum over workers of their gradients for this slice.
+        grad_global = grad_global.contiguous()
+        dist.all_reduce(grad_global, op=dist.ReduceOp.SUM)
+        start = dist.get_rank() * ctx.num_local
+        return grad_global[start : start + ctx.num_local]
+
+
+def all_gather_with_grad(local: torch.Tensor) -> torch.Tensor:
+    """Concatenate every worker's ``local`` along dim 0 (rank order), differentiably."""
+    if not is_distributed():
+        return local
+    return _AllGatherWithGrad.apply(local)
+
+
+@torch.no_grad()
+def all_gather_no_grad(local: torch.Tensor) -> torch.Tensor:
+    """Concatenate every worker's ``local`` along dim 0 (rank order); no gradient (evaluation banks)."""
+    if not is_distributed():
+        return local
+    shards = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(shards, local.contiguous())
+    return torch.cat(shards, dim=0)
+
+
+@torch.no_grad()
+def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
+    """Mean over workers of a detached tensor (logging of per-worker terms)."""
+    if not is_distributed():
+        return value
+    value = value.detach().clone()
+    dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value / dist.get_world_size()
+
+
+@torch.no_grad()
+def broadcast_from_rank0(value: torch.Tensor) -> torch.Tensor:
+    """Rank 0's value on every worker, bit for bit (keeps α identical even if SVDs differ in the last ulp)."""
+    if not is_distributed():
+        return value
+    value = value.detach().clone().contiguous()
+    dist.broadcast(value, src=0)
+    return value

@@ -1,0 +1,255 @@
+"""The AdaDim objective: L = (1 − α)·L_dim + α·L_sample − s·β·I(R; Z), with β = γ·α.
+
+α_t follows the effective rank of the global projector output (mode ``adaptive``) or a schedule (``fixed``,
+``linear``, ``cosine``). The module knows nothing about processes: the caller injects ``gather`` (an
+autograd-aware all-gather, identity on one process) and ``sync`` (makes a tensor bit-identical on every
+worker, e.g. a broadcast from rank 0). See SPEC §2 for the definition and the choices it leaves open.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+
+from .information import KERNELS, alignment, effective_rank, information_terms, uniformity
+from .losses import barlow_twins_loss, nt_xent_loss, vicreg_terms
+
+ALPHA_MODES = ("adaptive", "fixed", "linear", "cosine")
+DIM_LOSSES = ("vicreg", "barlow_twins")
+MI_SIGNS = {"maximize": 1.0, "minimize": -1.0, "off": 0.0}
+
+Collective = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+@dataclass
+class AlphaState:
+    """What must survive a restart: the optimisation step and the current (possibly smoothed) α."""
+
+    step: int = 0
+    alpha: float | None = None  # None until the first adaptive estimate
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+        self.alpha = None if state["alpha"] is None else float(state["alpha"])
+
+
+def scheduled_alpha(mode: str, progress: float, value: float, start: float, end: float) -> float:
+    """α of the non-adaptive modes at training progress ∈ [0, 1]."""
+    progress = min(max(progress, 0.0), 1.0)
+    if mode == "fixed":
+        return value
+    if mode == "linear":
+        return start + (end - start) * progress
+    if mode == "cosine":
+        return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"alpha_mode: must be one of {', '.join(ALPHA_MODES)}, got {mode!r}")
+
+
+def adaptive_alpha(z_global: torch.Tensor) -> torch.Tensor:
+    """clip(erank(Z) / min(N, D), 0, 1), without gradient."""
+    with torch.no_grad():
+        n, d = z_global.shape
+        return (effective_rank(z_global.float()) / min(n, d)).clamp(0.0, 1.0)
+
+
+class AdaDim:
+    """Callable objective holding the α controller's state. ``step()`` advances it once per optimiser step."""
+
+    def __init__(
+        self,
+        *,
+        dim_loss: str = "vicreg",
+        invariance_weight: float = 25.0,
+        variance_weight: float = 25.0,
+        covariance_weight: float = 1.0,
+        barlow_lambda: float = 5e-3,
+        temperature: float = 0.2,
+        gamma: float = 1.0,
+        mi_sign: str = "maximize",
+        mi_order: float = 2.0,
+        kernel: str = "cosine",
+        kernel_sigma: float | None = None,
+        alpha_mode: str = "adaptive",
+        alpha_value: float = 0.5,
+        alpha_start: float = 0.0,
+        alpha_end: float = 1.0,
+        alpha_interval: int = 1,
+        alpha_ema: float = 0.0,
+        total_steps: int = 1,
+        gather: Collective = _identity,
+        sync: Collective = _identity,
+    ) -> None:
+        if dim_loss not in DIM_LOSSES:
+            raise ValueError(f"dim_loss: must be one of {', '.join(DIM_LOSSES)}, got {dim_loss!r}")
+        if alpha_mode not in ALPHA_MODES:
+            raise ValueError(f"alpha_mode: must be one of {', '.join(ALPHA_MODES)}, got {alpha_mode!r}")
+        if mi_sign not in MI_SIGNS:
+            raise ValueError(f"mi_sign: must be one of {', '.join(MI_SIGNS)}, got {mi_sign!r}")
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel: must be one of {', '.join(KERNELS)}, got {kernel!r}")
+        if not mi_order > 0:
+            raise ValueError(f"mi_order: must be > 0, got {mi_order!r}")
+        if not temperature > 0:
+            raise ValueError(f"temperature: must be > 0, got {temperature!r}")
+        if alpha_interval < 1:
+            raise ValueError(f"alpha_interval: must be >= 1, got {alpha_interval!r}")
+        if not 0.0 <= alpha_ema < 1.0:
+            raise ValueError(f"alpha_ema: must be in [0, 1), got {alpha_ema!r}")
+        if total_steps < 1:
+            raise ValueError(f"total_steps: must be >= 1, got {total_steps!r}")
+        self.dim_loss = dim_loss
+        self.invariance_weight = invariance_weight
+        self.variance_weight = variance_weight
+        self.covariance_weight = covariance_weight
+        self.barlow_lambda = barlow_lambda
+        self.temperature = temperature
+        self.gamma = gamma
+        self.mi_sign = MI_SIGNS[mi_sign]
+        self.mi_order = mi_order
+        self.kernel = kernel
+        self.kernel_sigma = kernel_sigma
+        self.alpha_mode = alpha_mode
+        self.alpha_value = alpha_value
+        self.alpha_start = alpha_start
+        self.alpha_end = alpha_end
+        self.alpha_interval = alpha_interval
+        self.alpha_ema = alpha_ema
+        self.total_steps = total_steps
+        self.gather = gather
+        self.sync = sync
+        self.state = AlphaState()
+
+    # ---------------------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict:
+        return self.state.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state.load_state_dict(state)
+
+    def step(self) -> None:
+        self.state.step += 1
+
+    # ---------------------------------------------------------------------------------------------- alpha
+    def _current_alpha(self, z_a_global: torch.Tensor) -> float:
+        if self.alpha_mode != "adaptive":
+            progress = self.state.step / max(self.total_steps - 1, 1)
+            return scheduled_alpha(self.alpha_mode, progress, self.alpha_value, self.alpha_start, self.alpha_end)
+        if self.state.alpha is None or self.state.step % self.alpha_interval == 0:
+            estimate = self.sync(adaptive_alpha(z_a_global).to(torch.float64))
+            new = float(estimate)
+            if self.state.alpha is not None and self.alpha_ema > 0:
+                new = self.alpha_ema * self.state.alpha + (1.0 - self.alpha_ema) * new
+            self.state.alpha = new
+        return self.state.alpha
+
+    # ------------------------------------------------------------------------------------------- objective
+    def __call__(
+        self,
+        r_a: torch.Tensor,
+        r_b: torch.Tensor,
+        z_a: torch.Tensor,
+        z_b: torch.Tensor,
+        with_stats: bool = True,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+        """Local encoder outputs r_* (n × d_r) and projector outputs z_* (n × D) of both views → (loss, stats).
+
+        The loss is this worker's share: summed over workers' gradients and averaged as DDP does, it gives
+        the gradient of the global-batch objective. ``stats`` holds α and β always, and with ``with_stats``
+        every term and statistic as detached scalar tensors (the SVDs behind them are skipped otherwise,
+        so callers ask for them only on logging steps).
+        """
+        for name, t in (("r_a", r_a), ("r_b", r_b), ("z_a", z_a), ("z_b", z_b)):
+            if not isinstance(t, torch.Tensor) or t.dim() != 2:
+                raise ValueError(f"{name}: expected a 2-D (batch × dim) tensor")
+        if r_a.shape != r_b.shape:
+            raise ValueError(f"r_a, r_b: shapes differ ({tuple(r_a.shape)} vs {tuple(r_b.shape)})")
+        if z_a.shape != z_b.shape:
+            raise ValueError(f"z_a, z_b: shapes differ ({tuple(z_a.shape)} vs {tuple(z_b.shape)})")
+        if r_a.shape[0] != z_a.shape[0]:
+            raise ValueError(f"r_a, z_a: batch sizes differ ({r_a.shape[0]} vs {z_a.shape[0]})")
+
+        z_a_global, z_b_global = self.gather(z_a), self.gather(z_b)
+        alpha = self._current_alpha(z_a_global.detach())
+        beta = self.gamma * alpha
+
+        if self.dim_loss == "vicreg":
+            terms = vicreg_terms(z_a, z_b, z_a_global, z_b_global)
+            loss_dim = (
+                self.invariance_weight * terms["invariance"]
+                + self.variance_weight * terms["variance"]
+                + self.covariance_weight * terms["covariance"]
+            )
+        else:
+            terms = {}
+            loss_dim = barlow_twins_loss(z_a_global, z_b_global, self.barlow_lambda)
+        loss_sample = nt_xent_loss(z_a_global, z_b_global, self.temperature)
+        loss = (1.0 - alpha) * loss_dim + alpha * loss_sample
+
+        needs_mi_grad = self.mi_sign != 0.0 and beta != 0.0
+        info_a = info_b = None
+        if needs_mi_grad or with_stats:
+            with torch.set_grad_enabled(needs_mi_grad and torch.is_grad_enabled()):
+                r_a_global, r_b_global = self.gather(r_a), self.gather(r_b)
+                info_a = information_terms(r_a_global, z_a_global, self.mi_order, self.kernel, self.kernel_sigma)
+                info_b = information_terms(r_b_global, z_b_global, self.mi_order, self.kernel, self.kernel_sigma)
+                mutual_info = 0.5 * (info_a["mi"] + info_b["mi"])
+            if needs_mi_grad:
+                loss = loss - self.mi_sign * beta * mutual_info
+
+        stats: dict[str, torch.Tensor | float] = {"adadim/alpha": alpha, "adadim/beta": beta}
+        if with_stats:
+            with torch.no_grad():
+                stats.update(
+                    {
+                        "loss/total": loss.detach(),
+                        "loss/dim": loss_dim.detach(),
+                        "loss/sample": loss_sample.detach(),
+                        **{f"loss/{k}": v.detach() for k, v in terms.items()},
+                        "info/mi_rz": mutual_info.detach(),
+                        "info/h_r": 0.5 * (info_a["h_x"] + info_b["h_x"]).detach(),
+                        "info/h_z": 0.5 * (info_a["h_y"] + info_b["h_y"]).detach(),
+                        "info/erank_r": effective_rank(r_a_global.detach().float()),
+                        "info/erank_z": effective_rank(z_a_global.detach().float()),
+                        "info/uniformity": uniformity(z_a_global.detach()),
+                        "info/alignment": alignment(z_a_global.detach(), z_b_global.detach()),
+                    }
+                )
+        return loss, stats
+
+
+def adadim_from_config(objective_cfg, total_steps: int, gather: Collective = _identity,
+                       sync: Collective = _identity) -> AdaDim:
+    """Build AdaDim from an ``ObjectiveConfig``-shaped object (duck-typed: no config import here)."""
+    alpha = objective_cfg.alpha
+    return AdaDim(
+        dim_loss=objective_cfg.dim_loss,
+        invariance_weight=objective_cfg.invariance_weight,
+        variance_weight=objective_cfg.variance_weight,
+        covariance_weight=objective_cfg.covariance_weight,
+        barlow_lambda=objective_cfg.barlow_lambda,
+        temperature=objective_cfg.temperature,
+        gamma=objective_cfg.gamma,
+        mi_sign=objective_cfg.mi_sign,
+        mi_order=objective_cfg.mi_order,
+        kernel=objective_cfg.kernel,
+        kernel_sigma=objective_cfg.kernel_sigma,
+        alpha_mode=alpha.mode,
+        alpha_value=alpha.value,
+        alpha_start=alpha.start,
+        alpha_end=alpha.end,
+        alpha_interval=alpha.interval,
+        alpha_ema=alpha.ema,
+        total_steps=total_steps,
+        gather=gather,
+        sync=sync,
+    )
