@@ -44,11 +44,11 @@ class ViewConfig(_Strict):
     def _ranges(self) -> "ViewConfig":
         lo, hi = self.crop_scale
         if not 0 < lo <= hi <= 1:
-            raise ValueError("crop_scale must satisfy 0 < min <= max <= 1")
+            raise ValueError(f"crop_scale: must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
         if not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
-            raise ValueError("crop_ratio must satisfy 0 < min <= max")
+            raise ValueError(f"crop_ratio: must satisfy 0 < min <= max, got {self.crop_ratio}")
         if not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
-            raise ValueError("blur_sigma must satisfy 0 < min <= max")
+            raise ValueError(f"blur_sigma: must satisfy 0 < min <= max, got {self.blur_sigma}")
         return self
 
 
@@ -138,7 +138,7 @@ class TrainingConfig(_Strict):
     def _batch_divides(self) -> "TrainingConfig":
         if self.global_batch_size % self.num_workers:
             raise ValueError(
-                f"global_batch_size ({self.global_batch_size}) must be divisible by num_workers ({self.num_workers})"
+                f"global_batch_size: {self.global_batch_size} is not divisible by num_workers ({self.num_workers})"
             )
         return self
 
@@ -208,6 +208,8 @@ def _format_error(err: ValidationError) -> str:
     if first["type"] == "extra_forbidden":
         return f"{key}: unknown key"
     msg = first["msg"].removeprefix("Value error, ")
+    if isinstance(first.get("input"), dict):  # a cross-field rule: its message starts with the field name
+        return f"{key}.{msg}" if key != "config" else msg
     if "input" in first and first["type"] != "missing":
         return f"{key}: {msg} (got {first['input']!r})"
     return f"{key}: {msg}"

@@ -1,0 +1,61 @@
+"""python -m adadim_dist.run --config configs/fmnist_smoke.yaml [--fresh] [section.key=value ...]
+
+Trains on a local Ray instance, or on the cluster named by RAY_ADDRESS / run.ray_address, and ends by
+printing one line of JSON (run_id, experiment, epochs, knn_top1, probe_top1, final_alpha, checkpoint, ...).
+Exit codes: 0 success, 2 user error (bad config, missing data, tracking store unreachable), 1 failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from .config import ConfigError, load_config
+
+USER_ERRORS = (ConfigError, FileNotFoundError, ValueError)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m adadim_dist.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="YAML config (defaults are embedded; see configs/)")
+    parser.add_argument("--fresh", action="store_true", help="start over instead of resuming run.name")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. training.epochs=5")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[adadim] %(message)s")
+    from .training.driver import TrackingUnavailableError, fit
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        summary = fit(cfg, fresh=args.fresh)
+    except USER_ERRORS + (TrackingUnavailableError,) as err:
+        print(f"adadim_dist: error: {err}", file=sys.stderr)
+        return 2
+    print_where_to_look(summary)
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+def print_where_to_look(summary: dict) -> None:
+    lines = ["", "=== adadim_dist run finished ==="]
+    for label, key in (
+        ("kNN top-1 (k=20), trained encoder", "knn_top1"),
+        ("kNN top-1 (k=20), random encoder ", "knn_top1_random_encoder"),
+        ("kNN top-1 (k=20), raw pixels     ", "knn_top1_raw_pixels"),
+        ("online linear probe top-1        ", "probe_top1"),
+    ):
+        if summary.get(key) is not None:
+            lines.append(f"{label}: {summary[key]:.2f}%")
+    lines.append(f"checkpoint: {summary['checkpoint']}")
+    uri = summary["tracking_uri"]
+    lines.append(f"MLflow UI:  mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+    print("\n".join(lines), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Wiring: the Ray Train worker loop, driver, checkpoints, evaluation and tracking."""

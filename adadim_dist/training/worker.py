@@ -1,0 +1,254 @@
+"""The Ray Train worker: ``train_loop_per_worker(config_dict)``.
+
+Every worker re-validates the config, builds its own FFCV loader, model, engine and objective, resumes from
+``ray.train.get_checkpoint()`` when one exists, trains, checkpoints and reports once per epoch. Rank 0 also
+evaluates (kNN, probe) and writes to MLflow. Exceptions propagate so ``FailureConfig`` can restart workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from ..config import Config, config_from_dict
+from ..distributed import all_gather_with_grad, all_reduce_mean, broadcast_from_rank0
+from ..distributed.engine import build_engine
+from ..models import build_model
+from ..objectives import adadim_from_config
+from .checkpoint import check_compatible, load_state, save_state
+from .evaluation import accuracy, extract, knn_top1
+from .optim import build_optimizer, build_scheduler
+from .tracking import MetricsSink, MLflowSink, resolve_tracking_uri
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss or gradient went NaN/Inf; retrying from the same checkpoint would fail the same way."""
+
+
+def _say(rank: int, message: str) -> None:
+    if rank == 0:
+        print(f"[adadim] {message}", flush=True)
+
+
+def train_loop_per_worker(config_dict: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    from ..data import build_eval_loader, build_ssl_loader
+
+    cfg: Config = config_from_dict(config_dict["config"])
+    run_id: str | None = config_dict.get("mlflow_run_id")
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device() if cfg.training.use_gpu else torch.device("cpu")
+    torch.manual_seed(cfg.training.seed)  # identical initial weights on every rank
+
+    train_loader = build_ssl_loader(
+        cfg.data, cfg.training.batch_size_per_worker, rank, world_size, cfg.training.seed,
+        distributed=world_size > 1, device=device if device.type == "cuda" else None,
+    )
+    steps_per_epoch = len(train_loader)
+    if cfg.training.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.training.max_steps_per_epoch)
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"training.global_batch_size: {cfg.training.global_batch_size} is larger than the training set "
+            f"({cfg.data.train_path}) gives {world_size} workers"
+        )
+    total_steps = steps_per_epoch * cfg.training.epochs
+
+    model = build_model(cfg.model)
+    main_params, probe_params = model.parameter_groups()
+    optimizer = build_optimizer(cfg.optim, cfg.training.global_batch_size, main_params, probe_params)
+    scheduler = build_scheduler(
+        optimizer, total_steps, int(cfg.optim.warmup_epochs * steps_per_epoch), cfg.optim.min_lr_ratio
+    )
+    engine = build_engine(
+        cfg.training.strategy, model, optimizer, scheduler, device, ds_cfg=cfg.training.deepspeed,
+        batch_size_per_worker=cfg.training.batch_size_per_worker, world_size=world_size,
+        use_amp=cfg.training.mixed_precision,
+    )
+    objective = adadim_from_config(cfg.objective, total_steps, gather=all_gather_with_grad, sync=broadcast_from_rank0)
+
+    start_epoch = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            state = load_state(Path(directory))
+            check_compatible(state["config"], cfg)
+            engine.load(Path(directory))
+            objective.load_state_dict(state["adadim"])
+            start_epoch = state["epoch"]
+            run_id = state["mlflow_run_id"] or run_id
+        _say(rank, f"resumed from checkpoint after epoch {start_epoch} (step {objective.state.step})")
+
+    sink: MetricsSink = MetricsSink()
+    if rank == 0 and run_id is not None:
+        sink = MLflowSink(
+            resolve_tracking_uri(cfg.tracking.uri, cfg.run.storage_path), cfg.tracking.experiment,
+            cfg.run.name, cfg.run.storage_path, run_id=run_id,
+        )
+
+    eval_loaders = None
+    if rank == 0:
+        eval_loaders = (
+            build_eval_loader(cfg.data, cfg.data.train_path, 512),
+            build_eval_loader(cfg.data, cfg.data.test_path, 512),
+        )
+
+    metrics: dict[str, float] = {}
+    for epoch in range(start_epoch, cfg.training.epochs):
+        if hasattr(train_loader, "set_epoch"):
+            train_loader.set_epoch(epoch)
+        epoch_start = time.perf_counter()
+        train_metrics = train_epoch(
+            engine, objective, train_loader, steps_per_epoch, epoch, cfg, sink, rank, world_size, device
+        )
+        epoch_seconds = time.perf_counter() - epoch_start
+
+        with tempfile.TemporaryDirectory() as directory:
+            directory = Path(directory)
+            engine.save(directory, rank)
+            if rank == 0:
+                save_state(
+                    directory,
+                    {
+                        "epoch": epoch + 1,
+                        "adadim": objective.state_dict(),
+                        "loader_seed": cfg.training.seed,
+                        "mlflow_run_id": sink.run_id or run_id,
+                        "config": cfg.model_dump(mode="json"),
+                    },
+                )
+            metrics = {"epoch": epoch + 1, "epoch_seconds": epoch_seconds, **train_metrics}
+            is_eval_epoch = (epoch + 1) % cfg.eval.every_epochs == 0 or epoch + 1 == cfg.training.epochs
+            if rank == 0 and is_eval_epoch:
+                metrics.update(evaluate(engine.module, eval_loaders, cfg, device))
+            if rank == 0:
+                epoch_metrics = {k: v for k, v in metrics.items() if k.startswith(("knn/", "probe/"))}
+                epoch_metrics["train/epoch_seconds"] = epoch_seconds
+                sink.log(epoch_metrics, step=epoch + 1)
+                _say(rank, f"epoch {epoch + 1}/{cfg.training.epochs} done in {epoch_seconds:.0f}s "
+                     + " ".join(f"{k}={v:.2f}" for k, v in epoch_metrics.items() if k != "train/epoch_seconds"))
+            has_state = rank == 0 or cfg.training.strategy == "deepspeed"
+            ray.train.report(
+                metrics,
+                checkpoint=ray.train.Checkpoint.from_directory(directory) if has_state else None,
+                checkpoint_dir_name=f"epoch_{epoch + 1:04d}",
+            )
+
+    if start_epoch >= cfg.training.epochs:  # re-run of a finished job: nothing to train, report where it stands
+        ray.train.report({"epoch": start_epoch})
+    elif rank == 0:
+        if cfg.eval.baselines:
+            sink.log(baseline_knn(eval_loaders, cfg, device), step=cfg.training.epochs)
+        log_encoder(sink, engine.module)
+
+
+def train_epoch(engine, objective, loader, num_steps, epoch, cfg: Config, sink, rank, world_size, device
+                ) -> dict[str, float]:
+    """One pass over the training loader; returns the last logged step metrics."""
+    engine.module.train()
+    log_every = cfg.training.log_every
+    window_start, window_images = time.perf_counter(), 0
+    logged: dict[str, float] = {}
+    for step_in_epoch, (view_a, view_b, labels) in enumerate(loader):
+        if step_in_epoch >= num_steps:
+            break
+        global_step = epoch * num_steps + step_in_epoch
+        view_a, view_b = view_a.to(device, non_blocking=True), view_b.to(device, non_blocking=True)
+        labels = labels.reshape(-1).long().to(device, non_blocking=True)
+        is_log_step = (step_in_epoch + 1) % log_every == 0 or step_in_epoch + 1 == num_steps
+
+        r_a, z_a, logits_a = engine(view_a)
+        r_b, z_b, logits_b = engine(view_b)
+        loss, stats = objective(r_a, r_b, z_a, z_b, with_stats=is_log_step)
+        probe_loss = torch.nn.functional.cross_entropy(logits_a, labels)
+        engine.backward(loss + probe_loss)
+
+        finite = torch.tensor([float(torch.isfinite(loss) and engine.gradients_finite())])
+        if all_reduce_mean(finite).item() < 1.0:
+            bad = [k for k, v in _scalar_stats(objective, r_a, r_b, z_a, z_b).items() if not math.isfinite(v)]
+            message = (f"non-finite loss or gradient at epoch {epoch + 1} step {global_step} "
+                       f"(non-finite terms: {', '.join(bad) or 'gradients only'})")
+            if cfg.training.non_finite == "stop":
+                raise NonFiniteLossError(message)
+            _say(rank, f"warning: {message}; step skipped")
+            engine.skip_step()
+            continue
+        engine.step()
+        objective.step()
+        window_images += view_a.shape[0] * world_size
+
+        if is_log_step:
+            elapsed = time.perf_counter() - window_start
+            logged = {k: all_reduce_mean(v).item() if k.startswith("loss/") and torch.is_tensor(v) else float(v)
+                      for k, v in stats.items()}
+            logged["train/probe_loss"] = all_reduce_mean(probe_loss.detach()).item()
+            logged["train/probe_top1"] = accuracy(logits_a.detach(), labels)
+            logged["train/lr"] = engine.lr()
+            logged["train/images_per_s"] = window_images / max(elapsed, 1e-9)  # images (each seen as 2 views)
+            logged["train/epoch"] = epoch + global_step % num_steps / num_steps
+            sink.log(logged, step=global_step + 1)
+            _say(rank, f"epoch {epoch + 1} step {step_in_epoch + 1}/{num_steps} loss {logged['loss/total']:.3f} "
+                 f"α {logged['adadim/alpha']:.3f} erank(Z) {logged['info/erank_z']:.1f} "
+                 f"{logged['train/images_per_s']:.0f} img/s")
+            window_start, window_images = time.perf_counter(), 0
+    return logged
+
+
+def _scalar_stats(objective, r_a, r_b, z_a, z_b) -> dict[str, float]:
+    with torch.no_grad():
+        _, stats = objective(r_a.detach(), r_b.detach(), z_a.detach(), z_b.detach(), with_stats=True)
+    return {k: float(v) for k, v in stats.items()}
+
+
+def evaluate(model, eval_loaders, cfg: Config, device) -> dict[str, float]:
+    """kNN top-1 for each k and online-probe top-1 on the test split (rank 0)."""
+    model.eval()
+    bank_loader, test_loader = eval_loaders
+    train_features, train_labels, _ = extract(model, bank_loader, device)
+    test_features, test_labels, test_logits = extract(model, test_loader, device)
+    model.train()
+    results = {
+        f"knn/top1_k{k}": knn_top1(train_features, train_labels, test_features, test_labels, k,
+                                   cfg.eval.knn_temperature, cfg.model.num_classes)
+        for k in cfg.eval.knn_k
+    }
+    results["probe/top1"] = accuracy(test_logits, test_labels)
+    return results
+
+
+def baseline_knn(eval_loaders, cfg: Config, device) -> dict[str, float]:
+    """kNN (first k) of a randomly initialised encoder of the same architecture and of raw pixels."""
+    k = cfg.eval.knn_k[0]
+    torch.manual_seed(cfg.training.seed + 1)
+    random_model = build_model(cfg.model).to(device).eval()
+    bank_loader, test_loader = eval_loaders
+    results = {}
+    for name, forward in (("random", random_model), ("pixels", lambda x: x.flatten(1))):
+        bank, bank_labels, _ = extract(forward, bank_loader, device)
+        test, test_labels, _ = extract(forward, test_loader, device)
+        results[f"baseline/knn_{name}_top1"] = knn_top1(bank, bank_labels, test, test_labels, k,
+                                                         cfg.eval.knn_temperature, cfg.model.num_classes)
+    return results
+
+
+def log_encoder(sink: MetricsSink, model) -> None:
+    """The trained encoder as an MLflow PyTorch model (artifact path ``encoder``)."""
+    if sink.run_id is None:
+        return
+    import mlflow.pytorch
+
+    with tempfile.TemporaryDirectory() as directory:
+        target = Path(directory) / "encoder"
+        mlflow.pytorch.save_model(model.encoder.cpu().eval(), str(target),
+                                  pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+        sink.log_artifacts(target, "encoder")
