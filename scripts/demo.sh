@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up (idempotent) and run the main job on the embedded defaults: writes the Fashion-MNIST .beton files
+# if absent, trains the smoke config on a local Ray instance, prints kNN figures and where to look.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec .venv/bin/python -m adadim_dist.run --config configs/fmnist_smoke.yaml "$@"

@@ -1,0 +1,69 @@
+"""Config: YAML + dotted overrides → validated model; every user error names its dotted key."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from adadim_dist.config import ConfigError, flatten, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_every_shipped_config_validates():
+    configs = sorted((REPO / "configs").rglob("*.yaml"))
+    assert configs, "no configs shipped"
+    for path in configs:
+        if "tune" in path.parts:
+            continue  # sweep files have their own schema
+        load_config(path)
+
+
+def test_overrides_are_parsed_as_yaml_and_win_over_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("training: {epochs: 3, global_batch_size: 64}\n")
+    cfg = load_config(path, ["training.epochs=7", "objective.alpha.ema=0.5", "model.projector_dims=[64,32]"])
+    assert cfg.training.epochs == 7 and cfg.training.global_batch_size == 64
+    assert cfg.objective.alpha.ema == 0.5 and cfg.model.projector_dims == (64, 32)
+    assert cfg.training.batch_size_per_worker == 32
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("training.epochs=0", "^training.epochs: "),
+        ("training.epochs=abc", "^training.epochs: "),
+        ("traning.epochs=3", "^traning: unknown key"),
+        ("objective.alpha.mode=step", "^objective.alpha.mode: "),
+        ("training.global_batch_size=255", "^training.global_batch_size: 255 is not divisible"),
+        ("data.view_b.crop_scale=[0.9,0.1]", "^data.view_b.crop_scale: "),
+        ("noequals", "^noequals: an override must look like"),
+    ],
+)
+def test_bad_values_name_the_dotted_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_flatten_gives_dotted_params():
+    flat = flatten(load_config())
+    assert flat["objective.alpha.mode"] == "adaptive" and flat["training.strategy"] == "ddp"
+
+
+def test_cli_reports_bad_key_in_one_line_with_exit_code_2(tmp_path):
+    """The entry point stops before any work: one line on stderr naming the key, exit 2, nothing written."""
+    out = subprocess.run(
+        [sys.executable, "-m", "adadim_dist.run", "training.epochs=-1", f"run.storage_path={tmp_path}/runs"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [out.stderr.strip()]
+    assert out.stderr.startswith("adadim_dist: error: training.epochs:")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cli_missing_config_file(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "adadim_dist.run", "--config", "nope.yaml"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.returncode == 2 and "--config: no such file nope.yaml" in out.stderr
