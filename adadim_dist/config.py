@@ -161,11 +161,15 @@ class TrackingConfig(_Strict):
 
 class RunConfig(_Strict):
     name: str = "fmnist-smoke"
-    storage_path: Path = Path("runs")
+    storage_path: str = "runs"  # a local/NFS directory or a pyarrow URI such as s3://bucket/runs
     max_failures: int = Field(0, ge=-1)
     checkpoints_to_keep: int = Field(2, ge=1)
     ray_address: str | None = None  # None = RAY_ADDRESS or a new local instance
     dashboard_host: str = "127.0.0.1"
+
+
+def is_uri(path: str | Path) -> bool:
+    return "://" in str(path)
 
 
 class Config(_Strict):
@@ -177,6 +181,13 @@ class Config(_Strict):
     eval: EvalConfig = EvalConfig()
     tracking: TrackingConfig = TrackingConfig()
     run: RunConfig = RunConfig()
+
+    @model_validator(mode="after")
+    def _remote_storage_needs_tracking_server(self) -> "Config":
+        if is_uri(self.run.storage_path) and self.tracking.uri is None:
+            raise ValueError("tracking.uri: must name an MLflow server when run.storage_path is a URI "
+                             f"({self.run.storage_path}); the default sqlite file needs a local directory")
+        return self
 
 
 # ------------------------------------------------------------------------------------------------- loading
@@ -235,8 +246,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"--config: {path} is not valid YAML ({err.__class__.__name__})") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"--config: {path} must hold a mapping of sections")
-        tree = copy.deepcopy(loaded or {})
-    for key, value in parse_overrides(overrides or []):
+        tree = loaded or {}
+    return config_with_overrides(tree, overrides or [])
+
+
+def config_with_overrides(tree: dict[str, Any], overrides: list[str]) -> Config:
+    """A config tree (e.g. a dumped Config) with dotted overrides applied, validated."""
+    tree = copy.deepcopy(tree)
+    for key, value in parse_overrides(overrides):
         _set_dotted(tree, key, value)
     return config_from_dict(tree)
 

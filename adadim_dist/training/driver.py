@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from ..config import Config, flatten
+from ..config import Config, flatten, is_uri
 from .tracking import MLflowSink, resolve_tracking_uri
 
 logger = logging.getLogger(__name__)
@@ -37,37 +37,66 @@ def resolve_paths(cfg: Config) -> Config:
             "cache_dir": cfg.data.cache_dir.resolve() if cfg.data.cache_dir else None,
         }
     )
-    storage = str(cfg.run.storage_path)
-    run = cfg.run if "://" in storage else cfg.run.model_copy(update={"storage_path": Path(storage).resolve()})
+    storage = cfg.run.storage_path
+    run = cfg.run if is_uri(storage) else cfg.run.model_copy(update={"storage_path": str(Path(storage).resolve())})
     return cfg.model_copy(update={"data": data, "run": run})
 
 
-def run_directory(cfg: Config) -> Path:
-    return Path(cfg.run.storage_path) / cfg.run.name
+def _storage(cfg: Config):
+    """(pyarrow filesystem, path of the run directory on it): local, NFS and object stores alike."""
+    import pyarrow.fs
+
+    if is_uri(cfg.run.storage_path):
+        fs, root = pyarrow.fs.FileSystem.from_uri(cfg.run.storage_path)
+    else:
+        fs, root = pyarrow.fs.LocalFileSystem(), cfg.run.storage_path
+    return fs, f"{root.rstrip('/')}/{cfg.run.name}"
+
+
+def read_run_file(cfg: Config, name: str) -> str | None:
+    import pyarrow.fs
+
+    fs, directory = _storage(cfg)
+    if fs.get_file_info(f"{directory}/{name}").type != pyarrow.fs.FileType.File:
+        return None
+    with fs.open_input_stream(f"{directory}/{name}") as stream:
+        return stream.read().decode()
+
+
+def write_run_file(cfg: Config, name: str, text: str) -> None:
+    fs, directory = _storage(cfg)
+    fs.create_dir(directory, recursive=True)
+    with fs.open_output_stream(f"{directory}/{name}") as stream:
+        stream.write(text.encode())
 
 
 def start_fresh(cfg: Config) -> None:
     """--fresh: move the previous run's directory aside (never delete a user's checkpoints)."""
-    directory = run_directory(cfg)
-    if directory.exists():
-        aside = directory.with_name(f"{directory.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-        directory.rename(aside)
+    import pyarrow.fs
+
+    fs, directory = _storage(cfg)
+    if fs.get_file_info(directory).type != pyarrow.fs.FileType.NotFound:
+        aside = f"{directory}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+        fs.move(directory, aside)
         print(f"[adadim] --fresh: previous run moved to {aside}", flush=True)
 
 
-def open_tracking(cfg: Config) -> MLflowSink:
-    """Create (first start) or reopen (resume) the job's MLflow run; fail fast when the store is down."""
+def open_tracking(cfg: Config, parent_run_id: str | None = None, extra_params: dict | None = None) -> MLflowSink:
+    """Create (first start) or reopen (resume) the job's MLflow run; fail fast when the store is down.
+
+    The run id is kept in the run directory, so a re-run (or a restored sweep trial) finds it again.
+    """
     uri = resolve_tracking_uri(cfg.tracking.uri, cfg.run.storage_path)
-    id_file = run_directory(cfg) / RUN_ID_FILE
-    previous = json.loads(id_file.read_text())["run_id"] if id_file.is_file() else None
+    recorded = read_run_file(cfg, RUN_ID_FILE)
+    previous = json.loads(recorded)["run_id"] if recorded else None
     try:
-        sink = MLflowSink(uri, cfg.tracking.experiment, cfg.run.name, cfg.run.storage_path, run_id=previous)
+        sink = MLflowSink(uri, cfg.tracking.experiment, cfg.run.name, cfg.run.storage_path, run_id=previous,
+                          parent_run_id=parent_run_id)
     except Exception as err:
         raise TrackingUnavailableError(f"tracking.uri: cannot reach MLflow at {uri} ({type(err).__name__})") from err
     if previous is None:
-        sink.log_params(flatten(cfg))
-        id_file.parent.mkdir(parents=True, exist_ok=True)
-        id_file.write_text(json.dumps({"run_id": sink.run_id, "tracking_uri": uri}))
+        sink.log_params({**flatten(cfg), **(extra_params or {})})
+        write_run_file(cfg, RUN_ID_FILE, json.dumps({"run_id": sink.run_id, "tracking_uri": uri}))
     return sink
 
 
@@ -90,8 +119,7 @@ def fit(cfg: Config, fresh: bool = False) -> dict[str, Any]:
     prepare_datasets(cfg.data, progress=True)
     if fresh:
         start_fresh(cfg)
-    run_directory(cfg).mkdir(parents=True, exist_ok=True)
-    (run_directory(cfg) / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    write_run_file(cfg, "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     sink = open_tracking(cfg)
 
     status = "FAILED"
@@ -104,7 +132,7 @@ def fit(cfg: Config, fresh: bool = False) -> dict[str, Any]:
     return summarise(cfg, sink, result)
 
 
-def build_trainer(cfg: Config, run_id: str | None):
+def build_trainer(cfg: Config, run_id: str | None, callbacks: list | None = None):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -120,9 +148,10 @@ def build_trainer(cfg: Config, run_id: str | None):
         ),
         run_config=RunConfig(
             name=cfg.run.name,
-            storage_path=str(cfg.run.storage_path),
+            storage_path=cfg.run.storage_path,
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.checkpoints_to_keep),
+            callbacks=callbacks or None,
         ),
     )
 

@@ -98,9 +98,10 @@ def train_loop_per_worker(config_dict: dict) -> None:
 
     eval_loaders = None
     if rank == 0:
-        eval_loaders = (
-            build_eval_loader(cfg.data, cfg.data.train_path, 512),
-            build_eval_loader(cfg.data, cfg.data.test_path, 512),
+        eval_loaders = tuple(
+            build_eval_loader(cfg.data, path, 512, rank=0, world_size=1, distributed=False,
+                              device=device if device.type == "cuda" else None)
+            for path in (cfg.data.train_path, cfg.data.test_path)
         )
 
     metrics: dict[str, float] = {}
@@ -131,6 +132,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
             is_eval_epoch = (epoch + 1) % cfg.eval.every_epochs == 0 or epoch + 1 == cfg.training.epochs
             if rank == 0 and is_eval_epoch:
                 metrics.update(evaluate(engine.module, eval_loaders, cfg, device))
+            metrics.update(sweep_metrics(metrics, cfg))
             if rank == 0:
                 epoch_metrics = {k: v for k, v in metrics.items() if k.startswith(("knn/", "probe/"))}
                 epoch_metrics["train/epoch_seconds"] = epoch_seconds
@@ -164,13 +166,18 @@ def train_epoch(engine, objective, loader, num_steps, epoch, cfg: Config, sink, 
             break
         global_step = epoch * num_steps + step_in_epoch
         view_a, view_b = view_a.to(device, non_blocking=True), view_b.to(device, non_blocking=True)
-        labels = labels.reshape(-1).long().to(device, non_blocking=True)
+        has_labels = labels is not None
         is_log_step = (step_in_epoch + 1) % log_every == 0 or step_in_epoch + 1 == num_steps
 
         r_a, z_a, logits_a = engine(view_a)
         r_b, z_b, logits_b = engine(view_b)
         loss, stats = objective(r_a, r_b, z_a, z_b, with_stats=is_log_step)
-        probe_loss = torch.nn.functional.cross_entropy(logits_a, labels)
+        # The online probe trains on detached features in the same step (no labels: no probe).
+        if has_labels:
+            labels = labels.reshape(-1).long().to(device, non_blocking=True)
+            probe_loss = torch.nn.functional.cross_entropy(logits_a, labels)
+        else:
+            probe_loss = torch.zeros((), device=device)
         engine.backward(loss + probe_loss)
 
         finite = torch.tensor([float(torch.isfinite(loss) and engine.gradients_finite())])
@@ -192,7 +199,8 @@ def train_epoch(engine, objective, loader, num_steps, epoch, cfg: Config, sink, 
             logged = {k: all_reduce_mean(v).item() if k.startswith("loss/") and torch.is_tensor(v) else float(v)
                       for k, v in stats.items()}
             logged["train/probe_loss"] = all_reduce_mean(probe_loss.detach()).item()
-            logged["train/probe_top1"] = accuracy(logits_a.detach(), labels)
+            if has_labels:
+                logged["train/probe_top1"] = accuracy(logits_a.detach(), labels)
             logged["train/lr"] = engine.lr()
             logged["train/images_per_s"] = window_images / max(elapsed, 1e-9)  # images (each seen as 2 views)
             logged["train/epoch"] = epoch + global_step % num_steps / num_steps
@@ -202,6 +210,14 @@ def train_epoch(engine, objective, loader, num_steps, epoch, cfg: Config, sink, 
                  f"{logged['train/images_per_s']:.0f} img/s")
             window_start, window_images = time.perf_counter(), 0
     return logged
+
+
+def sweep_metrics(metrics: dict[str, float], cfg: Config) -> dict[str, float]:
+    """Flat names a Tune scheduler can compare across trials (kNN and probe are absent between evaluations)."""
+    aliases = {"rankme": metrics.get("info/erank_r")}
+    aliases["knn_top1"] = metrics.get(f"knn/top1_k{cfg.eval.knn_k[0]}")
+    aliases["probe_top1"] = metrics.get("probe/top1")
+    return {k: v for k, v in aliases.items() if v is not None}
 
 
 def _scalar_stats(objective, r_a, r_b, z_a, z_b) -> dict[str, float]:
