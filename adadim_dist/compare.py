@@ -40,9 +40,9 @@ def load_runs(client, experiment: str, run_ids: list[str] | None, accuracy_key: 
             except Exception:
                 raise CompareError(f"--runs: no MLflow run {run_id}") from None
     else:
-        runs = client.search_runs([exp.experiment_id], filter_string="tags.`adadim.kind` != 'comparison'",
-                                  max_results=1000)
-        runs = [r for r in runs if "info/h_r" in r.data.metrics]  # training runs, not sweep parents
+        runs = client.search_runs([exp.experiment_id], max_results=1000)
+        # Training runs only: sweep parents and earlier comparisons carry no AdaDim statistics.
+        runs = [r for r in runs if "info/h_r" in r.data.metrics]
     if not runs:
         raise CompareError(f"--experiment: {experiment!r} has no training runs with AdaDim metrics")
     return sorted(runs, key=lambda r: r.info.start_time)
