@@ -28,7 +28,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[adadim] %(message)s")
-    from .training.driver import TrackingUnavailableError, fit
+    from .training.driver import TrackingUnavailableError, failure_reason, fit
 
     try:
         cfg = load_config(args.config, args.overrides)
@@ -36,6 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS + (TrackingUnavailableError,) as err:
         print(f"adadim_dist: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:  # a failed training job: the traceback is above, in the workers' output
+        if type(err).__module__.startswith("ray."):
+            print(f"adadim_dist: error: training failed: {failure_reason(err)}", file=sys.stderr)
+            return 1
+        raise
     print_where_to_look(summary)
     print(json.dumps(summary), flush=True)
     return 0

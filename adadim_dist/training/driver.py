@@ -17,8 +17,9 @@ from typing import Any
 
 import yaml
 
-from ..config import Config, flatten, is_uri
-from .tracking import MLflowSink, resolve_tracking_uri
+from ..config import Config, ConfigError, flatten, is_uri
+from .checkpoint import check_compatible
+from .tracking import MLflowSink, check_reachable, resolve_tracking_uri
 
 logger = logging.getLogger(__name__)
 RUN_ID_FILE = "mlflow_run.json"
@@ -26,6 +27,21 @@ RUN_ID_FILE = "mlflow_run.json"
 
 class TrackingUnavailableError(RuntimeError):
     """The MLflow tracking store cannot be reached at start."""
+
+
+def failure_reason(err: BaseException) -> str:
+    """The root cause of a failed fit, in one line (Ray wraps worker exceptions in its own)."""
+    failures = getattr(err, "worker_failures", None)
+    if failures:
+        rank, cause = min(failures.items())
+        cause = getattr(cause, "cause", None) or cause
+        text = str(cause).strip().splitlines()
+        return f"worker {rank}: {type(cause).__name__}: {text[-1] if text else ''}"
+    controller = getattr(err, "controller_failure", None)
+    if controller is not None:
+        return f"controller: {type(controller).__name__}: {controller}"
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[-1] if lines else ''}"
 
 
 def resolve_paths(cfg: Config) -> Config:
@@ -90,10 +106,13 @@ def open_tracking(cfg: Config, parent_run_id: str | None = None, extra_params: d
     recorded = read_run_file(cfg, RUN_ID_FILE)
     previous = json.loads(recorded)["run_id"] if recorded else None
     try:
+        check_reachable(uri)
         sink = MLflowSink(uri, cfg.tracking.experiment, cfg.run.name, cfg.run.storage_path, run_id=previous,
                           parent_run_id=parent_run_id)
+    except ConnectionError as err:
+        raise TrackingUnavailableError(f"tracking.uri: {err}") from None
     except Exception as err:
-        raise TrackingUnavailableError(f"tracking.uri: cannot reach MLflow at {uri} ({type(err).__name__})") from err
+        raise TrackingUnavailableError(f"tracking.uri: cannot use MLflow at {uri} ({type(err).__name__}: {err})") from None
     if previous is None:
         sink.log_params({**flatten(cfg), **(extra_params or {})})
         write_run_file(cfg, RUN_ID_FILE, json.dumps({"run_id": sink.run_id, "tracking_uri": uri}))
@@ -112,15 +131,37 @@ def init_ray(cfg: Config) -> None:
         ray.init(dashboard_host=cfg.run.dashboard_host, log_to_driver=True)
 
 
+def check_dataset_fits(cfg: Config, train_info) -> None:
+    """Every worker must get at least one full batch (the training loader drops the last partial one)."""
+    count = min(train_info.num_samples, cfg.data.subset or train_info.num_samples)
+    if count == 0:
+        raise ConfigError(f"data.train_path: {cfg.data.train_path} holds no images")
+    per_worker = count // cfg.training.num_workers
+    if per_worker < cfg.training.batch_size_per_worker:
+        raise ConfigError(
+            f"training.global_batch_size: {cfg.training.global_batch_size} needs {cfg.training.batch_size_per_worker} "
+            f"images per worker, but {count} training images give each of {cfg.training.num_workers} workers {per_worker}"
+        )
+
+
+def check_resumable(cfg: Config) -> None:
+    """Refuse, before any work, to resume a run whose checkpoints were written by an incompatible config."""
+    previous = read_run_file(cfg, "config.yaml")
+    if previous:
+        check_compatible(yaml.safe_load(previous), cfg)
+
+
 def fit(cfg: Config, fresh: bool = False) -> dict[str, Any]:
     from ..data import prepare_datasets
 
     cfg = resolve_paths(cfg)
-    prepare_datasets(cfg.data, progress=True)
+    train_info, _ = prepare_datasets(cfg.data, progress=True)
+    check_dataset_fits(cfg, train_info)
     if fresh:
         start_fresh(cfg)
-    write_run_file(cfg, "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    check_resumable(cfg)
     sink = open_tracking(cfg)
+    write_run_file(cfg, "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
     status = "FAILED"
     try:
@@ -152,6 +193,9 @@ def build_trainer(cfg: Config, run_id: str | None, callbacks: list | None = None
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.checkpoints_to_keep),
             callbacks=callbacks or None,
+            # Rank 0 must not stall for minutes in MLflow's retry loop when the server is down: it buffers.
+            worker_runtime_env={"env_vars": {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+                                             "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}},
         ),
     )
 

@@ -62,6 +62,8 @@ class MLflowSink(MetricsSink):
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri=tracking_uri)
+        self._pending: list = []
+        self._outage_reported = False
         local = tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
         self.experiment_id = get_or_create_experiment(self.client, experiment, storage_path, local)
         if run_id is not None:
@@ -75,12 +77,47 @@ class MLflowSink(MetricsSink):
             self.run_id = run.info.run_id
 
     def log(self, metrics: dict[str, float], step: int) -> None:
+        """Send metrics; while the tracking server is unreachable they are buffered (training goes on) and
+        sent, in order, by the first call that succeeds again."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(key, float(value), now, step) for key, value in metrics.items()]
-        for start in range(0, len(batch), 1000):  # MLflow's per-request limit
-            self.client.log_batch(self.run_id, metrics=batch[start : start + 1000], synchronous=True)
+        self._pending.extend(Metric(key, float(value), now, step) for key, value in metrics.items())
+        self._flush()
+
+    def _flush(self) -> bool:
+        while self._pending:
+            chunk = self._pending[:1000]  # MLflow's per-request limit
+            try:
+                self.client.log_batch(self.run_id, metrics=chunk, synchronous=True)
+            except Exception as err:  # noqa: BLE001 - any transport error means "try again later"
+                if not self._outage_reported:
+                    logger.warning("MLflow unreachable (%s): buffering %d metric values, training continues",
+                                   type(err).__name__, len(self._pending))
+                    self._outage_reported = True
+                return False
+            del self._pending[: len(chunk)]
+            if self._outage_reported and not self._pending:
+                logger.warning("MLflow reachable again: buffered metrics sent")
+                self._outage_reported = False
+        return True
+
+    def spill(self, path: Path) -> int:
+        """Write still-unsent metrics as JSON lines (key, value, timestamp, step); returns how many."""
+        if not self._pending:
+            return 0
+        import json
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as handle:
+            for m in self._pending:
+                handle.write(json.dumps({"run_id": self.run_id, "key": m.key, "value": m.value,
+                                         "timestamp": m.timestamp, "step": m.step}) + "\n")
+        count = len(self._pending)
+        logger.warning("MLflow still unreachable: %d metric values written to %s (replay with "
+                       "python -m adadim_dist.training.tracking replay %s)", count, path, path)
+        self._pending.clear()
+        return count
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -93,4 +130,41 @@ class MLflowSink(MetricsSink):
         self.client.log_artifacts(self.run_id, str(directory), artifact_path)
 
     def close(self, status: str = "FINISHED") -> None:
+        self._flush()
         self.client.set_terminated(self.run_id, status=status)
+
+
+def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast (seconds, not MLflow's minutes of retries) when an HTTP tracking server is down."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=timeout_s) as response:
+            response.read()
+    except OSError as err:
+        raise ConnectionError(f"cannot reach MLflow at {tracking_uri}: {getattr(err, 'reason', err)}") from None
+
+
+def replay(path: Path, tracking_uri: str | None = None) -> int:
+    """Send metrics spilled by ``MLflowSink.spill`` to their runs; returns how many were sent."""
+    import json
+
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    for row in rows:
+        client.log_batch(row["run_id"], metrics=[Metric(row["key"], row["value"], row["timestamp"], row["step"])])
+    return len(rows)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) < 3 or sys.argv[1] != "replay":
+        print("usage: python -m adadim_dist.training.tracking replay FILE [TRACKING_URI]", file=sys.stderr)
+        sys.exit(2)
+    print(f"sent {replay(Path(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else None)} metric values")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import Config, config_from_dict
+from ..config import Config, config_from_dict, is_uri
 from ..distributed import all_gather_with_grad, all_reduce_mean, broadcast_from_rank0
 from ..distributed.engine import build_engine
 from ..models import build_model
@@ -104,54 +104,64 @@ def train_loop_per_worker(config_dict: dict) -> None:
             for path in (cfg.data.train_path, cfg.data.test_path)
         )
 
-    metrics: dict[str, float] = {}
-    for epoch in range(start_epoch, cfg.training.epochs):
-        if hasattr(train_loader, "set_epoch"):
-            train_loader.set_epoch(epoch)
-        epoch_start = time.perf_counter()
-        train_metrics = train_epoch(
-            engine, objective, train_loader, steps_per_epoch, epoch, cfg, sink, rank, world_size, device
-        )
-        epoch_seconds = time.perf_counter() - epoch_start
-
-        with tempfile.TemporaryDirectory() as directory:
-            directory = Path(directory)
-            engine.save(directory, rank)
-            if rank == 0:
-                save_state(
-                    directory,
-                    {
-                        "epoch": epoch + 1,
-                        "adadim": objective.state_dict(),
-                        "loader_seed": cfg.training.seed,
-                        "mlflow_run_id": sink.run_id or run_id,
-                        "config": cfg.model_dump(mode="json"),
-                    },
-                )
-            metrics = {"epoch": epoch + 1, "epoch_seconds": epoch_seconds, **train_metrics}
-            is_eval_epoch = (epoch + 1) % cfg.eval.every_epochs == 0 or epoch + 1 == cfg.training.epochs
-            if rank == 0 and is_eval_epoch:
-                metrics.update(evaluate(engine.module, eval_loaders, cfg, device))
-            metrics.update(sweep_metrics(metrics, cfg))
-            if rank == 0:
-                epoch_metrics = {k: v for k, v in metrics.items() if k.startswith(("knn/", "probe/"))}
-                epoch_metrics["train/epoch_seconds"] = epoch_seconds
-                sink.log(epoch_metrics, step=epoch + 1)
-                _say(rank, f"epoch {epoch + 1}/{cfg.training.epochs} done in {epoch_seconds:.0f}s "
-                     + " ".join(f"{k}={v:.2f}" for k, v in epoch_metrics.items() if k != "train/epoch_seconds"))
-            has_state = rank == 0 or cfg.training.strategy == "deepspeed"
-            ray.train.report(
-                metrics,
-                checkpoint=ray.train.Checkpoint.from_directory(directory) if has_state else None,
-                checkpoint_dir_name=f"epoch_{epoch + 1:04d}",
+    try:
+        metrics: dict[str, float] = {}
+        for epoch in range(start_epoch, cfg.training.epochs):
+            if hasattr(train_loader, "set_epoch"):
+                train_loader.set_epoch(epoch)
+            epoch_start = time.perf_counter()
+            train_metrics = train_epoch(
+                engine, objective, train_loader, steps_per_epoch, epoch, cfg, sink, rank, world_size, device
             )
+            epoch_seconds = time.perf_counter() - epoch_start
 
-    if start_epoch >= cfg.training.epochs:  # re-run of a finished job: nothing to train, report where it stands
-        ray.train.report({"epoch": start_epoch})
-    elif rank == 0:
-        if cfg.eval.baselines:
-            sink.log(baseline_knn(eval_loaders, cfg, device), step=cfg.training.epochs)
-        log_encoder(sink, engine.module)
+            if not all(torch.isfinite(p).all() for p in engine.module.parameters()):
+                raise NonFiniteLossError(f"non-finite parameters after epoch {epoch + 1}: checkpoint not written")
+            with tempfile.TemporaryDirectory() as directory:
+                directory = Path(directory)
+                engine.save(directory, rank)
+                if rank == 0:
+                    save_state(
+                        directory,
+                        {
+                            "epoch": epoch + 1,
+                            "adadim": objective.state_dict(),
+                            "loader_seed": cfg.training.seed,
+                            "mlflow_run_id": sink.run_id or run_id,
+                            "config": cfg.model_dump(mode="json"),
+                        },
+                    )
+                metrics = {"epoch": epoch + 1, "epoch_seconds": epoch_seconds, **train_metrics}
+                is_eval_epoch = (epoch + 1) % cfg.eval.every_epochs == 0 or epoch + 1 == cfg.training.epochs
+                if rank == 0 and is_eval_epoch:
+                    metrics.update(evaluate(engine.module, eval_loaders, cfg, device))
+                metrics.update(sweep_metrics(metrics, cfg))
+                if rank == 0:
+                    epoch_metrics = {k: v for k, v in metrics.items() if k.startswith(("knn/", "probe/"))}
+                    epoch_metrics["train/epoch_seconds"] = epoch_seconds
+                    sink.log(epoch_metrics, step=epoch + 1)
+                    _say(rank, f"epoch {epoch + 1}/{cfg.training.epochs} done in {epoch_seconds:.0f}s "
+                         + " ".join(f"{k}={v:.2f}" for k, v in epoch_metrics.items() if k != "train/epoch_seconds"))
+                has_state = rank == 0 or cfg.training.strategy == "deepspeed"
+                ray.train.report(
+                    metrics,
+                    checkpoint=ray.train.Checkpoint.from_directory(directory) if has_state else None,
+                    checkpoint_dir_name=f"epoch_{epoch + 1:04d}",
+                )
+
+        if start_epoch >= cfg.training.epochs:  # re-run of a finished job: nothing to train, report where it stands
+            ray.train.report({"epoch": start_epoch})
+        elif rank == 0:
+            if cfg.eval.baselines:
+                sink.log(baseline_knn(eval_loaders, cfg, device), step=cfg.training.epochs)
+            log_encoder(sink, engine.module, cfg.data.image_size)
+    finally:
+        train_loader.close()
+        for loader in eval_loaders or ():
+            loader.close()
+        if isinstance(sink, MLflowSink) and not sink._flush():
+            local_dir = Path(cfg.run.storage_path) if not is_uri(cfg.run.storage_path) else Path.home() / ".adadim"
+            sink.spill(local_dir / cfg.run.name / "unsent_metrics.jsonl")
 
 
 def train_epoch(engine, objective, loader, num_steps, epoch, cfg: Config, sink, rank, world_size, device
@@ -257,14 +267,20 @@ def baseline_knn(eval_loaders, cfg: Config, device) -> dict[str, float]:
     return results
 
 
-def log_encoder(sink: MetricsSink, model) -> None:
-    """The trained encoder as an MLflow PyTorch model (artifact path ``encoder``)."""
+def log_encoder(sink: MetricsSink, model, image_size: int) -> None:
+    """The trained encoder as an MLflow PyTorch model (artifact path ``encoder``), in the ``pt2``
+    (torch.export) format, which loads without unpickling code."""
     if sink.run_id is None:
         return
-    import mlflow.pytorch
+    import copy
 
+    import mlflow.pytorch
+    import numpy as np
+
+    encoder = copy.deepcopy(model.encoder).float().cpu().eval()
+    example = np.zeros((2, 3, image_size, image_size), dtype=np.float32)
     with tempfile.TemporaryDirectory() as directory:
         target = Path(directory) / "encoder"
-        mlflow.pytorch.save_model(model.encoder.cpu().eval(), str(target),
+        mlflow.pytorch.save_model(encoder, str(target), input_example=example,
                                   pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
         sink.log_artifacts(target, "encoder")
