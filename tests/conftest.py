@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One real head node (``ray start --head``: dashboard on loopback, token authentication at its default,
+    on) shared by the integration tests, which saves a Ray start-up per training run. Yields the environment
+    a client needs to reach it, and the dashboard's address."""
+    ray = str(Path(sys.executable).parent / "ray")
+    port, dashboard_port = free_port(), free_port()
+    temp_dir = tempfile.mkdtemp(prefix="adadim_ray_", dir="/tmp")  # short: Ray's socket paths have a limit
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--dashboard-host=127.0.0.1",
+                    f"--dashboard-port={dashboard_port}", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+                   check=True, cwd=REPO, env=env, capture_output=True, timeout=180)
+    try:
+        yield {"env": {"RAY_ADDRESS": f"127.0.0.1:{port}", "RAY_AUTH_MODE": "token"},
+               "dashboard": f"http://127.0.0.1:{dashboard_port}", "dashboard_port": dashboard_port}
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)

@@ -170,7 +170,15 @@ def fit(cfg: Config, fresh: bool = False) -> dict[str, Any]:
         status = "FINISHED"
     finally:
         sink.close(status)
+        shutdown_ray()  # flushes the workers' forwarded output, so the summary is the last thing printed
     return summarise(cfg, sink, result)
+
+
+def shutdown_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 def build_trainer(cfg: Config, run_id: str | None, callbacks: list | None = None):

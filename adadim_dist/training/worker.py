@@ -33,8 +33,10 @@ class NonFiniteLossError(RuntimeError):
 
 
 def _say(rank: int, message: str) -> None:
+    # Through logging, not print: Ray Train patches print into the root logger *and* tees it to stdout,
+    # which shows every line twice.
     if rank == 0:
-        print(f"[adadim] {message}", flush=True)
+        logger.info("[adadim] %s", message)
 
 
 def train_loop_per_worker(config_dict: dict) -> None:
@@ -87,7 +89,8 @@ def train_loop_per_worker(config_dict: dict) -> None:
             objective.load_state_dict(state["adadim"])
             start_epoch = state["epoch"]
             run_id = state["mlflow_run_id"] or run_id
-        _say(rank, f"resumed from checkpoint after epoch {start_epoch} (step {objective.state.step})")
+        _say(rank, f"resumed from checkpoint after epoch {start_epoch} (step {objective.state.step}), "
+                   f"parameter fingerprint {parameter_fingerprint(engine.module)}")
 
     sink: MetricsSink = MetricsSink()
     if rank == 0 and run_id is not None:
@@ -220,6 +223,12 @@ def train_epoch(engine, objective, loader, num_steps, epoch, cfg: Config, sink, 
                  f"{logged['train/images_per_s']:.0f} img/s")
             window_start, window_images = time.perf_counter(), 0
     return logged
+
+
+def parameter_fingerprint(model) -> str:
+    """Sum of every floating-point entry of the state dict in float64: equal after an exact restore."""
+    total = sum(v.double().sum().item() for v in model.state_dict().values() if v.is_floating_point())
+    return f"{total:.12e}"
 
 
 def sweep_metrics(metrics: dict[str, float], cfg: Config) -> dict[str, float]:

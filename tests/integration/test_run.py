@@ -1,13 +1,23 @@
-"""The training service end to end on the real stack: Ray Train (2 workers, gloo), FFCV, MLflow (sqlite),
-DDP and DeepSpeed. Runs are kept to a few steps; FFCV's per-loader JIT dominates their time."""
+"""The training service end to end on the real stack: Ray Train (2 workers, gloo), FFCV, MLflow (sqlite) and
+DDP. One job is followed through its life: started, its driver killed after epoch 1, the same command run
+again (resumes), then continued with an exploding learning rate (stops cleanly, last good checkpoint kept).
+DeepSpeed runs through `ray job submit` in test_job_submit.py; a killed worker in tests/reliability."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
+import torch
 
-from ..conftest import run_cli
+from ..conftest import REPO, run_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -15,6 +25,7 @@ EPOCH_METRICS = ["knn/top1_k20", "knn/top1_k200", "probe/top1", "train/epoch_sec
 STEP_METRICS = ["loss/total", "loss/dim", "loss/sample", "loss/invariance", "loss/variance", "loss/covariance",
                 "adadim/alpha", "adadim/beta", "info/h_r", "info/mi_rz", "info/erank_r", "info/erank_z",
                 "info/uniformity", "info/alignment", "train/lr", "train/images_per_s"]
+SECRET = "AKIA-adadim-test-secret-0123456789"
 
 
 def smoke_args(betons, storage, name, *extra):
@@ -22,13 +33,16 @@ def smoke_args(betons, storage, name, *extra):
         "--config", "configs/fmnist_smoke.yaml",
         f"data.train_path={betons['train']}", f"data.test_path={betons['test']}",
         f"run.storage_path={storage}", f"run.name={name}",
-        "training.global_batch_size=64", "training.max_steps_per_epoch=4", "training.log_every=2",
+        "training.global_batch_size=64", "training.max_steps_per_epoch=6", "training.log_every=2",
         "training.cpus_per_worker=0.5", "eval.baselines=false", *extra,
     ]
 
 
 def final_json(stdout: str) -> dict:
-    return json.loads(stdout.strip().splitlines()[-1])
+    """The summary line; it is the last line the driver prints."""
+    last = stdout.strip().splitlines()[-1]
+    assert last.startswith('{"run_id"'), stdout[-2000:]
+    return json.loads(last)
 
 
 def client_for(summary):
@@ -37,65 +51,95 @@ def client_for(summary):
     return MlflowClient(tracking_uri=summary["tracking_uri"])
 
 
-def epoch_series(client, run_id, key):
+def metric_steps(client, run_id, key):
     return sorted(m.step for m in client.get_metric_history(run_id, key))
 
 
+def wait_for(log_path: Path, pattern: str, process: subprocess.Popen, timeout: float = 420) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if re.search(pattern, log_path.read_text()):
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"ended ({process.returncode}) before {pattern!r}:\n{log_path.read_text()[-4000:]}")
+        time.sleep(1)
+    os.killpg(process.pid, signal.SIGKILL)
+    raise AssertionError(f"timed out waiting for {pattern!r}:\n{log_path.read_text()[-4000:]}")
+
+
 @pytest.fixture(scope="module")
-def ddp_first_epoch(tiny_betons, tmp_path_factory):
+def job(tiny_betons, tmp_path_factory, ray_cluster):
+    """Start a 2-epoch DDP job (a credential in its environment), kill its driver during epoch 2, run the
+    same command again. Returns the storage path, the first run id and the second (resuming) process."""
     storage = tmp_path_factory.mktemp("ddp")
-    out = run_cli(smoke_args(tiny_betons, storage, "ddp-resume", "training.epochs=1"), cwd=_repo())
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return storage, final_json(out.stdout)
+    args = smoke_args(tiny_betons, storage, "ddp", "training.epochs=2")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **ray_cluster["env"],
+           "AWS_SECRET_ACCESS_KEY": SECRET, "MLFLOW_TRACKING_PASSWORD": SECRET}
+    log = storage / "first.log"
+    with log.open("w") as handle:
+        driver = subprocess.Popen([sys.executable, "-m", "adadim_dist.run", *args], cwd=REPO, stdout=handle,
+                                  stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    wait_for(log, r"epoch 1/2 done", driver)
+    wait_for(log, r"epoch 2 step 2/", driver)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait(timeout=60)
+    first_run_id = json.loads((storage / "ddp" / "mlflow_run.json").read_text())["run_id"]
+    second = run_cli(args, cwd=REPO, env={**ray_cluster["env"], "AWS_SECRET_ACCESS_KEY": SECRET})
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    return {"storage": storage, "args": args, "first_run_id": first_run_id, "first_log": log.read_text(),
+            "second": second, "summary": final_json(second.stdout)}
 
 
-def _repo():
-    from ..conftest import REPO
-
-    return REPO
-
-
-def test_ddp_run_logs_every_metric_and_checkpoints(ddp_first_epoch):
-    """A 2-worker DDP run produces one MLflow run with every documented metric and a checkpoint."""
-    _, summary = ddp_first_epoch
-    assert summary["epochs"] == 1 and summary["checkpoint"]
+def test_ddp_run_logs_every_metric_and_checkpoints(job):
+    """A 2-worker DDP run produces one MLflow run with every documented metric, the encoder and a checkpoint."""
+    summary = job["summary"]
+    assert summary["epochs"] == 2 and Path(summary["checkpoint"]).name == "epoch_0002"
+    assert (Path(summary["checkpoint"]) / "model.pt").is_file()
     for key in ("run_id", "experiment", "knn_top1", "probe_top1", "final_alpha"):
         assert summary[key] is not None, key
-    run = client_for(summary).get_run(summary["run_id"])
+    client = client_for(summary)
+    run = client.get_run(summary["run_id"])
     assert run.info.status == "FINISHED"
-    missing = [k for k in EPOCH_METRICS + STEP_METRICS if k not in run.data.metrics]
-    assert not missing
+    assert not [k for k in EPOCH_METRICS + STEP_METRICS if k not in run.data.metrics]
     assert run.data.params["training.strategy"] == "ddp" and run.data.params["training.num_workers"] == "2"
     assert 0.0 <= summary["final_alpha"] <= 1.0
-    artifacts = [a.path for a in client_for(summary).list_artifacts(summary["run_id"])]
-    assert "encoder" in artifacts
+    assert "encoder" in [a.path for a in client.list_artifacts(summary["run_id"])]
 
 
-def test_rerun_with_same_name_resumes_into_same_mlflow_run(ddp_first_epoch, tiny_betons):
-    """Stop after epoch 1, run again: it continues at epoch 2 in the same MLflow run; the per-epoch series
-    has no gap and no duplicate."""
-    storage, first = ddp_first_epoch
-    out = run_cli(smoke_args(tiny_betons, storage, "ddp-resume", "training.epochs=2"), cwd=_repo())
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    second = final_json(out.stdout)
-    assert second["run_id"] == first["run_id"] and second["epochs"] == 2
-    assert "resumed from checkpoint after epoch 1" in out.stdout + out.stderr
-    client = client_for(second)
-    assert epoch_series(client, second["run_id"], "knn/top1_k20") == [1, 2]
-    steps = epoch_series(client, second["run_id"], "loss/total")
-    assert steps == sorted(set(steps)) and steps[-1] == 8  # 2 epochs × 4 steps, no duplicate step
+def test_killed_driver_rerun_resumes_into_same_mlflow_run(job):
+    """Stopped (driver killed) after epoch 1, the same command continues at epoch 2 in the same MLflow run;
+    the per-epoch series has no gap and no duplicate."""
+    summary, output = job["summary"], job["second"].stdout + job["second"].stderr
+    assert summary["run_id"] == job["first_run_id"]
+    assert "resumed from checkpoint after epoch 1" in output
+    assert "epoch 1 step" not in output  # epoch 1 is not trained again
+    client = client_for(summary)
+    for key in EPOCH_METRICS:
+        assert metric_steps(client, summary["run_id"], key) == [1, 2], key
 
 
-def test_deepspeed_zero2_run(tiny_betons, tmp_path):
-    """Two workers under DeepSpeed ZeRO-2 (CPU accelerator, gloo) through the same entry point."""
-    out = run_cli(
-        smoke_args(tiny_betons, tmp_path, "zero2", "training.epochs=1", "training.strategy=deepspeed",
-                   "training.deepspeed.zero_stage=2", "optim.name=adamw", "optim.lr=0.002"),
-        cwd=_repo(),
-    )
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    summary = final_json(out.stdout)
+def test_credentials_in_environment_never_reach_mlflow_or_logs(job):
+    summary = job["summary"]
     run = client_for(summary).get_run(summary["run_id"])
-    assert run.info.status == "FINISHED" and run.data.params["training.strategy"] == "deepspeed"
-    assert all(k in run.data.metrics for k in STEP_METRICS)
-    assert summary["checkpoint"] and summary["epochs"] == 1
+    assert SECRET not in json.dumps(run.data.params) + json.dumps(run.data.tags)
+    assert SECRET not in job["first_log"] + job["second"].stdout + job["second"].stderr
+    token_file = Path.home() / ".ray" / "auth_token"
+    if token_file.is_file() and token_file.read_text().strip():
+        token = token_file.read_text().strip()
+        assert token not in json.dumps(run.data.params) and token not in job["second"].stdout + job["second"].stderr
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(job, ray_cluster):
+    """Continuing the job with an exploding learning rate stops it with one line naming the epoch, step and
+    non-finite terms; no checkpoint of epoch 3 is written, the epoch-2 one stays finite, the run is FAILED."""
+    storage = job["storage"]
+    args = [a for a in job["args"] if not a.startswith("training.epochs=")]
+    out = run_cli(args + ["training.epochs=3", "optim.lr=1.0e+30"], cwd=REPO,
+                  env=ray_cluster["env"])
+    assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-3000:]
+    error = out.stderr.strip().splitlines()[-1]
+    assert re.search(r"non-finite loss or gradient at epoch 3 step \d+ \(non-finite terms: .+\)", error), error
+    assert sorted(p.name for p in (storage / "ddp").glob("epoch_*")) == ["epoch_0001", "epoch_0002"]
+    state = torch.load(storage / "ddp" / "epoch_0002" / "model.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    assert client_for(job["summary"]).get_run(job["summary"]["run_id"]).info.status == "FAILED"

@@ -1,0 +1,258 @@
+"""Fault injection and bad input on the real stack. Each test says what a user would otherwise lose.
+
+The killed-driver and non-finite-loss cases follow one job in tests/integration/test_run.py; the token and
+loopback checks are in tests/integration/test_job_submit.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ..conftest import REPO, free_port, run_cli
+
+pytestmark = [pytest.mark.reliability]
+
+
+def args_for(betons, storage, name, *extra):
+    return [
+        "--config", "configs/fmnist_smoke.yaml",
+        f"data.train_path={betons['train']}", f"data.test_path={betons['test']}",
+        f"run.storage_path={storage}", f"run.name={name}", "training.global_batch_size=64",
+        "training.log_every=2", "training.cpus_per_worker=0.5", "eval.baselines=false", "eval.knn_k=[20]", *extra,
+    ]
+
+
+def final_json(text: str) -> dict:
+    return json.loads([line for line in text.splitlines() if line.startswith('{"run_id"')][-1])
+
+
+def fingerprint_of(model_state: dict) -> str:
+    total = sum(v.double().sum().item() for v in model_state.values() if v.is_floating_point())
+    return f"{total:.12e}"
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_worker_killed_mid_epoch_resumes_from_checkpoint(tiny_betons, tmp_path):
+    """SIGKILL to one Ray Train worker during epoch 2 (local Ray started by the entry point): with
+    max_failures=1 the workers restart from the epoch-1 checkpoint, with parameters equal to the
+    checkpoint's, and finish in the same MLflow run with one value per epoch."""
+    log = tmp_path / "run.log"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    with log.open("w") as handle:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "adadim_dist.run",
+             *args_for(tiny_betons, tmp_path, "killed-worker", "training.epochs=2", "training.max_steps_per_epoch=8",
+                       "run.max_failures=1")],
+            cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, env={**env, "PYTHONUNBUFFERED": "1"})
+    deadline = time.time() + 480
+    while not re.search(r"RayTrainWorker pid=(\d+)\).*epoch 2 step 2/", log.read_text()):
+        assert process.poll() is None and time.time() < deadline, log.read_text()[-4000:]
+        time.sleep(0.5)
+    pid = int(re.findall(r"RayTrainWorker pid=(\d+)\).*epoch 2 step", log.read_text())[-1])
+    os.kill(pid, signal.SIGKILL)
+    killed_at = time.time()
+    assert process.wait(timeout=600) == 0, log.read_text()[-5000:]
+    text = log.read_text()
+    summary = final_json(text)
+    assert summary["epochs"] == 2
+    resumed = re.search(r"resumed from checkpoint after epoch 1 .*parameter fingerprint ([-+.\de]+)", text)
+    assert resumed, text[-4000:]
+    checkpoint = tmp_path / "killed-worker" / "epoch_0001" / "model.pt"
+    assert resumed.group(1) == fingerprint_of(torch.load(checkpoint, weights_only=True))
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=summary["tracking_uri"])
+    assert sorted(m.step for m in client.get_metric_history(summary["run_id"], "knn/top1_k20")) == [1, 2]
+    assert client.get_run(summary["run_id"]).info.status == "FINISHED"
+    print(f"recovered and finished {time.time() - killed_at:.0f}s after the kill")
+
+
+# ---------------------------------------------------------------------------------------------- bad data
+def _bad_betons(tiny_betons, tmp_path) -> dict[str, Path]:
+    truncated = tmp_path / "truncated.beton"
+    data = tiny_betons["train"].read_bytes()
+    truncated.write_bytes(data[: len(data) // 3])
+    garbage = tmp_path / "garbage.beton"
+    garbage.write_bytes(b"not a beton file at all" * 100)
+    from adadim_dist.data.sources import ImageSet
+    from adadim_dist.data.writer import write_beton
+    import numpy as np
+
+    unlabeled = tmp_path / "unlabeled.beton"
+    images = np.zeros((64, 32, 32, 3), dtype=np.uint8)
+    write_beton(ImageSet(name="nolabels", images=images, labels=None), unlabeled, progress=False)
+    return {"truncated": truncated, "garbage": garbage, "unlabeled": unlabeled, "missing": tmp_path / "nope.beton"}
+
+
+@pytest.mark.parametrize("case, message", [
+    ("truncated", r"truncated|corrupt|shorter"),
+    ("garbage", r"corrupt|not an? (FFCV|\.beton)|header|version"),
+    ("missing", r"no such \.beton file"),
+    ("unlabeled", r"label"),
+])
+def test_bad_dataset_files_fail_in_one_line_without_a_run(tiny_betons, tmp_path, case, message):
+    """A truncated, corrupt, missing or label-less .beton stops the job before Ray or MLflow start:
+    one line, exit code 2, no MLflow run left behind (RUNNING or otherwise)."""
+    bad = _bad_betons(tiny_betons, tmp_path)[case]
+    storage = tmp_path / "runs"
+    betons = {"train": tiny_betons["train"], "test": bad} if case == "unlabeled" else {"train": bad,
+                                                                                        "test": tiny_betons["test"]}
+    # A missing file of a built-in source is written on demand; for other sources it is an error.
+    extra = ["data.source=cifar10"] if case == "missing" else []
+    out = run_cli(args_for(betons, storage, "bad", *extra), cwd=REPO, timeout=180)
+    assert out.returncode == 2, out.stderr[-3000:]
+    lines = out.stderr.strip().splitlines()
+    assert lines[-1].startswith("adadim_dist: error: ") and re.search(message, lines[-1], re.I), lines[-1]
+    assert "Traceback" not in out.stderr
+    assert not (storage / "mlflow.db").exists()
+
+
+def test_batch_larger_than_each_workers_share_fails_before_start(tiny_betons, tmp_path):
+    out = run_cli(args_for(tiny_betons, tmp_path, "big", "training.global_batch_size=2048"), cwd=REPO, timeout=180)
+    assert out.returncode == 2
+    assert re.match(r"adadim_dist: error: training.global_batch_size: 2048 needs 1024 images per worker, but 1024 "
+                    r"training images give each of 2 workers 512", out.stderr.strip().splitlines()[-1])
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_empty_subset_is_a_config_error(tiny_betons, tmp_path):
+    out = run_cli(args_for(tiny_betons, tmp_path, "empty", "data.subset=0"), cwd=REPO, timeout=180)
+    assert out.returncode == 2 and out.stderr.startswith("adadim_dist: error: data.subset:")
+
+
+# ---------------------------------------------------------------------------------------------- tracking
+def test_unreachable_tracking_server_at_start_fails_fast(tiny_betons, tmp_path):
+    started = time.time()
+    out = run_cli(args_for(tiny_betons, tmp_path, "down", f"tracking.uri=http://127.0.0.1:{free_port()}"),
+                  cwd=REPO, timeout=180)
+    assert out.returncode == 2
+    assert re.match(r"adadim_dist: error: tracking.uri: cannot reach MLflow at http://127.0.0.1:\d+",
+                    out.stderr.strip().splitlines()[-1])
+    assert time.time() - started < 60  # not MLflow's minutes of retries
+
+
+@pytest.fixture()
+def mlflow_server(tmp_path):
+    """A real MLflow tracking server on loopback that a test can stop and start again on the same port."""
+    port = free_port()
+    db = tmp_path / "server.db"
+    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+               "--backend-store-uri", f"sqlite:///{db}", "--default-artifact-root", (tmp_path / "art").as_uri(),
+               "--workers", "1"]
+    state = {}
+
+    def start():
+        state["process"] = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                            start_new_session=True)
+        import urllib.request
+
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
+                return
+            except OSError:
+                time.sleep(0.5)
+        raise AssertionError("mlflow server did not start")
+
+    def stop():
+        os.killpg(state["process"].pid, signal.SIGTERM)
+        state["process"].wait(timeout=30)
+
+    start()
+    yield {"uri": f"http://127.0.0.1:{port}", "start": start, "stop": stop}
+    if state["process"].poll() is None:
+        stop()
+
+
+def test_metrics_logged_during_an_outage_are_buffered_and_sent_when_it_returns(mlflow_server, tmp_path,
+                                                                                monkeypatch):
+    """Rank 0's sink keeps training going while the server is down and loses no metric value."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    from adadim_dist.training.tracking import MLflowSink
+
+    sink = MLflowSink(mlflow_server["uri"], "outage", "run", tmp_path)
+    sink.log({"loss/total": 1.0}, step=1)
+    mlflow_server["stop"]()
+    started = time.time()
+    sink.log({"loss/total": 2.0}, step=2)
+    sink.log({"loss/total": 3.0}, step=3)
+    assert time.time() - started < 30 and len(sink._pending) == 2
+    mlflow_server["start"]()
+    sink.log({"loss/total": 4.0}, step=4)
+    sink.close()
+    history = sink.client.get_metric_history(sink.run_id, "loss/total")
+    assert sorted((m.step, m.value) for m in history) == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0)]
+
+
+def test_metrics_still_unsent_at_the_end_are_written_locally_and_replayable(mlflow_server, tmp_path,
+                                                                             monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    from adadim_dist.training.tracking import MLflowSink, replay
+
+    sink = MLflowSink(mlflow_server["uri"], "outage", "run", tmp_path)
+    mlflow_server["stop"]()
+    sink.log({"a": 1.0, "b": 2.0}, step=7)
+    spilled = tmp_path / "unsent.jsonl"
+    assert sink.spill(spilled) == 2 and len(spilled.read_text().splitlines()) == 2
+    mlflow_server["start"]()
+    assert replay(spilled, mlflow_server["uri"]) == 2
+    assert sink.client.get_run(sink.run_id).data.metrics == {"a": 1.0, "b": 2.0}
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+def test_checkpoint_write_interrupted_leaves_previous_file_usable(tmp_path, monkeypatch):
+    from adadim_dist.training import checkpoint
+
+    checkpoint.save_state(tmp_path, {"epoch": 1})
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed mid-write")
+
+    monkeypatch.setattr(checkpoint.torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_state(tmp_path, {"epoch": 2})
+    assert checkpoint.load_state(tmp_path) == {"epoch": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]  # no temp file left behind
+
+
+def test_checkpoint_loading_refuses_pickled_code(tmp_path):
+    """weights_only=True: a checkpoint carrying an arbitrary object is refused, not executed."""
+    from adadim_dist.training import checkpoint
+
+    torch.save({"epoch": 1, "payload": _Evil()}, tmp_path / "state.pt")
+    with pytest.raises(Exception, match="Weights only load failed|Unsupported global"):
+        checkpoint.load_state(tmp_path)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_resuming_with_an_incompatible_config_is_refused_before_start(tiny_betons, tmp_path):
+    """The run directory holds the config the checkpoints were written with; changing the architecture
+    and re-running the same run name stops with one line instead of a shape error deep in a worker."""
+    from adadim_dist.config import load_config
+    import yaml
+
+    run_dir = tmp_path / "incompatible"
+    run_dir.mkdir()
+    previous = load_config("configs/fmnist_smoke.yaml", ["model.backbone=resnet18"])
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(previous.model_dump(mode="json")))
+    out = run_cli(args_for(tiny_betons, tmp_path, "incompatible"), cwd=REPO, timeout=180)
+    assert out.returncode == 2
+    assert ("checkpoint: incompatible with this config: model was" in out.stderr
+            and "use --fresh" in out.stderr), out.stderr[-2000:]
