@@ -126,6 +126,7 @@ class TrainingConfig(_Strict):
     num_workers: int = Field(2, ge=1)  # Ray Train workers
     cpus_per_worker: float = Field(1.0, gt=0)
     use_gpu: bool = False
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"  # of the workers
     strategy: Literal["ddp", "deepspeed"] = "ddp"
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
     mixed_precision: bool = True  # bf16 autocast on GPU; ignored on CPU

@@ -194,6 +194,7 @@ def build_trainer(cfg: Config, run_id: str | None, callbacks: list | None = None
             num_workers=cfg.training.num_workers,
             use_gpu=cfg.training.use_gpu,
             resources_per_worker={"CPU": cfg.training.cpus_per_worker},
+            placement_strategy=cfg.training.placement_strategy,
         ),
         run_config=RunConfig(
             name=cfg.run.name,

@@ -130,11 +130,12 @@ def test_credentials_in_environment_never_reach_mlflow_or_logs(job):
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(job, ray_cluster):
-    """Continuing the job with an exploding learning rate stops it with one line naming the epoch, step and
-    non-finite terms; no checkpoint of epoch 3 is written, the epoch-2 one stays finite, the run is FAILED."""
+    """Continuing the job with a temperature so small that the NT-Xent logits overflow (inf − inf = NaN) stops
+    it with one line naming the epoch, step and non-finite terms; no checkpoint of epoch 3 is written, the
+    epoch-2 one stays finite, the run is FAILED."""
     storage = job["storage"]
     args = [a for a in job["args"] if not a.startswith("training.epochs=")]
-    out = run_cli(args + ["training.epochs=3", "optim.lr=1.0e+30"], cwd=REPO,
+    out = run_cli(args + ["training.epochs=3", "objective.temperature=1.0e-40"], cwd=REPO,
                   env=ray_cluster["env"])
     assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-3000:]
     error = out.stderr.strip().splitlines()[-1]

@@ -1,0 +1,695 @@
+"""Seeded FFCV operations for the SSL augmentation set, compiled with numba.
+
+FFCV 1.0.2 ships crop, flip, brightness, contrast and saturation, but no hue, grayscale, Gaussian blur or
+solarization, and its random operations draw from numba's unseeded per-thread generator, so two runs with
+the same loader seed get different augmentations. Every random operation here is **seeded and stateless**:
+its randomness is a pure function of
+
+    (operation seed, the indices of the samples in the batch, the sample's own index)
+
+computed by a counter-based integer hash (no generator state, so results do not depend on thread
+scheduling, and Python and numba give bit-identical draws). The batch's index sequence is fixed by FFCV's
+traversal order, i.e. by (loader seed, epoch, rank), hence:
+
+- the same loader seed gives identical batches (also after a restart that resumes at epoch e);
+- different epochs differ (the permutation differs, so every batch key differs);
+- two views differ (each view, and each operation within it, derives its own seed from the loader seed).
+
+(With ``batch_size=1`` the batch key is the sample index alone and a sample would get the same augmentation
+every epoch; SSL batches are far larger.)
+
+Design: each operation's per-batch loop is a module-level *kernel* (plain Python using ``prange``), compiled
+once per process and shared by both views and by every Loader in the process (FFCV recompiles an
+operation's closure for each Loader; here that closure is a one-line call into the cached kernel). Helpers
+are ``register_jitable``: plain Python when the kernel runs uncompiled (``Compiler.set_enabled(False)``),
+inlined when it is compiled. ``Compiler.num_threads > 1`` selects the ``parallel=True`` build, exactly as
+``Compiler.get_iterator()`` selects ``prange``. Every operation writes into its preallocated ``dst``.
+
+All operations act on uint8 H×W×3 images (the JIT part of a pipeline, before normalisation).
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import replace
+from typing import Callable
+
+import numpy as np
+from numba import njit, prange
+from numba.extending import register_jitable
+
+from ffcv.fields.rgb_image import ResizedCropRGBImageDecoder
+from ffcv.libffcv import imdecode, resize_crop
+from ffcv.pipeline.allocation_query import AllocationQuery
+from ffcv.pipeline.compiler import Compiler
+from ffcv.pipeline.operation import Operation
+from ffcv.pipeline.state import State
+
+_MASK32 = 0xFFFFFFFF
+_GOLDEN32 = 0x9E3779B9
+_GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale (ITU-R 601-2 luma)
+
+
+# ------------------------------------------------------------------------------------ counter-based RNG
+@register_jitable
+def mix32(x):
+    """``lowbias32`` integer hash (C. Wellons): a bijection on 32-bit integers with good avalanche.
+
+    Products may exceed 63 bits; numba wraps them and Python does not, but the low 32 bits kept by the mask
+    are the same, so compiled and uncompiled results agree.
+    """
+    x = x & _MASK32
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & _MASK32
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & _MASK32
+    x ^= x >> 16
+    return x
+
+
+@register_jitable
+def combine(a, b):
+    """Order-sensitive mix of two 32-bit values (boost's ``hash_combine`` followed by ``mix32``)."""
+    return mix32(a ^ ((b + _GOLDEN32 + (a << 6) + (a >> 2)) & _MASK32))
+
+
+@register_jitable
+def batch_key(indices):
+    """One 32-bit key for the ordered sample indices of a batch (a function of loader seed, epoch, rank)."""
+    key = 0x1234567
+    for position in range(len(indices)):
+        key = combine(key, int(indices[position]) & _MASK32)
+    return key
+
+
+@register_jitable
+def sample_key(op_seed, key_of_batch, index):
+    """The key of one sample's randomness in one operation."""
+    return combine(combine(op_seed & _MASK32, key_of_batch), int(index) & _MASK32)
+
+
+@register_jitable
+def uniform(key, draw):
+    """The ``draw``-th uniform number in [0, 1) of the stream named by ``key``."""
+    return mix32(combine(key, draw)) / 4294967296.0
+
+
+def derive_seed(seed: int, *names: str) -> int:
+    """A 32-bit seed for a named component (``derive_seed(seed, "view_a", "jitter")``); stable across runs.
+
+    Uses CRC-32 of the names, not Python's ``hash``, which is salted per process.
+    """
+    key = int(seed) & _MASK32
+    for name in names:
+        key = combine(key, zlib.crc32(name.encode()))
+    return key
+
+
+# ----------------------------------------------------------------------------------------- kernel cache
+class _Kernel:
+    """A batch loop compiled lazily, once per process, in a serial and a parallel build.
+
+    Disk caching (``cache=True``) lets a new process (a Ray worker, a test run) skip most of the compile;
+    where no cache directory is writable numba refuses it and we compile without.
+    """
+
+    def __init__(self, function: Callable):
+        self.function = function
+        self._builds: dict[bool, Callable] = {}
+
+    def select(self) -> Callable:
+        """The build matching FFCV's compiler settings (the Python function when compilation is off)."""
+        if not Compiler.is_enabled:
+            return self.function
+        parallel = Compiler.num_threads > 1
+        if parallel not in self._builds:
+            options = dict(fastmath=True, nogil=True, error_model="numpy", parallel=parallel)
+            try:
+                self._builds[parallel] = njit(cache=True, **options)(self.function)
+            except RuntimeError:  # "cannot cache function ...: no locator available"
+                self._builds[parallel] = njit(**options)(self.function)
+        return self._builds[parallel]
+
+
+def _check_uint8_image_state(previous_state: State, name: str) -> None:
+    shape = previous_state.shape
+    if previous_state.dtype != np.dtype("uint8") or shape is None or len(shape) != 3 or shape[2] != 3:
+        raise ValueError(f"{name} needs uint8 H×W×3 images (place it before ToTensor and NormalizeImage); "
+                         f"got shape {shape}, dtype {previous_state.dtype}")  # fmt: skip
+
+
+class _SeededImageOp(Operation):
+    """Base of the per-image augmentations: uint8 H×W×3 in, same shape out, seeded, applied with ``prob``."""
+
+    name = "op"
+
+    def __init__(self, prob: float, seed: int):
+        super().__init__()
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"{type(self).__name__}: prob must be in [0, 1], got {prob}")
+        self.prob = float(prob)
+        self.seed = int(seed) & _MASK32
+
+    # ``jit_mode=False`` tells FFCV not to compile this operation's code: that code is a one-line Python shim
+    # calling the kernel, which is already compiled (and cached across Loaders and processes). Letting FFCV
+    # njit the shim as well would cost ~1 s of compile per operation, per view, per Loader, for nothing.
+    # FFCV 1.0.2 cannot schedule a JIT operation after a non-JIT one (``Graph.group_operations`` loops
+    # forever), so everything after the decoder must be non-JIT: the pipeline ends in NormalizeToTensor.
+    def declare_state_and_memory(self, previous_state: State):
+        _check_uint8_image_state(previous_state, type(self).__name__)
+        return replace(previous_state, jit_mode=False), AllocationQuery(previous_state.shape, np.dtype("uint8"))
+
+    def _with_work_buffer(self, previous_state: State):
+        """Output buffer plus a float32 scratch image per sample (jitter and blur compute in float)."""
+        _check_uint8_image_state(previous_state, type(self).__name__)
+        return replace(previous_state, jit_mode=False), (
+            AllocationQuery(previous_state.shape, np.dtype("uint8")),
+            AllocationQuery(previous_state.shape, np.dtype("float32")),
+        )
+
+
+# ------------------------------------------------------------------------------------------------- flip
+def _flip_batch(images, dst, indices, seed, prob):
+    key_of_batch = batch_key(indices)
+    width = images.shape[2]
+    for i in prange(images.shape[0]):
+        if uniform(sample_key(seed, key_of_batch, indices[i]), 0) < prob:
+            for y in range(images.shape[1]):
+                for x in range(width):
+                    for c in range(3):
+                        dst[i, y, x, c] = images[i, y, width - 1 - x, c]
+        else:
+            dst[i] = images[i]
+    return dst
+
+
+_FLIP = _Kernel(_flip_batch)
+
+
+class SeededHorizontalFlip(_SeededImageOp):
+    """Mirror left–right with probability ``prob`` (FFCV's ``RandomHorizontalFlip``, seeded)."""
+
+    def generate_code(self) -> Callable:
+        kernel, seed, prob = _FLIP.select(), self.seed, self.prob
+
+        def flip(images, dst, indices):
+            return kernel(images, dst, indices, seed, prob)
+
+        flip.with_indices = True
+        return flip
+
+
+# ----------------------------------------------------------------------------------------- colour jitter
+@register_jitable
+def draw_jitter(key, brightness, contrast, saturation, hue):
+    """(order of the four adjustments, brightness, contrast, saturation, hue factors) as torchvision draws.
+
+    Fisher–Yates over draws 1–3 gives the order (0 brightness, 1 contrast, 2 saturation, 3 hue); factors are
+    uniform in [max(0, 1−m), 1+m] (hue: [−m, m]) from draws 4–7.
+    """
+    order = np.arange(4)
+    for last in range(3, 0, -1):
+        pick = int(uniform(key, 4 - last) * (last + 1))
+        order[last], order[pick] = order[pick], order[last]
+    low_b = max(0.0, 1.0 - brightness)
+    low_c = max(0.0, 1.0 - contrast)
+    low_s = max(0.0, 1.0 - saturation)
+    factor_b = low_b + (1.0 + brightness - low_b) * uniform(key, 4)
+    factor_c = low_c + (1.0 + contrast - low_c) * uniform(key, 5)
+    factor_s = low_s + (1.0 + saturation - low_s) * uniform(key, 6)
+    factor_h = -hue + 2.0 * hue * uniform(key, 7)
+    return order, factor_b, factor_c, factor_s, factor_h
+
+
+@register_jitable
+def _clip255(value):
+    return min(max(value, 0.0), 255.0)
+
+
+@register_jitable
+def _adjust_brightness(image, factor):
+    for y in range(image.shape[0]):
+        for x in range(image.shape[1]):
+            for c in range(3):
+                image[y, x, c] = _clip255(image[y, x, c] * factor)
+
+
+@register_jitable
+def _adjust_contrast(image, factor):
+    total = 0.0
+    for y in range(image.shape[0]):
+        for x in range(image.shape[1]):
+            total += 0.2989 * image[y, x, 0] + 0.587 * image[y, x, 1] + 0.114 * image[y, x, 2]
+    mean = total / (image.shape[0] * image.shape[1])
+    for y in range(image.shape[0]):
+        for x in range(image.shape[1]):
+            for c in range(3):
+                image[y, x, c] = _clip255(factor * image[y, x, c] + (1.0 - factor) * mean)
+
+
+@register_jitable
+def _adjust_saturation(image, factor):
+    for y in range(image.shape[0]):
+        for x in range(image.shape[1]):
+            gray = 0.2989 * image[y, x, 0] + 0.587 * image[y, x, 1] + 0.114 * image[y, x, 2]
+            for c in range(3):
+                image[y, x, c] = _clip255(factor * image[y, x, c] + (1.0 - factor) * gray)
+
+
+@register_jitable
+def _shift_hue_pixel(r, g, b, shift):
+    """RGB (0–255) → HSV, hue += shift (mod 1), → RGB; torchvision's ``_rgb2hsv``/``_hsv2rgb`` formulas."""
+    r, g, b = float(r), float(g), float(b)
+    maxc = max(r, max(g, b))
+    minc = min(r, min(g, b))
+    if maxc == minc:  # grey: hue is undefined and a shift changes nothing
+        return r, g, b
+    span = maxc - minc
+    saturation = span / maxc
+    rc, gc, bc = (maxc - r) / span, (maxc - g) / span, (maxc - b) / span
+    if maxc == r:
+        hue = bc - gc
+    elif maxc == g:
+        hue = 2.0 + rc - bc
+    else:
+        hue = 4.0 + gc - rc
+    hue = (hue / 6.0 + 1.0 + shift) % 1.0
+    sector_f = hue * 6.0
+    sector = int(math.floor(sector_f))
+    frac = sector_f - sector
+    sector = sector % 6
+    v = maxc
+    p = _clip255(v * (1.0 - saturation))
+    q = _clip255(v * (1.0 - saturation * frac))
+    t = _clip255(v * (1.0 - saturation * (1.0 - frac)))
+    if sector == 0:
+        return v, t, p
+    if sector == 1:
+        return q, v, p
+    if sector == 2:
+        return p, v, t
+    if sector == 3:
+        return p, q, v
+    if sector == 4:
+        return t, p, v
+    return v, p, q
+
+
+@register_jitable
+def _adjust_hue(image, shift):
+    for y in range(image.shape[0]):
+        for x in range(image.shape[1]):
+            r, g, b = _shift_hue_pixel(image[y, x, 0], image[y, x, 1], image[y, x, 2], shift)
+            image[y, x, 0] = r
+            image[y, x, 1] = g
+            image[y, x, 2] = b
+
+
+@register_jitable
+def _store_rounded(work, dst):
+    for y in range(work.shape[0]):
+        for x in range(work.shape[1]):
+            for c in range(3):
+                dst[y, x, c] = int(_clip255(work[y, x, c]) + 0.5)
+
+
+def _jitter_batch(images, dst, work, indices, seed, prob, brightness, contrast, saturation, hue):
+    key_of_batch = batch_key(indices)
+    for i in prange(images.shape[0]):
+        key = sample_key(seed, key_of_batch, indices[i])
+        if uniform(key, 0) < prob:
+            order, factor_b, factor_c, factor_s, factor_h = draw_jitter(key, brightness, contrast, saturation, hue)
+            image = work[i]
+            for y in range(images.shape[1]):
+                for x in range(images.shape[2]):
+                    for c in range(3):
+                        image[y, x, c] = images[i, y, x, c]
+            for step in range(4):
+                kind = order[step]
+                if kind == 0 and brightness > 0:
+                    _adjust_brightness(image, factor_b)
+                elif kind == 1 and contrast > 0:
+                    _adjust_contrast(image, factor_c)
+                elif kind == 2 and saturation > 0:
+                    _adjust_saturation(image, factor_s)
+                elif kind == 3 and hue > 0:
+                    _adjust_hue(image, factor_h)
+            _store_rounded(image, dst[i])
+        else:
+            dst[i] = images[i]
+    return dst
+
+
+_JITTER = _Kernel(_jitter_batch)
+
+
+class ColorJitter(_SeededImageOp):
+    """torchvision's ``RandomApply([ColorJitter(b, c, s, h)], p)``: with probability ``prob``, brightness,
+    contrast, saturation and hue adjustments in a random order, each factor drawn per image.
+
+    Computed in float32 on 0–255 values, clipped after each step and rounded once at the end (torchvision
+    truncates to uint8 between steps; that only loses precision). A magnitude of 0 disables that step.
+    """
+
+    def __init__(self, brightness: float, contrast: float, saturation: float, hue: float, prob: float, seed: int):
+        super().__init__(prob, seed)
+        if min(brightness, contrast, saturation) < 0 or not 0 <= hue <= 0.5:
+            raise ValueError("ColorJitter: brightness, contrast, saturation must be >= 0 and hue in [0, 0.5]")
+        self.brightness, self.contrast, self.saturation, self.hue = map(float, (brightness, contrast, saturation, hue))
+
+    def declare_state_and_memory(self, previous_state: State):
+        return self._with_work_buffer(previous_state)
+
+    def generate_code(self) -> Callable:
+        kernel, seed, prob = _JITTER.select(), self.seed, self.prob
+        brightness, contrast, saturation, hue = self.brightness, self.contrast, self.saturation, self.hue
+
+        def color_jitter(images, buffers, indices):
+            dst, work = buffers
+            return kernel(images, dst, work, indices, seed, prob, brightness, contrast, saturation, hue)
+
+        color_jitter.with_indices = True
+        return color_jitter
+
+
+# -------------------------------------------------------------------------------------------- grayscale
+def _grayscale_batch(images, dst, indices, seed, prob):
+    key_of_batch = batch_key(indices)
+    for i in prange(images.shape[0]):
+        if uniform(sample_key(seed, key_of_batch, indices[i]), 0) < prob:
+            for y in range(images.shape[1]):
+                for x in range(images.shape[2]):
+                    gray = 0.2989 * images[i, y, x, 0] + 0.587 * images[i, y, x, 1] + 0.114 * images[i, y, x, 2]
+                    value = int(_clip255(gray) + 0.5)
+                    dst[i, y, x, 0] = value
+                    dst[i, y, x, 1] = value
+                    dst[i, y, x, 2] = value
+        else:
+            dst[i] = images[i]
+    return dst
+
+
+_GRAYSCALE = _Kernel(_grayscale_batch)
+
+
+class RandomGrayscale(_SeededImageOp):
+    """With probability ``prob``, replace each pixel by its luma (0.2989 R + 0.587 G + 0.114 B) in all channels."""
+
+    def generate_code(self) -> Callable:
+        kernel, seed, prob = _GRAYSCALE.select(), self.seed, self.prob
+
+        def grayscale(images, dst, indices):
+            return kernel(images, dst, indices, seed, prob)
+
+        grayscale.with_indices = True
+        return grayscale
+
+
+# ------------------------------------------------------------------------------------------------- blur
+@register_jitable
+def blur_radius(sigma, max_radius, height, width):
+    """Kernel half-width: ceil(3σ) (99.7 % of the mass), at most ``max_radius`` and smaller than the image."""
+    return max(0, min(int(math.ceil(3.0 * sigma)), max_radius, height - 1, width - 1))
+
+
+@register_jitable
+def _reflect(position, size):
+    """Mirror an out-of-range index without repeating the edge (numpy's / torch's ``reflect`` padding)."""
+    if position < 0:
+        return -position
+    if position >= size:
+        return 2 * size - 2 - position
+    return position
+
+
+def _blur_batch(images, dst, work, indices, seed, prob, sigma_low, sigma_high, max_radius):
+    key_of_batch = batch_key(indices)
+    height, width = images.shape[1], images.shape[2]
+    for i in prange(images.shape[0]):
+        key = sample_key(seed, key_of_batch, indices[i])
+        if uniform(key, 0) < prob:
+            sigma = sigma_low + (sigma_high - sigma_low) * uniform(key, 1)
+            radius = blur_radius(sigma, max_radius, height, width)
+            weights = np.empty(2 * radius + 1, dtype=np.float32)
+            total = 0.0
+            for k in range(-radius, radius + 1):
+                weight = math.exp(-(k * k) / (2.0 * sigma * sigma))
+                weights[k + radius] = weight
+                total += weight
+            for k in range(2 * radius + 1):
+                weights[k] /= total
+            for y in range(height):  # horizontal pass into the float scratch image
+                for x in range(width):
+                    for c in range(3):
+                        acc = 0.0
+                        for k in range(-radius, radius + 1):
+                            acc += weights[k + radius] * images[i, y, _reflect(x + k, width), c]
+                        work[i, y, x, c] = acc
+            for y in range(height):  # vertical pass into dst
+                for x in range(width):
+                    for c in range(3):
+                        acc = 0.0
+                        for k in range(-radius, radius + 1):
+                            acc += weights[k + radius] * work[i, _reflect(y + k, height), x, c]
+                        dst[i, y, x, c] = int(_clip255(acc) + 0.5)
+        else:
+            dst[i] = images[i]
+    return dst
+
+
+_BLUR = _Kernel(_blur_batch)
+
+
+class GaussianBlur(_SeededImageOp):
+    """With probability ``prob``, a separable Gaussian blur with σ uniform in ``sigma`` (reflect padding).
+
+    The kernel spans ±ceil(3σ) pixels (capped by ``max_radius``, default ceil(3·σ_max)), like PIL's
+    ``GaussianBlur(radius=σ)`` used by the BYOL/VICReg recipes, rather than torchvision's fixed size.
+    """
+
+    def __init__(self, sigma: tuple[float, float], prob: float, seed: int, max_radius: int | None = None):
+        super().__init__(prob, seed)
+        low, high = float(sigma[0]), float(sigma[1])
+        if not 0 < low <= high:
+            raise ValueError(f"GaussianBlur: sigma must satisfy 0 < min <= max, got {sigma}")
+        self.sigma = (low, high)
+        self.max_radius = int(max_radius if max_radius is not None else math.ceil(3 * high))
+
+    def declare_state_and_memory(self, previous_state: State):
+        return self._with_work_buffer(previous_state)
+
+    def generate_code(self) -> Callable:
+        kernel, seed, prob = _BLUR.select(), self.seed, self.prob
+        (sigma_low, sigma_high), max_radius = self.sigma, self.max_radius
+
+        def gaussian_blur(images, buffers, indices):
+            dst, work = buffers
+            return kernel(images, dst, work, indices, seed, prob, sigma_low, sigma_high, max_radius)
+
+        gaussian_blur.with_indices = True
+        return gaussian_blur
+
+
+# ------------------------------------------------------------------------------------------- solarize
+def _solarize_batch(images, dst, indices, seed, prob, threshold):
+    key_of_batch = batch_key(indices)
+    for i in prange(images.shape[0]):
+        if uniform(sample_key(seed, key_of_batch, indices[i]), 0) < prob:
+            for y in range(images.shape[1]):
+                for x in range(images.shape[2]):
+                    for c in range(3):
+                        value = images[i, y, x, c]
+                        dst[i, y, x, c] = 255 - value if value >= threshold else value
+        else:
+            dst[i] = images[i]
+    return dst
+
+
+_SOLARIZE = _Kernel(_solarize_batch)
+
+
+class RandomSolarize(_SeededImageOp):
+    """With probability ``prob``, invert every value ``>= threshold`` (torchvision's ``RandomSolarize``)."""
+
+    def __init__(self, threshold: int, prob: float, seed: int):
+        super().__init__(prob, seed)
+        if not 0 <= threshold <= 256:
+            raise ValueError(f"RandomSolarize: threshold must be in [0, 256], got {threshold}")
+        self.threshold = int(threshold)
+
+    def generate_code(self) -> Callable:
+        kernel, seed, prob, threshold = _SOLARIZE.select(), self.seed, self.prob, self.threshold
+
+        def solarize(images, dst, indices):
+            return kernel(images, dst, indices, seed, prob, threshold)
+
+        solarize.with_indices = True
+        return solarize
+
+
+# ------------------------------------------------------------------------------ normalise to a tensor
+def _normalize_batch(images, dst, mean, inv_std):
+    for i in prange(images.shape[0]):
+        for c in range(3):
+            for y in range(images.shape[1]):
+                for x in range(images.shape[2]):
+                    dst[i, c, y, x] = (images[i, y, x, c] - mean[c]) * inv_std[c]
+    return dst
+
+
+_NORMALIZE = _Kernel(_normalize_batch)
+
+
+class NormalizeToTensor(Operation):
+    """uint8 N×H×W×3 → float32 N×C×H×W torch tensor, ``(x − mean) / std`` per channel, in one compiled pass.
+
+    Replaces FFCV's ``NormalizeImage → ToTensor → ToTorchImage(channels_last=False)`` (two passes and a copy).
+    ``mean``/``std`` are in the 0–1 scale of ``DataConfig``. The result is contiguous and shares memory with
+    FFCV's output buffer.
+    """
+
+    def __init__(self, mean, std):
+        super().__init__()
+        mean, std = np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
+        if mean.shape != (3,) or std.shape != (3,) or (std <= 0).any():
+            raise ValueError(f"NormalizeToTensor: mean and std need 3 values, std > 0; got {mean}, {std}")
+        self.mean = (mean * 255.0).astype(np.float32)
+        self.inv_std = (1.0 / (std * 255.0)).astype(np.float32)
+
+    def declare_state_and_memory(self, previous_state: State):
+        import torch
+
+        _check_uint8_image_state(previous_state, "NormalizeToTensor")
+        height, width, channels = previous_state.shape
+        # jit_mode=False: the shim below returns a torch tensor; the kernel it calls is compiled already.
+        next_state = replace(previous_state, jit_mode=False, shape=(channels, height, width), dtype=torch.float32)
+        return next_state, AllocationQuery((channels, height, width), np.dtype("float32"))
+
+    def generate_code(self) -> Callable:
+        import torch
+
+        kernel, mean, inv_std = _NORMALIZE.select(), self.mean, self.inv_std
+
+        def normalize_to_tensor(images, dst):
+            return torch.from_numpy(kernel(images, dst, mean, inv_std)[: images.shape[0]])
+
+        return normalize_to_tensor
+
+
+# --------------------------------------------------------------------------------- random resized crop
+@register_jitable
+def random_crop_box(key, height, width, scale_low, scale_high, log_ratio_low, log_ratio_high):
+    """torchvision's ``RandomResizedCrop.get_params``: (top, left, crop height, crop width).
+
+    Up to 10 tries of an area fraction in ``scale`` and a log-uniform aspect ratio; then a centre crop with
+    the ratio clamped to the allowed range. Rounds half up (the same in Python and numba).
+    """
+    area = float(height * width)
+    for attempt in range(10):
+        target_area = area * (scale_low + (scale_high - scale_low) * uniform(key, 4 * attempt))
+        aspect = math.exp(log_ratio_low + (log_ratio_high - log_ratio_low) * uniform(key, 4 * attempt + 1))
+        crop_w = int(math.floor(math.sqrt(target_area * aspect) + 0.5))
+        crop_h = int(math.floor(math.sqrt(target_area / aspect) + 0.5))
+        if 0 < crop_w <= width and 0 < crop_h <= height:
+            top = int(uniform(key, 4 * attempt + 2) * (height - crop_h + 1))
+            left = int(uniform(key, 4 * attempt + 3) * (width - crop_w + 1))
+            return top, left, crop_h, crop_w
+    in_ratio = width / height
+    ratio_low, ratio_high = math.exp(log_ratio_low), math.exp(log_ratio_high)
+    if in_ratio < ratio_low:
+        crop_w = width
+        crop_h = int(math.floor(crop_w / ratio_low + 0.5))
+    elif in_ratio > ratio_high:
+        crop_h = height
+        crop_w = int(math.floor(crop_h * ratio_high + 0.5))
+    else:
+        crop_w = width
+        crop_h = height
+    return (height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w
+
+
+@register_jitable
+def center_crop_box(height, width):
+    """The largest centred square: (top, left, side, side) (FFCV's centre crop with ratio 1)."""
+    side = min(height, width)
+    return (height - side) // 2, (width - side) // 2, side, side
+
+
+class CropResizeDecoder(ResizedCropRGBImageDecoder):
+    """Decode, crop and resize (OpenCV area interpolation) in one pass, like FFCV's crop decoders.
+
+    ``random=True``: torchvision's random resized crop with ``scale``/``ratio``, the box drawn by
+    :func:`random_crop_box` keyed by (seed, batch, sample index) instead of numba's unseeded generator.
+    ``random=False``: the centred square (evaluation). Supports raw and JPEG storage and varying sizes.
+    """
+
+    def __init__(self, output_size: tuple[int, int], *, random: bool, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                 seed: int = 0):  # fmt: skip
+        super().__init__(output_size)
+        if not 0 < scale[0] <= scale[1] or not 0 < ratio[0] <= ratio[1]:
+            raise ValueError(f"crop scale/ratio must satisfy 0 < min <= max, got {scale}, {ratio}")
+        self.random = bool(random)
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.ratio = (float(ratio[0]), float(ratio[1]))
+        self.seed = int(seed) & _MASK32
+
+    @property
+    def get_crop_generator(self):  # required by the abstract base; generate_code below does not use it
+        return random_crop_box if self.random else center_crop_box
+
+    def generate_code(self) -> Callable:
+        jpg_mode = 0  # ffcv.fields.rgb_image.IMAGE_MODES['jpg']
+        mem_read = self.memory_read
+        my_range = Compiler.get_iterator()
+        # Fresh dispatchers per generate_code, as FFCV does: numba 0.68 mis-handles a dispatcher of these
+        # ctypes wrappers that is shared between Loaders (KeyError while typing the second Loader's decoder).
+        imdecode_c = Compiler.compile(imdecode)
+        resize_crop_c = Compiler.compile(resize_crop)
+        random, seed = self.random, self.seed
+        scale_low, scale_high = self.scale
+        log_ratio_low, log_ratio_high = math.log(self.ratio[0]), math.log(self.ratio[1])
+
+        def decode(batch_indices, my_storage, metadata, storage_state):
+            destination, temp_storage = my_storage
+            key_of_batch = batch_key(batch_indices)
+            for dst_ix in my_range(len(batch_indices)):
+                source_ix = batch_indices[dst_ix]
+                field = metadata[source_ix]
+                image_data = mem_read(field["data_ptr"], storage_state)
+                height = np.uint32(field["height"])
+                width = np.uint32(field["width"])
+                if field["mode"] == jpg_mode:
+                    temp_buffer = temp_storage[dst_ix]
+                    imdecode_c(image_data, temp_buffer, height, width, height, width, 0, 0, 1, 1, False, False)
+                    selected_size = 3 * height * width
+                    temp_buffer = temp_buffer.reshape(-1)[:selected_size]
+                    temp_buffer = temp_buffer.reshape(height, width, 3)
+                else:
+                    temp_buffer = image_data.reshape(height, width, 3)
+                if random:
+                    key = sample_key(seed, key_of_batch, source_ix)
+                    top, left, crop_h, crop_w = random_crop_box(
+                        key, int(height), int(width), scale_low, scale_high, log_ratio_low, log_ratio_high
+                    )
+                else:
+                    top, left, crop_h, crop_w = center_crop_box(int(height), int(width))
+                resize_crop_c(temp_buffer, top, top + crop_h, left, left + crop_w, destination[dst_ix])
+            return destination[: len(batch_indices)]
+
+        decode.is_parallel = True
+        return decode
+
+
+class SeededRandomResizedCropDecoder(CropResizeDecoder):
+    """FFCV's ``RandomResizedCropRGBImageDecoder`` (torchvision's ``scale``/``ratio``) with seeded crops."""
+
+    def __init__(self, output_size: tuple[int, int], scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), seed: int = 0):
+        super().__init__(output_size, random=True, scale=scale, ratio=ratio, seed=seed)
+
+
+class CenterCropDecoder(CropResizeDecoder):
+    """FFCV's ``CenterCropRGBImageDecoder(ratio=1)``: the centred square, resized (the evaluation view)."""
+
+    def __init__(self, output_size: tuple[int, int]):
+        super().__init__(output_size, random=False)

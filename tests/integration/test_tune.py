@@ -1,0 +1,96 @@
+"""A real Ray Tune sweep (Train V2 trial functions, ASHA) over a tiny Fashion-MNIST set, its MLflow parent and
+nested child runs, the best-config YAML, and the comparison report over the trials."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from ..conftest import REPO
+from adadim_dist.config import load_config
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def sweep(tiny_betons, tmp_path_factory, ray_cluster):
+    import subprocess
+    import os
+    import sys
+
+    root = tmp_path_factory.mktemp("sweep")
+    sweep_file = root / "sweep.yaml"
+    sweep_file.write_text(yaml.safe_dump({
+        "name": "tiny-sweep",
+        "base_config": str(REPO / "configs/fmnist_smoke.yaml"),
+        "overrides": [f"data.train_path={tiny_betons['train']}", f"data.test_path={tiny_betons['test']}",
+                      f"run.storage_path={root / 'runs'}", "training.epochs=2", "training.global_batch_size=64",
+                      "training.max_steps_per_epoch=3", "training.log_every=3", "eval.baselines=false",
+                      "eval.knn_k=[20]", "tracking.experiment=tiny-sweep"],
+        "metric": "rankme",
+        "num_samples": 4,
+        "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2},
+        "trial": {"num_workers": 2, "cpus_per_worker": 0.45, "trial_cpus": 0.1},
+        "search_space": {"objective.gamma": {"type": "loguniform", "low": 0.01, "high": 10.0},
+                         "objective.mi_sign": {"type": "choice", "values": ["maximize", "minimize"]},
+                         "optim.lr": {"type": "loguniform", "low": 0.001, "high": 1.0}},
+    }))
+    out = subprocess.run([sys.executable, "-m", "adadim_dist.tune", "--config", str(sweep_file)], cwd=REPO,
+                         capture_output=True, text=True, timeout=1200,
+                         env={**os.environ, **ray_cluster["env"], "PYTHONUNBUFFERED": "1"})
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    return root, summary, out
+
+
+def test_sweep_has_parent_and_nested_child_runs(sweep):
+    from mlflow.tracking import MlflowClient
+
+    root, summary, _ = sweep
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'runs' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tiny-sweep")
+    parent = client.get_run(summary["parent_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.params["sweep.metric"] == "rankme"
+    assert parent.data.metrics["best_score"] == summary["best_score"] >= summary["worst_score"]
+    children = client.search_runs([experiment.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(children) == 4
+    for child in children:
+        assert child.info.status in ("FINISHED", "KILLED")
+        assert "info/erank_r" in child.data.metrics and "sweep.objective.gamma" in child.data.params
+
+
+def test_asha_stops_at_least_one_trial_early(sweep):
+    from mlflow.tracking import MlflowClient
+
+    root, summary, _ = sweep
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'runs' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tiny-sweep")
+    children = client.search_runs([experiment.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{summary['parent_run_id']}'")
+    epochs = [len(client.get_metric_history(c.info.run_id, "knn/top1_k20")) for c in children]
+    assert min(epochs) == 1 and max(epochs) == 2, epochs
+    assert sum(c.info.status == "KILLED" for c in children) >= 1
+
+
+def test_best_config_is_accepted_by_run(sweep):
+    _, summary, _ = sweep
+    cfg = load_config(summary["best_config"])
+    for key, value in summary["best_params"].items():
+        section, *rest = key.split(".")
+        node = getattr(cfg, section)
+        for part in rest:
+            node = getattr(node, part)
+        assert node == value
+
+
+def test_compare_over_the_sweep(sweep, tmp_path):
+    from adadim_dist.compare import compare
+
+    root, summary, _ = sweep
+    table, plots, _ = compare(f"sqlite:///{root / 'runs' / 'mlflow.db'}", "tiny-sweep", None, tmp_path)
+    assert len([line for line in table.splitlines()[2:] if line.startswith("|")]) == 4
+    assert all(p.stat().st_size > 5000 for p in plots)
+    assert "objective.gamma" in table.splitlines()[0]
