@@ -121,6 +121,8 @@ def run_sweep(sweep: SweepConfig, base: Config) -> dict[str, Any]:
 
 
 def summarise_sweep(sweep: SweepConfig, base: Config, results, parent, sweep_cfg: Config) -> dict[str, Any]:
+    from .training.driver import write_run_file
+
     scores = []
     for result in results:
         if result.metrics and sweep.metric_key in result.metrics:

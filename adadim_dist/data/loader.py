@@ -295,8 +295,10 @@ def build_ssl_loader(
     count = info.num_samples if indices is None else len(indices)
     per_rank = _samples_per_rank(count, world_size, distributed)
     if per_rank < batch_size:
-        raise ValueError(f"{data_cfg.train_path}: {count} training images give {per_rank} per worker, fewer than "
-                         f"one batch of {batch_size} (drop_last); lower the batch size or raise data.subset")  # fmt: skip
+        raise ValueError(
+            f"{data_cfg.train_path}: {count} training images give {per_rank} per worker, fewer than one batch "
+            f"of {batch_size} (drop_last); lower the batch size or raise data.subset"
+        )
     pipelines = build_two_view_specs(data_cfg, seed, device)
     if info.has_labels:
         pipelines[LABEL] = build_label_pipeline(device)

@@ -18,19 +18,25 @@ traversal order, i.e. by (loader seed, epoch, rank), hence:
 (With ``batch_size=1`` the batch key is the sample index alone and a sample would get the same augmentation
 every epoch; SSL batches are far larger.)
 
-Design: each operation's per-batch loop is a module-level *kernel* (plain Python using ``prange``), compiled
-once per process and shared by both views and by every Loader in the process (FFCV recompiles an
-operation's closure for each Loader; here that closure is a one-line call into the cached kernel). Helpers
-are ``register_jitable``: plain Python when the kernel runs uncompiled (``Compiler.set_enabled(False)``),
-inlined when it is compiled. ``Compiler.num_threads > 1`` selects the ``parallel=True`` build, exactly as
-``Compiler.get_iterator()`` selects ``prange``. Every operation writes into its preallocated ``dst``.
+Design: each augmentation's per-batch loop is a module-level *kernel* (plain Python using ``prange``),
+compiled once per process (and cached on disk by numba), shared by both views and by every Loader. The
+operation's code handed to FFCV is a one-line shim calling the kernel, declared ``jit_mode=False`` so FFCV
+does not compile it again for each Loader (FFCV recompiles every JIT operation per Loader; that is most of
+its 35–45 s start-up). Helpers are ``register_jitable``: plain Python when the kernel runs uncompiled
+(``Compiler.set_enabled(False)``), inlined when compiled. ``Compiler.num_threads > 1`` selects the
+``parallel=True`` build, as ``Compiler.get_iterator()`` selects ``prange``. Operations write into their
+preallocated ``dst``. Only the crop decoders are compiled per Loader (they read FFCV's memory manager).
 
-All operations act on uint8 H×W×3 images (the JIT part of a pipeline, before normalisation).
+FFCV 1.0.2 cannot schedule a JIT operation after a non-JIT one, so a pipeline is: crop decoder (JIT) →
+these augmentations → :class:`NormalizeToTensor` (uint8 → normalised float32 NCHW tensor) → ``ToDevice``.
+
+All augmentations act on uint8 H×W×3 images, before normalisation.
 """
 
 from __future__ import annotations
 
 import math
+import types
 import zlib
 from dataclasses import replace
 from typing import Callable
@@ -124,11 +130,18 @@ class _Kernel:
             return self.function
         parallel = Compiler.num_threads > 1
         if parallel not in self._builds:
+            function = self.function
+            if parallel:
+                # numba's disk cache is keyed by the function's qualified name and signature, not by the
+                # ``parallel`` flag: without its own name the parallel build would load the serial one.
+                function = types.FunctionType(function.__code__, function.__globals__, function.__name__,
+                                              function.__defaults__, function.__closure__)  # fmt: skip
+                function.__qualname__ = f"{self.function.__qualname__}_parallel"
             options = dict(fastmath=True, nogil=True, error_model="numpy", parallel=parallel)
             try:
-                self._builds[parallel] = njit(cache=True, **options)(self.function)
+                self._builds[parallel] = njit(cache=True, **options)(function)
             except RuntimeError:  # "cannot cache function ...: no locator available"
-                self._builds[parallel] = njit(**options)(self.function)
+                self._builds[parallel] = njit(**options)(function)
         return self._builds[parallel]
 
 
@@ -227,34 +240,31 @@ def _clip255(value):
     return min(max(value, 0.0), 255.0)
 
 
+# The adjustments work in place on a float32 (pixels, 3) image; flat loops let numba vectorise them.
 @register_jitable
-def _adjust_brightness(image, factor):
-    for y in range(image.shape[0]):
-        for x in range(image.shape[1]):
-            for c in range(3):
-                image[y, x, c] = _clip255(image[y, x, c] * factor)
+def _adjust_brightness(pixels, factor):
+    for p in range(pixels.shape[0]):
+        for c in range(3):
+            pixels[p, c] = _clip255(pixels[p, c] * factor)
 
 
 @register_jitable
-def _adjust_contrast(image, factor):
+def _adjust_contrast(pixels, factor):
     total = 0.0
-    for y in range(image.shape[0]):
-        for x in range(image.shape[1]):
-            total += 0.2989 * image[y, x, 0] + 0.587 * image[y, x, 1] + 0.114 * image[y, x, 2]
-    mean = total / (image.shape[0] * image.shape[1])
-    for y in range(image.shape[0]):
-        for x in range(image.shape[1]):
-            for c in range(3):
-                image[y, x, c] = _clip255(factor * image[y, x, c] + (1.0 - factor) * mean)
+    for p in range(pixels.shape[0]):
+        total += 0.2989 * pixels[p, 0] + 0.587 * pixels[p, 1] + 0.114 * pixels[p, 2]
+    offset = (1.0 - factor) * total / pixels.shape[0]  # blend towards the mean luma
+    for p in range(pixels.shape[0]):
+        for c in range(3):
+            pixels[p, c] = _clip255(factor * pixels[p, c] + offset)
 
 
 @register_jitable
-def _adjust_saturation(image, factor):
-    for y in range(image.shape[0]):
-        for x in range(image.shape[1]):
-            gray = 0.2989 * image[y, x, 0] + 0.587 * image[y, x, 1] + 0.114 * image[y, x, 2]
-            for c in range(3):
-                image[y, x, c] = _clip255(factor * image[y, x, c] + (1.0 - factor) * gray)
+def _adjust_saturation(pixels, factor):
+    for p in range(pixels.shape[0]):
+        gray = (1.0 - factor) * (0.2989 * pixels[p, 0] + 0.587 * pixels[p, 1] + 0.114 * pixels[p, 2])
+        for c in range(3):
+            pixels[p, c] = _clip255(factor * pixels[p, c] + gray)
 
 
 @register_jitable
@@ -267,18 +277,17 @@ def _shift_hue_pixel(r, g, b, shift):
         return r, g, b
     span = maxc - minc
     saturation = span / maxc
-    rc, gc, bc = (maxc - r) / span, (maxc - g) / span, (maxc - b) / span
     if maxc == r:
-        hue = bc - gc
+        hue = (g - b) / span
     elif maxc == g:
-        hue = 2.0 + rc - bc
+        hue = 2.0 + (b - r) / span
     else:
-        hue = 4.0 + gc - rc
-    hue = (hue / 6.0 + 1.0 + shift) % 1.0
+        hue = 4.0 + (r - g) / span
+    hue = hue / 6.0 + 1.0 + shift
+    hue -= math.floor(hue)  # wrap to [0, 1); cheaper than a float modulo
     sector_f = hue * 6.0
-    sector = int(math.floor(sector_f))
+    sector = int(sector_f)
     frac = sector_f - sector
-    sector = sector % 6
     v = maxc
     p = _clip255(v * (1.0 - saturation))
     q = _clip255(v * (1.0 - saturation * frac))
@@ -297,45 +306,40 @@ def _shift_hue_pixel(r, g, b, shift):
 
 
 @register_jitable
-def _adjust_hue(image, shift):
-    for y in range(image.shape[0]):
-        for x in range(image.shape[1]):
-            r, g, b = _shift_hue_pixel(image[y, x, 0], image[y, x, 1], image[y, x, 2], shift)
-            image[y, x, 0] = r
-            image[y, x, 1] = g
-            image[y, x, 2] = b
-
-
-@register_jitable
-def _store_rounded(work, dst):
-    for y in range(work.shape[0]):
-        for x in range(work.shape[1]):
-            for c in range(3):
-                dst[y, x, c] = int(_clip255(work[y, x, c]) + 0.5)
+def _adjust_hue(pixels, shift):
+    for p in range(pixels.shape[0]):
+        r, g, b = _shift_hue_pixel(pixels[p, 0], pixels[p, 1], pixels[p, 2], shift)
+        pixels[p, 0] = r
+        pixels[p, 1] = g
+        pixels[p, 2] = b
 
 
 def _jitter_batch(images, dst, work, indices, seed, prob, brightness, contrast, saturation, hue):
     key_of_batch = batch_key(indices)
+    num_pixels = images.shape[1] * images.shape[2]
     for i in prange(images.shape[0]):
         key = sample_key(seed, key_of_batch, indices[i])
         if uniform(key, 0) < prob:
             order, factor_b, factor_c, factor_s, factor_h = draw_jitter(key, brightness, contrast, saturation, hue)
-            image = work[i]
-            for y in range(images.shape[1]):
-                for x in range(images.shape[2]):
-                    for c in range(3):
-                        image[y, x, c] = images[i, y, x, c]
+            source = images[i].reshape(num_pixels, 3)
+            pixels = work[i].reshape(num_pixels, 3)
+            for p in range(num_pixels):
+                for c in range(3):
+                    pixels[p, c] = source[p, c]
             for step in range(4):
                 kind = order[step]
                 if kind == 0 and brightness > 0:
-                    _adjust_brightness(image, factor_b)
+                    _adjust_brightness(pixels, factor_b)
                 elif kind == 1 and contrast > 0:
-                    _adjust_contrast(image, factor_c)
+                    _adjust_contrast(pixels, factor_c)
                 elif kind == 2 and saturation > 0:
-                    _adjust_saturation(image, factor_s)
+                    _adjust_saturation(pixels, factor_s)
                 elif kind == 3 and hue > 0:
-                    _adjust_hue(image, factor_h)
-            _store_rounded(image, dst[i])
+                    _adjust_hue(pixels, factor_h)
+            target = dst[i].reshape(num_pixels, 3)
+            for p in range(num_pixels):
+                for c in range(3):
+                    target[p, c] = int(_clip255(pixels[p, c]) + 0.5)
         else:
             dst[i] = images[i]
     return dst
@@ -426,33 +430,48 @@ def _reflect(position, size):
 def _blur_batch(images, dst, work, indices, seed, prob, sigma_low, sigma_high, max_radius):
     key_of_batch = batch_key(indices)
     height, width = images.shape[1], images.shape[2]
+    row_len = width * 3
     for i in prange(images.shape[0]):
         key = sample_key(seed, key_of_batch, indices[i])
         if uniform(key, 0) < prob:
             sigma = sigma_low + (sigma_high - sigma_low) * uniform(key, 1)
             radius = blur_radius(sigma, max_radius, height, width)
-            weights = np.empty(2 * radius + 1, dtype=np.float32)
+            taps = 2 * radius + 1
+            weights = np.empty(taps, dtype=np.float32)
             total = 0.0
-            for k in range(-radius, radius + 1):
-                weight = math.exp(-(k * k) / (2.0 * sigma * sigma))
-                weights[k + radius] = weight
-                total += weight
-            for k in range(2 * radius + 1):
+            for k in range(taps):
+                weights[k] = math.exp(-((k - radius) ** 2) / (2.0 * sigma * sigma))
+                total += weights[k]
+            for k in range(taps):
                 weights[k] /= total
+            # Both passes run their innermost loop over a contiguous row of W×3 values, which numba
+            # vectorises; the reflected border is materialised once per row instead of per tap.
+            padded = np.empty((width + 2 * radius) * 3, dtype=np.float32)
+            source = images[i].reshape(height, row_len)
+            rows = work[i].reshape(height, row_len)
             for y in range(height):  # horizontal pass into the float scratch image
-                for x in range(width):
+                for x in range(width + 2 * radius):
+                    column = _reflect(x - radius, width)
                     for c in range(3):
-                        acc = 0.0
-                        for k in range(-radius, radius + 1):
-                            acc += weights[k + radius] * images[i, y, _reflect(x + k, width), c]
-                        work[i, y, x, c] = acc
+                        padded[x * 3 + c] = source[y, column * 3 + c]
+                out_row = rows[y]
+                out_row[:] = 0.0
+                for k in range(taps):
+                    weight = weights[k]
+                    offset = k * 3
+                    for j in range(row_len):
+                        out_row[j] += weight * padded[offset + j]
+            accumulator = np.empty(row_len, dtype=np.float32)
+            target = dst[i].reshape(height, row_len)
             for y in range(height):  # vertical pass into dst
-                for x in range(width):
-                    for c in range(3):
-                        acc = 0.0
-                        for k in range(-radius, radius + 1):
-                            acc += weights[k + radius] * work[i, _reflect(y + k, height), x, c]
-                        dst[i, y, x, c] = int(_clip255(acc) + 0.5)
+                accumulator[:] = 0.0
+                for k in range(taps):
+                    weight = weights[k]
+                    above = rows[_reflect(y + k - radius, height)]
+                    for j in range(row_len):
+                        accumulator[j] += weight * above[j]
+                for j in range(row_len):
+                    target[y, j] = int(_clip255(accumulator[j]) + 0.5)
         else:
             dst[i] = images[i]
     return dst
@@ -642,8 +661,9 @@ class CropResizeDecoder(ResizedCropRGBImageDecoder):
         jpg_mode = 0  # ffcv.fields.rgb_image.IMAGE_MODES['jpg']
         mem_read = self.memory_read
         my_range = Compiler.get_iterator()
-        # Fresh dispatchers per generate_code, as FFCV does: numba 0.68 mis-handles a dispatcher of these
-        # ctypes wrappers that is shared between Loaders (KeyError while typing the second Loader's decoder).
+        # Fresh dispatchers per generate_code, and the decode body below, follow FFCV's own decoder: numba
+        # 0.68 mis-handles a dispatcher of these ctypes wrappers shared between Loaders (a KeyError while
+        # typing the second Loader's decoder).
         imdecode_c = Compiler.compile(imdecode)
         resize_crop_c = Compiler.compile(resize_crop)
         random, seed = self.random, self.seed

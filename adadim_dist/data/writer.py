@@ -187,16 +187,19 @@ def write_beton(
         raise DataError(f"--limit must be at least 1, got {limit}")
     if num_workers < 1:
         raise DataError(f"--num-workers must be at least 1, got {num_workers}")
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out}: already exists (pass --overwrite to replace it)")
     if out.is_dir():
         raise DataError(f"{out}: is a directory; --out names the .beton file to write")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out}: already exists (pass --overwrite to replace it)")
     image_set = image_set.head(limit)
     pad_to = 32 if as_rgb32 else None
     samples = _SamplesToWrite(image_set, pad_to)
     first_image = samples[0][0]  # cheap check of shapes before starting processes
     fixed_shape = None
     if image_set.fixed_shape is not None:
+        if max_resolution is not None:
+            logger.warning("max_resolution=%d has no effect: %s images all have one size and are stored raw",
+                           max_resolution, image_set.name)  # fmt: skip
         fixed_shape = tuple(first_image.shape)
         write_mode, max_resolution, jpeg_threshold = "raw", None, None
     else:

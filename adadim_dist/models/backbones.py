@@ -7,7 +7,7 @@ from torch import nn
 
 
 class SmallCNN(nn.Module):
-    """A 4-block CNN for 28–32 px inputs: fast on CPU, 256-d features."""
+    """A 4-block CNN for 28–32 px inputs: fast on CPU, 8·width features."""
 
     def __init__(self, in_channels: int = 3, width: int = 32) -> None:
         super().__init__()
@@ -99,9 +99,9 @@ class ResNet(nn.Module):
         return self.pool(self.stages(self.stem(x)))
 
 
-def build_backbone(name: str, cifar_stem: bool = True) -> nn.Module:
+def build_backbone(name: str, cifar_stem: bool = True, small_cnn_width: int = 32) -> nn.Module:
     if name == "small_cnn":
-        return SmallCNN()
+        return SmallCNN(width=small_cnn_width)
     if name == "resnet18":
         return ResNet(BasicBlock, [2, 2, 2, 2], cifar_stem)
     if name == "resnet50":

@@ -24,9 +24,10 @@ def build_projector(in_features: int, dims: tuple[int, ...]) -> nn.Sequential:
 class SSLModel(nn.Module):
     """forward(x) → (R, Z, probe logits). The probe sees detached R, so it never shapes the encoder."""
 
-    def __init__(self, backbone: str, cifar_stem: bool, projector_dims: tuple[int, ...], num_classes: int) -> None:
+    def __init__(self, backbone: str, cifar_stem: bool, projector_dims: tuple[int, ...], num_classes: int,
+                 small_cnn_width: int = 32) -> None:
         super().__init__()
-        self.encoder = build_backbone(backbone, cifar_stem)
+        self.encoder = build_backbone(backbone, cifar_stem, small_cnn_width)
         self.projector = build_projector(self.encoder.num_features, tuple(projector_dims))
         self.probe = nn.Linear(self.encoder.num_features, num_classes)
 
@@ -41,4 +42,5 @@ class SSLModel(nn.Module):
 
 
 def build_model(model_cfg) -> SSLModel:
-    return SSLModel(model_cfg.backbone, model_cfg.cifar_stem, model_cfg.projector_dims, model_cfg.num_classes)
+    return SSLModel(model_cfg.backbone, model_cfg.cifar_stem, model_cfg.projector_dims, model_cfg.num_classes,
+                    model_cfg.small_cnn_width)

@@ -40,6 +40,7 @@ def _say(rank: int, message: str) -> None:
 
 
 def train_loop_per_worker(config_dict: dict) -> None:
+    import ray
     import ray.train
     import ray.train.torch
 
@@ -50,6 +51,8 @@ def train_loop_per_worker(config_dict: dict) -> None:
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device() if cfg.training.use_gpu else torch.device("cpu")
+    logger.info("[adadim] worker rank %d/%d on node %s, device %s", rank, world_size,
+                ray.get_runtime_context().get_node_id()[:12], device)
     torch.manual_seed(cfg.training.seed)  # identical initial weights on every rank
 
     train_loader = build_ssl_loader(

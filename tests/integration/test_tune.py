@@ -32,7 +32,7 @@ def sweep(tiny_betons, tmp_path_factory, ray_cluster):
         "metric": "rankme",
         "num_samples": 4,
         "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2},
-        "trial": {"num_workers": 2, "cpus_per_worker": 0.45, "trial_cpus": 0.1},
+        "trial": {"num_workers": 1, "cpus_per_worker": 0.9, "trial_cpus": 0.1},
         "search_space": {"objective.gamma": {"type": "loguniform", "low": 0.01, "high": 10.0},
                          "objective.mi_sign": {"type": "choice", "values": ["maximize", "minimize"]},
                          "optim.lr": {"type": "loguniform", "low": 0.001, "high": 1.0}},
