@@ -1,0 +1,75 @@
+"""Spawn W processes with a gloo process group on a free loopback port; re-raise any rank's traceback.
+
+Workers live in this importable module so ``spawn`` can pickle them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(rank: int, world_size: int, port: int, fn, args: tuple, error_dir: str) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    try:
+        dist.init_process_group("gloo", rank=rank, world_size=world_size)
+        fn(rank, world_size, *args)
+    except BaseException:
+        Path(error_dir, f"rank{rank}.txt").write_text(traceback.format_exc())
+        raise
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run_ranks(fn, world_size: int, args: tuple = (), timeout: float = 300.0) -> None:
+    """``fn(rank, world_size, *args)`` on ``world_size`` spawned processes; fails on any rank error or timeout."""
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as error_dir:
+        context = mp.spawn(_entry, args=(world_size, free_port(), fn, args, error_dir), nprocs=world_size, join=False)
+        deadline = time.monotonic() + timeout
+        try:
+            while not context.join(timeout=1.0):
+                if time.monotonic() > deadline:
+                    for process in context.processes:
+                        process.kill()
+                    raise AssertionError(f"ranks did not finish within {timeout:.0f} s")
+        except mp.ProcessException as err:
+            reports = sorted(Path(error_dir).glob("rank*.txt"))
+            detail = "\n".join(f"--- {p.stem} ---\n{p.read_text()}" for p in reports)
+            raise AssertionError(f"a rank failed:\n{detail or err}") from None
+
+
+def collect_shard_indices(rank: int, world_size: int, beton: str, out_dir: str) -> None:
+    """Each rank: check a wrong rank is refused, then record the sample indices (labels) of epochs 0 and 1."""
+    from adadim_dist.config import DataConfig
+    from adadim_dist.data.loader import build_ssl_loader
+
+    cfg = DataConfig(train_path=beton, num_loader_workers=1)
+    try:
+        build_ssl_loader(cfg, 64, rank=(rank + 1) % world_size, world_size=world_size, seed=5, distributed=True)
+    except ValueError as err:
+        assert "disagree with the process group" in str(err)
+    else:
+        raise AssertionError("a rank that disagrees with the process group was accepted")
+
+    loader = build_ssl_loader(cfg, 64, rank=rank, world_size=world_size, seed=5, distributed=True)
+    for epoch in (0, 1):
+        loader.set_epoch(epoch)
+        seen = [label.clone() for _, _, label in loader]
+        np.save(Path(out_dir, f"rank{rank}_epoch{epoch}.npy"), np.concatenate([s.numpy() for s in seen]))
