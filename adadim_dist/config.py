@@ -62,8 +62,9 @@ class DataConfig(_Strict):
     num_loader_workers: int = Field(2, ge=1)
     subset: int | None = Field(None, ge=1)  # use only the first N training images (sweeps, tests)
     cache_dir: Path | None = None  # copy .beton files to node-local disk before opening them
-    mean: tuple[float, float, float] = (0.2860, 0.2860, 0.2860)
-    std: tuple[float, float, float] = (0.3530, 0.3530, 0.3530)
+    # Fashion-MNIST padded to 32×32 (what `prepare` writes); other datasets set their own in their configs.
+    mean: tuple[float, float, float] = (0.2190, 0.2190, 0.2190)
+    std: tuple[float, float, float] = (0.3318, 0.3318, 0.3318)
     view_a: ViewConfig = ViewConfig()
     view_b: ViewConfig = ViewConfig(solarize_prob=0.2)
 
@@ -151,6 +152,7 @@ class TrainingConfig(_Strict):
 
 class EvalConfig(_Strict):
     knn_k: tuple[int, ...] = (20, 200)
+    bank_size: int | None = Field(None, ge=1)  # kNN bank: the first N training images (None = all)
     knn_temperature: float = Field(0.07, gt=0)
     every_epochs: int = Field(1, ge=1)
     baselines: bool = False  # also report kNN of a random encoder and of raw pixels

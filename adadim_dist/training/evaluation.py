@@ -28,7 +28,7 @@ def knn_top1(
         queries = F.normalize(test_features[start : start + chunk_size].float(), dim=1)
         similarity, index = (queries @ bank.T).topk(k, dim=1)
         weights = (similarity / temperature).exp()
-        votes = torch.zeros(queries.shape[0], num_classes, device=queries.device)
+        votes = torch.zeros(queries.shape[0], num_classes, dtype=weights.dtype, device=queries.device)
         votes.scatter_add_(1, train_labels[index].long(), weights)
         correct += (votes.argmax(dim=1) == test_labels[start : start + chunk_size]).sum().item()
     return 100.0 * correct / test_features.shape[0]
@@ -39,14 +39,19 @@ def extract(forward, loader, device, max_images: int | None = None):
     """(features, labels, probe logits or None) over an evaluation loader yielding (images, labels)."""
     features, labels, logits = [], [], []
     seen = 0
+
+    def keep(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        # FFCV hands out views into buffers it reuses a few batches later; anything kept must be a copy.
+        return t.detach().to("cpu", dtype, copy=True)
+
     for images, targets in loader:
         output = forward(images.to(device, non_blocking=True))
         if isinstance(output, tuple):
-            features.append(output[0].float().cpu())
-            logits.append(output[2].float().cpu())
+            features.append(keep(output[0], torch.float32))
+            logits.append(keep(output[2], torch.float32))
         else:
-            features.append(output.float().cpu())
-        labels.append(targets.reshape(-1).long().cpu())
+            features.append(keep(output, torch.float32))
+        labels.append(keep(targets.reshape(-1), torch.long))
         seen += images.shape[0]
         if max_images is not None and seen >= max_images:
             break

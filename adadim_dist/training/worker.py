@@ -252,7 +252,7 @@ def evaluate(model, eval_loaders, cfg: Config, device) -> dict[str, float]:
     """kNN top-1 for each k and online-probe top-1 on the test split (rank 0)."""
     model.eval()
     bank_loader, test_loader = eval_loaders
-    train_features, train_labels, _ = extract(model, bank_loader, device)
+    train_features, train_labels, _ = extract(model, bank_loader, device, cfg.eval.bank_size)
     test_features, test_labels, test_logits = extract(model, test_loader, device)
     model.train()
     results = {
@@ -272,7 +272,7 @@ def baseline_knn(eval_loaders, cfg: Config, device) -> dict[str, float]:
     bank_loader, test_loader = eval_loaders
     results = {}
     for name, forward in (("random", random_model), ("pixels", lambda x: x.flatten(1))):
-        bank, bank_labels, _ = extract(forward, bank_loader, device)
+        bank, bank_labels, _ = extract(forward, bank_loader, device, cfg.eval.bank_size)
         test, test_labels, _ = extract(forward, test_loader, device)
         results[f"baseline/knn_{name}_top1"] = knn_top1(bank, bank_labels, test, test_labels, k,
                                                          cfg.eval.knn_temperature, cfg.model.num_classes)
