@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -57,3 +59,56 @@ def ray_cluster():
                "dashboard": f"http://127.0.0.1:{dashboard_port}", "dashboard_port": dashboard_port}
     finally:
         subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
+
+
+@pytest.fixture()
+def two_node_cluster(tmp_path):
+    """A head and a second raylet on this machine, started with `ray start` (1 CPU each). Yields the client
+    environment and a function that kills the second node (everything in its process group)."""
+    ray = str(Path(sys.executable).parent / "ray")
+    port = free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    nodes = []
+
+    def start(args, log_name):
+        log = (tmp_path / log_name).open("w")
+        nodes.append(subprocess.Popen([ray, "start", "--block", "--num-cpus=1", "--disable-usage-stats", *args],
+                                      env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        deadline = time.time() + 120
+        while "Ray runtime started" not in (tmp_path / log_name).read_text():
+            assert nodes[-1].poll() is None and time.time() < deadline, (tmp_path / log_name).read_text()
+            time.sleep(0.5)
+
+    try:
+        start(["--head", f"--port={port}", "--include-dashboard=false",
+               f"--temp-dir={tempfile.mkdtemp(prefix='adadim_2n_', dir='/tmp')}"], "head.log")
+        start([f"--address=127.0.0.1:{port}"], "node.log")
+
+
+        def kill_second_node():
+            os.killpg(nodes[1].pid, signal.SIGKILL)
+
+        yield {"env": {"RAY_ADDRESS": f"127.0.0.1:{port}", "RAY_AUTH_MODE": "token"}, "kill_second_node": kill_second_node}
+    finally:
+        for node in reversed(nodes):
+            if node.poll() is None:
+                os.killpg(node.pid, signal.SIGKILL)
+            node.wait(timeout=30)
+
+
+def record_fault(fault: str, **observed) -> None:
+    """Append what a fault-injection test observed to $ADADIM_FAULT_LOG (JSON lines), for RELIABILITY.md."""
+    path = os.environ.get("ADADIM_FAULT_LOG")
+    if path:
+        import json
+
+        with open(path, "a") as handle:
+            handle.write(json.dumps({"fault": fault, **observed}) + "\n")
+
+
+def steps_done_before(text: str, epoch: int) -> int:
+    """The last step of ``epoch`` a log shows: the work a fault in that epoch throws away."""
+    import re
+
+    steps = [int(s) for s in re.findall(rf"epoch {epoch} step (\d+)/", text)]
+    return max(steps, default=0)

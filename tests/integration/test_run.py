@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ..conftest import REPO, run_cli
+from ..conftest import REPO, record_fault, run_cli, steps_done_before
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -81,11 +81,15 @@ def job(tiny_betons, tmp_path_factory, ray_cluster):
                                   stderr=subprocess.STDOUT, start_new_session=True, env=env)
     wait_for(log, r"epoch 1/2 done", driver)
     wait_for(log, r"epoch 2 step 2/", driver)
+    lost_steps = steps_done_before(log.read_text(), 2)
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait(timeout=60)
     first_run_id = json.loads((storage / "ddp" / "mlflow_run.json").read_text())["run_id"]
+    rerun_at = time.time()
     second = run_cli(args, cwd=REPO, env={**ray_cluster["env"], "AWS_SECRET_ACCESS_KEY": SECRET})
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    record_fault("driver SIGKILL mid-epoch 2, same command re-run", seconds_to_finish=round(time.time() - rerun_at),
+                 steps_lost=lost_steps, recovered=True)
     return {"storage": storage, "args": args, "first_run_id": first_run_id, "first_log": log.read_text(),
             "second": second, "summary": final_json(second.stdout)}
 

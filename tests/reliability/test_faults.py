@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ..conftest import REPO, free_port
+from ..conftest import REPO, free_port, record_fault, steps_done_before
 
 pytestmark = [pytest.mark.reliability]
 
@@ -67,10 +67,13 @@ def test_worker_killed_mid_epoch_resumes_from_checkpoint(tiny_betons, tmp_path):
         assert process.poll() is None and time.time() < deadline, log.read_text()[-4000:]
         time.sleep(0.5)
     pid = int(re.findall(r"RayTrainWorker pid=(\d+)\).*epoch 2 step", log.read_text())[-1])
+    lost_steps = steps_done_before(log.read_text(), 2)
     os.kill(pid, signal.SIGKILL)
     killed_at = time.time()
     assert process.wait(timeout=600) == 0, log.read_text()[-5000:]
     text = log.read_text()
+    record_fault("worker SIGKILL mid-epoch 2", seconds_to_finish=round(time.time() - killed_at),
+                 steps_lost=lost_steps, recovered=True)
     summary = final_json(text)
     assert summary["epochs"] == 2
     resumed = re.search(r"resumed from checkpoint after epoch 1 .*parameter fingerprint ([-+.\de]+)", text)
@@ -82,7 +85,6 @@ def test_worker_killed_mid_epoch_resumes_from_checkpoint(tiny_betons, tmp_path):
     client = MlflowClient(tracking_uri=summary["tracking_uri"])
     assert sorted(m.step for m in client.get_metric_history(summary["run_id"], "knn/top1_k20")) == [1, 2]
     assert client.get_run(summary["run_id"]).info.status == "FINISHED"
-    print(f"recovered and finished {time.time() - killed_at:.0f}s after the kill")
 
 
 # ---------------------------------------------------------------------------------------------- bad data
@@ -264,3 +266,32 @@ def test_resuming_with_an_incompatible_config_is_refused_before_start(tiny_beton
     assert code == 2
     assert stderr.startswith("adadim_dist: error: checkpoint: incompatible with this config: model was")
     assert "use --fresh" in stderr
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_node_lost_job_continues_on_remaining_node(tiny_betons, tmp_path, two_node_cluster):
+    """One of two nodes dies during epoch 2 (its raylet and the worker on it killed): with max_failures=1 the
+    job restarts both workers on the remaining node from the epoch-1 checkpoint and finishes."""
+    log = tmp_path / "run.log"
+    with log.open("w") as handle:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "adadim_dist.run",
+             *args_for(tiny_betons, tmp_path, "node-lost", "training.epochs=2", "training.max_steps_per_epoch=8",
+                       "training.placement_strategy=SPREAD", "run.max_failures=1")],
+            cwd=REPO, stdout=handle, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **two_node_cluster["env"]})
+    deadline = time.time() + 480
+    while not re.search(r"epoch 2 step 2/", log.read_text()):
+        assert process.poll() is None and time.time() < deadline, log.read_text()[-4000:]
+        time.sleep(0.5)
+    lost_steps = steps_done_before(log.read_text(), 2)
+    two_node_cluster["kill_second_node"]()
+    killed_at = time.time()
+    assert process.wait(timeout=600) == 0, log.read_text()[-5000:]
+    text = log.read_text()
+    record_fault("node lost mid-epoch 2 (1 of 2)", seconds_to_finish=round(time.time() - killed_at),
+                 steps_lost=lost_steps, recovered=True)
+    assert final_json(text)["epochs"] == 2
+    assert "resumed from checkpoint after epoch 1" in text
+    assert (tmp_path / "node-lost" / "epoch_0002" / "model.pt").is_file()
