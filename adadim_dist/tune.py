@@ -112,12 +112,29 @@ def run_sweep(sweep: SweepConfig, base: Config) -> dict[str, Any]:
                 run_config=tune.RunConfig(name=sweep.name, storage_path=storage),
             )
         results = tuner.fit()
+        mark_stopped_trials(sweep, results, parent)
         summary = summarise_sweep(sweep, base, results, parent, sweep_cfg)
         status = "FINISHED"
     finally:
         close_stopped_children(parent, status)
         parent.close(status)
     return summary
+
+
+def mark_stopped_trials(sweep: SweepConfig, results, parent) -> None:
+    """A trial the scheduler stopped early ended without error but could not finish its MLflow run (its
+    function was interrupted, so it recorded FAILED): mark it KILLED, as MLflow names a stopped run."""
+    for result in results:
+        trial_id = (result.metrics or {}).get("trial_id")
+        if result.error is not None or trial_id is None:
+            continue
+        runs = parent.client.search_runs(
+            [parent.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{parent.run_id}' and "
+                          f"tags.mlflow.runName = '{sweep.name}-{trial_id}' and attributes.status = 'FAILED'",
+        )
+        for run in runs:
+            parent.client.set_terminated(run.info.run_id, status="KILLED")
 
 
 def summarise_sweep(sweep: SweepConfig, base: Config, results, parent, sweep_cfg: Config) -> dict[str, Any]:

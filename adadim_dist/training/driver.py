@@ -222,6 +222,7 @@ def summarise(cfg: Config, sink: MLflowSink, result) -> dict[str, Any]:
         "knn_top1": metrics.get(f"knn/top1_k{first_k}"),
         "probe_top1": metrics.get("probe/top1"),
         "final_alpha": metrics.get("adadim/alpha"),
+        "resumed_from_epoch": int(result.metrics.get("resumed_from_epoch", 0)) if result.metrics else 0,
         "checkpoint": result.checkpoint.path if result.checkpoint else None,
         "tracking_uri": resolve_tracking_uri(cfg.tracking.uri, cfg.run.storage_path),
     }

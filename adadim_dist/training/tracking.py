@@ -83,9 +83,10 @@ class MLflowSink(MetricsSink):
 
         now = int(time.time() * 1000)
         self._pending.extend(Metric(key, float(value), now, step) for key, value in metrics.items())
-        self._flush()
+        self.flush()
 
-    def _flush(self) -> bool:
+    def flush(self) -> bool:
+        """Send what is buffered; False while the server is still unreachable."""
         while self._pending:
             chunk = self._pending[:1000]  # MLflow's per-request limit
             try:
@@ -130,7 +131,7 @@ class MLflowSink(MetricsSink):
         self.client.log_artifacts(self.run_id, str(directory), artifact_path)
 
     def close(self, status: str = "FINISHED") -> None:
-        self._flush()
+        self.flush()
         self.client.set_terminated(self.run_id, status=status)
 
 

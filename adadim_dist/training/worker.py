@@ -113,8 +113,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
     try:
         metrics: dict[str, float] = {}
         for epoch in range(start_epoch, cfg.training.epochs):
-            if hasattr(train_loader, "set_epoch"):
-                train_loader.set_epoch(epoch)
+            train_loader.set_epoch(epoch)
             epoch_start = time.perf_counter()
             train_metrics = train_epoch(
                 engine, objective, train_loader, steps_per_epoch, epoch, cfg, sink, rank, world_size, device
@@ -137,7 +136,8 @@ def train_loop_per_worker(config_dict: dict) -> None:
                             "config": cfg.model_dump(mode="json"),
                         },
                     )
-                metrics = {"epoch": epoch + 1, "epoch_seconds": epoch_seconds, **train_metrics}
+                metrics = {"epoch": epoch + 1, "epoch_seconds": epoch_seconds, "resumed_from_epoch": start_epoch,
+                           **train_metrics}
                 is_eval_epoch = (epoch + 1) % cfg.eval.every_epochs == 0 or epoch + 1 == cfg.training.epochs
                 if rank == 0 and is_eval_epoch:
                     metrics.update(evaluate(engine.module, eval_loaders, cfg, device))
@@ -165,7 +165,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
         train_loader.close()
         for loader in eval_loaders or ():
             loader.close()
-        if isinstance(sink, MLflowSink) and not sink._flush():
+        if isinstance(sink, MLflowSink) and not sink.flush():
             local_dir = Path(cfg.run.storage_path) if not is_uri(cfg.run.storage_path) else Path.home() / ".adadim"
             sink.spill(local_dir / cfg.run.name / "unsent_metrics.jsonl")
 
