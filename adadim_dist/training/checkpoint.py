@@ -57,3 +57,19 @@ def check_compatible(saved_config: dict, cfg) -> None:
                 f"checkpoint: incompatible with this config: {key} was {before!r}, now {now!r} "
                 "(use --fresh or another run.name to start over)"
             )
+
+
+def latest_complete_checkpoint(run_dir: Path, strategy: str) -> Path | None:
+    """The newest ``epoch_NNNN`` directory under ``run_dir`` whose files are all there.
+
+    Ray persists a reported checkpoint before its controller registers it; a driver killed in between leaves
+    a checkpoint Ray's own snapshot does not list. The driver passes this one as ``resume_from_checkpoint``.
+    """
+    from ..distributed.engine import MODEL_STATE, TRAINER_STATE
+
+    needed = [STATE_FILE] + ([MODEL_STATE, TRAINER_STATE] if strategy == "ddp" else ["deepspeed"])
+    candidates = sorted(Path(run_dir).glob("epoch_[0-9][0-9][0-9][0-9]"), reverse=True)
+    for candidate in candidates:
+        if all((candidate / name).exists() for name in needed):
+            return candidate
+    return None

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from ..config import Config, ConfigError, flatten, is_uri
-from .checkpoint import check_compatible
+from .checkpoint import check_compatible, latest_complete_checkpoint
 from .tracking import MLflowSink, check_reachable, resolve_tracking_uri
 
 logger = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ def fit(cfg: Config, fresh: bool = False) -> dict[str, Any]:
     status = "FAILED"
     try:
         init_ray(cfg)
-        result = build_trainer(cfg, sink.run_id).fit()
+        result = build_trainer(cfg, sink.run_id, resume_from=local_resume_checkpoint(cfg)).fit()
         status = "FINISHED"
     finally:
         sink.close(status)
@@ -181,7 +181,13 @@ def shutdown_ray() -> None:
         ray.shutdown()
 
 
-def build_trainer(cfg: Config, run_id: str | None, callbacks: list | None = None):
+def local_resume_checkpoint(cfg: Config) -> Path | None:
+    if is_uri(cfg.run.storage_path):
+        return None  # object stores: Ray's own run snapshot is the record
+    return latest_complete_checkpoint(Path(cfg.run.storage_path) / cfg.run.name, cfg.training.strategy)
+
+
+def build_trainer(cfg: Config, run_id: str | None, callbacks: list | None = None, resume_from: Path | None = None):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -189,7 +195,9 @@ def build_trainer(cfg: Config, run_id: str | None, callbacks: list | None = None
 
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": cfg.model_dump(mode="json"), "mlflow_run_id": run_id},
+        # Ray 2.60 deprecates resume_from_checkpoint: the worker weighs this path against get_checkpoint().
+        train_loop_config={"config": cfg.model_dump(mode="json"), "mlflow_run_id": run_id,
+                           "resume_dir": str(resume_from) if resume_from else None},
         scaling_config=ScalingConfig(
             num_workers=cfg.training.num_workers,
             use_gpu=cfg.training.use_gpu,

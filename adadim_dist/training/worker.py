@@ -20,7 +20,7 @@ from ..distributed import all_gather_with_grad, all_reduce_mean, broadcast_from_
 from ..distributed.engine import build_engine
 from ..models import build_model
 from ..objectives import adadim_from_config
-from .checkpoint import check_compatible, load_state, save_state
+from .checkpoint import STATE_FILE, check_compatible, load_state, save_state
 from .evaluation import accuracy, extract, knn_top1
 from .optim import build_optimizer, build_scheduler
 from .tracking import MetricsSink, MLflowSink, resolve_tracking_uri
@@ -83,9 +83,9 @@ def train_loop_per_worker(config_dict: dict) -> None:
     objective = adadim_from_config(cfg.objective, total_steps, gather=all_gather_with_grad, sync=broadcast_from_rank0)
 
     start_epoch = 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
+    source = resume_source(ray.train.get_checkpoint(), config_dict.get("resume_dir"))
+    if source is not None:
+        with source as directory:
             state = load_state(Path(directory))
             check_compatible(state["config"], cfg)
             engine.load(Path(directory))
@@ -168,6 +168,25 @@ def train_loop_per_worker(config_dict: dict) -> None:
         if isinstance(sink, MLflowSink) and not sink.flush():
             local_dir = Path(cfg.run.storage_path) if not is_uri(cfg.run.storage_path) else Path.home() / ".adadim"
             sink.spill(local_dir / cfg.run.name / "unsent_metrics.jsonl")
+
+
+def resume_source(checkpoint, resume_dir: str | None):
+    """Where to resume from: Ray's latest registered checkpoint, or the driver's newest complete one on disk
+    (persisted but not yet registered when the previous driver died), whichever is later. A context
+    manager yielding a directory, or None for a fresh start."""
+    import contextlib
+
+    fallback = Path(resume_dir) if resume_dir else None
+    if fallback is not None and not (fallback / STATE_FILE).is_file():
+        fallback = None  # removed since (Ray keeps only the newest checkpoints)
+    if checkpoint is None:
+        return contextlib.nullcontext(fallback) if fallback else None
+    if fallback is not None:
+        with checkpoint.as_directory() as directory:
+            registered_epoch = load_state(Path(directory))["epoch"]
+        if load_state(fallback)["epoch"] > registered_epoch:
+            return contextlib.nullcontext(fallback)
+    return checkpoint.as_directory()
 
 
 def train_epoch(engine, objective, loader, num_steps, epoch, cfg: Config, sink, rank, world_size, device
