@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,10 +35,7 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 600, env: dict | None =
                           text=True, timeout=timeout, env=full_env)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .distributed._harness import free_port  # noqa: E402  (one definition for every test)
 
 
 @pytest.fixture(scope="session")
