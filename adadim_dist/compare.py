@@ -50,7 +50,8 @@ def load_runs(client, experiment: str, run_ids: list[str] | None, accuracy_key: 
 
 def varying_params(runs) -> list[str]:
     keys = set().union(*(r.data.params.keys() for r in runs))
-    ignore = ("run.name", "data.train_path", "data.test_path", "run.storage_path", "tracking.")
+    # sweep.* repeats the sampled config keys of a trial; paths and names differ by construction.
+    ignore = ("run.name", "data.train_path", "data.test_path", "run.storage_path", "tracking.", "sweep.")
     return sorted(k for k in keys if not k.startswith(ignore) and len({r.data.params.get(k) for r in runs}) > 1)
 
 

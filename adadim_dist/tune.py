@@ -112,7 +112,7 @@ def run_sweep(sweep: SweepConfig, base: Config) -> dict[str, Any]:
                 run_config=tune.RunConfig(name=sweep.name, storage_path=storage),
             )
         results = tuner.fit()
-        mark_stopped_trials(sweep, results, parent)
+        mark_stopped_trials(sweep, results, parent, base.training.epochs)
         summary = summarise_sweep(sweep, base, results, parent, sweep_cfg)
         status = "FINISHED"
     finally:
@@ -121,20 +121,22 @@ def run_sweep(sweep: SweepConfig, base: Config) -> dict[str, Any]:
     return summary
 
 
-def mark_stopped_trials(sweep: SweepConfig, results, parent) -> None:
-    """A trial the scheduler stopped early ended without error but could not finish its MLflow run (its
-    function was interrupted, so it recorded FAILED): mark it KILLED, as MLflow names a stopped run."""
+def mark_stopped_trials(sweep: SweepConfig, results, parent, num_epochs: int) -> None:
+    """Tune stops a trial's function once the scheduler has decided (early, or at max_t after its last epoch),
+    so it records FAILED although nothing failed: a trial that reached the last epoch is FINISHED, one
+    stopped early KILLED (MLflow's name for a stopped run)."""
     for result in results:
         trial_id = (result.metrics or {}).get("trial_id")
         if result.error is not None or trial_id is None:
             continue
+        status = "FINISHED" if result.metrics.get("epoch", 0) >= num_epochs else "KILLED"
         runs = parent.client.search_runs(
             [parent.experiment_id],
             filter_string=f"tags.mlflow.parentRunId = '{parent.run_id}' and "
                           f"tags.mlflow.runName = '{sweep.name}-{trial_id}' and attributes.status = 'FAILED'",
         )
         for run in runs:
-            parent.client.set_terminated(run.info.run_id, status="KILLED")
+            parent.client.set_terminated(run.info.run_id, status=status)
 
 
 def summarise_sweep(sweep: SweepConfig, base: Config, results, parent, sweep_cfg: Config) -> dict[str, Any]:
