@@ -133,7 +133,7 @@ def mark_stopped_trials(sweep: SweepConfig, results, parent, num_epochs: int) ->
         runs = parent.client.search_runs(
             [parent.experiment_id],
             filter_string=f"tags.mlflow.parentRunId = '{parent.run_id}' and "
-                          f"tags.mlflow.runName = '{sweep.name}-{trial_id}' and attributes.status = 'FAILED'",
+                          f"tags.mlflow.runName = '{sweep.name}-{trial_id}' and attributes.status != 'FINISHED'",
         )
         for run in runs:
             parent.client.set_terminated(run.info.run_id, status=status)

@@ -197,7 +197,9 @@ def build_trainer(cfg: Config, run_id: str | None, callbacks: list | None = None
         train_loop_per_worker,
         # Ray 2.60 deprecates resume_from_checkpoint: the worker weighs this path against get_checkpoint().
         train_loop_config={"config": cfg.model_dump(mode="json"), "mlflow_run_id": run_id,
-                           "resume_dir": str(resume_from) if resume_from else None},
+                           "resume_dir": str(resume_from) if resume_from else None,
+                           "run_dir": None if is_uri(cfg.run.storage_path)
+                           else str(Path(cfg.run.storage_path) / cfg.run.name)},
         scaling_config=ScalingConfig(
             num_workers=cfg.training.num_workers,
             use_gpu=cfg.training.use_gpu,

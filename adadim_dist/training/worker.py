@@ -20,7 +20,7 @@ from ..distributed import all_gather_with_grad, all_reduce_mean, broadcast_from_
 from ..distributed.engine import build_engine
 from ..models import build_model
 from ..objectives import adadim_from_config
-from .checkpoint import STATE_FILE, check_compatible, load_state, save_state
+from .checkpoint import STATE_FILE, check_compatible, latest_complete_checkpoint, load_state, save_state
 from .evaluation import accuracy, extract, knn_top1
 from .optim import build_optimizer, build_scheduler
 from .tracking import MetricsSink, MLflowSink, resolve_tracking_uri
@@ -83,7 +83,11 @@ def train_loop_per_worker(config_dict: dict) -> None:
     objective = adadim_from_config(cfg.objective, total_steps, gather=all_gather_with_grad, sync=broadcast_from_rank0)
 
     start_epoch = 0
-    source = resume_source(ray.train.get_checkpoint(), config_dict.get("resume_dir"))
+    # Looked up again at every (re)start: a checkpoint persisted just before a failure may not be registered
+    # with Ray's controller yet, but it is complete on disk.
+    on_disk = latest_complete_checkpoint(Path(config_dict["run_dir"]), cfg.training.strategy) \
+        if config_dict.get("run_dir") else None
+    source = resume_source(ray.train.get_checkpoint(), str(on_disk) if on_disk else config_dict.get("resume_dir"))
     if source is not None:
         with source as directory:
             state = load_state(Path(directory))
