@@ -18,6 +18,12 @@ MODEL_STATE = "model.pt"
 TRAINER_STATE = "trainer.pt"
 
 
+def gradients_finite(module: nn.Module) -> bool:
+    """True when every gradient this process holds is finite (no gradient yet counts as finite)."""
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
+
+
 class DDPEngine:
     """DistributedDataParallel (identity wrapper on one process) + optimizer + per-step LR schedule."""
 
@@ -44,8 +50,7 @@ class DDPEngine:
         loss.backward()
 
     def gradients_finite(self) -> bool:
-        grads = [p.grad for p in self.module.parameters() if p.grad is not None]
-        return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
+        return gradients_finite(self.module)
 
     def skip_step(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -115,8 +120,7 @@ class DeepSpeedEngine:
 
     def gradients_finite(self) -> bool:
         # ZeRO partitions gradients; the engine's overflow check covers fp16 only, so check what this rank holds.
-        grads = [p.grad for p in self.module.parameters() if p.grad is not None]
-        return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
+        return gradients_finite(self.module)
 
     def skip_step(self) -> None:
         self.engine.zero_grad()
