@@ -222,6 +222,13 @@ def _format_error(err: ValidationError) -> str:
     key = ".".join(str(p) for p in first["loc"]) or "config"
     if first["type"] == "extra_forbidden":
         return f"{key}: unknown key"
+    if first["type"] in ("union_tag_invalid", "union_tag_not_found"):  # a discriminated union's `type` field
+        field = first["ctx"]["discriminator"].strip("'")
+        expected = first["ctx"].get("expected_tags", "")
+        got = f", got {first['ctx']['tag']!r}" if "tag" in first["ctx"] else ", got none"
+        return f"{key}.{field}: must be one of {expected}{got}" if expected else f"{key}.{field}: required"
+    if first["type"] == "missing":
+        return f"{key}: required"
     msg = first["msg"].removeprefix("Value error, ")
     if isinstance(first.get("input"), dict):  # a cross-field rule: its message starts with the field name
         return f"{key}.{msg}" if key != "config" else msg

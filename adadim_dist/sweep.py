@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -44,7 +44,8 @@ class Uniform(_Strict):
         return self
 
 
-Domain = Union[Choice, Grid, Uniform]
+# Discriminated on `type`, so an error names the fields of the domain the user meant.
+Domain = Annotated[Union[Choice, Grid, Uniform], Field(discriminator="type")]
 
 
 class SchedulerConfig(_Strict):
@@ -96,11 +97,14 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> tuple[Sw
         base_path = path.parent / base_path
     base = load_config(base_path, list(sweep.overrides))
     for key, domain in sweep.search_space.items():
-        sample = domain.values[0] if isinstance(domain, (Choice, Grid)) else domain.low
-        try:
-            load_config(base_path, [*sweep.overrides, *overrides_from_params({key: sample})])
-        except ConfigError as err:
-            raise ConfigError(f"search_space.{err}") from None
+        # Every listed value, and both ends of a range, must give a valid config: a trial should never be
+        # the first to find out.
+        samples = domain.values if isinstance(domain, (Choice, Grid)) else [domain.low, domain.high]
+        for sample in samples:
+            try:
+                load_config(base_path, [*sweep.overrides, *overrides_from_params({key: sample})])
+            except ConfigError as err:
+                raise ConfigError(f"search_space.{err}") from None
     return sweep, base
 
 
