@@ -71,10 +71,15 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def broadcast_from_rank0(value: torch.Tensor) -> torch.Tensor:
-    """Rank 0's value on every worker, bit for bit (keeps α identical even if SVDs differ in the last ulp)."""
+def broadcast_from(value: torch.Tensor, src: int) -> torch.Tensor:
+    """Rank ``src``'s value on every worker (every rank passes a tensor of the same shape and dtype)."""
     if not is_distributed():
         return value
     value = value.detach().clone().contiguous()
-    dist.broadcast(value, src=0)
+    dist.broadcast(value, src=src)
     return value
+
+
+def broadcast_from_rank0(value: torch.Tensor) -> torch.Tensor:
+    """Rank 0's value on every worker, bit for bit (keeps α identical even if SVDs differ in the last ulp)."""
+    return broadcast_from(value, 0)

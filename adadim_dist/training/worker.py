@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from ..config import Config, config_from_dict, is_uri
-from ..distributed import all_gather_with_grad, all_reduce_mean, broadcast_from_rank0
-from ..distributed.engine import build_engine
+from ..distributed import all_gather_with_grad, all_reduce_mean, broadcast_from, broadcast_from_rank0
+from ..distributed.engine import build_engine, to_memory_format
 from ..models import build_model
 from ..objectives import adadim_from_config
 from .checkpoint import STATE_FILE, check_compatible, latest_complete_checkpoint, load_state, save_state
@@ -78,7 +78,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
     engine = build_engine(
         cfg.training.strategy, model, optimizer, scheduler, device, ds_cfg=cfg.training.deepspeed,
         batch_size_per_worker=cfg.training.batch_size_per_worker, world_size=world_size,
-        use_amp=cfg.training.mixed_precision,
+        use_amp=cfg.training.mixed_precision, channels_last=cfg.training.channels_last,
     )
     objective = adadim_from_config(cfg.objective, total_steps, gather=all_gather_with_grad, sync=broadcast_from_rank0)
 
@@ -106,8 +106,11 @@ def train_loop_per_worker(config_dict: dict) -> None:
             cfg.run.name, cfg.run.storage_path, run_id=run_id,
         )
 
+    # The random-encoder and raw-pixel baselines do not depend on training: with several workers the last
+    # rank computes them while rank 0 evaluates the trained encoder, instead of after it.
+    baseline_rank = world_size - 1
     eval_loaders = None
-    if rank == 0:
+    if rank == 0 or (cfg.eval.baselines and rank == baseline_rank):
         eval_loaders = tuple(
             build_eval_loader(cfg.data, path, 512, rank=0, world_size=1, distributed=False,
                               device=device if device.type == "cuda" else None)
@@ -142,9 +145,15 @@ def train_loop_per_worker(config_dict: dict) -> None:
                     )
                 metrics = {"epoch": epoch + 1, "epoch_seconds": epoch_seconds, "resumed_from_epoch": start_epoch,
                            **train_metrics}
-                is_eval_epoch = (epoch + 1) % cfg.eval.every_epochs == 0 or epoch + 1 == cfg.training.epochs
+                is_last_epoch = epoch + 1 == cfg.training.epochs
+                is_eval_epoch = (epoch + 1) % cfg.eval.every_epochs == 0 or is_last_epoch
+                baselines = baseline_knn(eval_loaders, cfg, device) \
+                    if is_last_epoch and cfg.eval.baselines and rank == baseline_rank else {}
                 if rank == 0 and is_eval_epoch:
                     metrics.update(evaluate(engine.module, eval_loaders, cfg, device))
+                if is_last_epoch and cfg.eval.baselines:
+                    baselines = share_from(baselines, BASELINE_KEYS, baseline_rank)
+                    sink.log(baselines, step=cfg.training.epochs)
                 metrics.update(sweep_metrics(metrics, cfg))
                 if rank == 0:
                     epoch_metrics = {k: v for k, v in metrics.items() if k.startswith(("knn/", "probe/"))}
@@ -162,8 +171,6 @@ def train_loop_per_worker(config_dict: dict) -> None:
         if start_epoch >= cfg.training.epochs:  # re-run of a finished job: nothing to train, report where it stands
             ray.train.report({"epoch": start_epoch})
         elif rank == 0:
-            if cfg.eval.baselines:
-                sink.log(baseline_knn(eval_loaders, cfg, device), step=cfg.training.epochs)
             log_encoder(sink, engine.module, cfg.data.image_size)
     finally:
         train_loader.close()
@@ -287,11 +294,20 @@ def evaluate(model, eval_loaders, cfg: Config, device) -> dict[str, float]:
     return results
 
 
+BASELINE_KEYS = ("baseline/knn_random_top1", "baseline/knn_pixels_top1")
+
+
+def share_from(values: dict[str, float], keys: tuple[str, ...], src: int) -> dict[str, float]:
+    """Rank ``src``'s scalar ``values`` on every rank (a collective: every rank calls it)."""
+    packed = torch.tensor([values.get(key, float("nan")) for key in keys], dtype=torch.float64)
+    return dict(zip(keys, broadcast_from(packed, src).tolist()))
+
+
 def baseline_knn(eval_loaders, cfg: Config, device) -> dict[str, float]:
     """kNN (first k) of a randomly initialised encoder of the same architecture and of raw pixels."""
     k = cfg.eval.knn_k[0]
     torch.manual_seed(cfg.training.seed + 1)
-    random_model = build_model(cfg.model).to(device).eval()
+    random_model = to_memory_format(build_model(cfg.model).to(device).eval(), cfg.training.channels_last)
     bank_loader, test_loader = eval_loaders
     results = {}
     for name, forward in (("random", random_model), ("pixels", lambda x: x.flatten(1))):

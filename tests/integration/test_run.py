@@ -72,7 +72,8 @@ def job(tiny_betons, tmp_path_factory, ray_cluster):
     """Start a 2-epoch DDP job (a credential in its environment), kill its driver during epoch 2, run the
     same command again. Returns the storage path, the first run id and the second (resuming) process."""
     storage = tmp_path_factory.mktemp("ddp")
-    args = smoke_args(tiny_betons, storage, "ddp", "training.epochs=2")
+    # Baselines on: with 2 workers rank 1 computes them (in the resumed epoch 2) beside rank 0's evaluation.
+    args = smoke_args(tiny_betons, storage, "ddp", "training.epochs=2", "eval.baselines=true")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **ray_cluster["env"],
            "AWS_SECRET_ACCESS_KEY": SECRET, "MLFLOW_TRACKING_PASSWORD": SECRET}
     log = storage / "first.log"
@@ -108,6 +109,34 @@ def test_ddp_run_logs_every_metric_and_checkpoints(job):
     assert run.data.params["training.strategy"] == "ddp" and run.data.params["training.num_workers"] == "2"
     assert 0.0 <= summary["final_alpha"] <= 1.0
     assert "encoder" in [a.path for a in client.list_artifacts(summary["run_id"])]
+
+
+def test_baselines_reach_rank0_and_match_a_direct_computation(job):
+    """The raw-pixel kNN that rank 1 computed, sent to rank 0, logged and printed, equals the same kNN computed
+    here from the source images (all 1,024 as the bank, the 512 test images as queries)."""
+    import numpy as np
+
+    from adadim_dist.config import DataConfig
+    from adadim_dist.data.sources import read_source
+    from adadim_dist.data.writer import to_rgb
+    from adadim_dist.training.evaluation import knn_top1
+
+    summary = job["summary"]
+    assert 0.0 <= summary["knn_top1_random_encoder"] <= 100.0
+    assert f"raw pixels     : {summary['knn_top1_raw_pixels']:.2f}%" in job["second"].stdout
+
+    data = DataConfig()
+
+    def pixels(split, limit):
+        source = read_source("fashion_mnist", split)
+        images = np.stack([to_rgb(source.images[i], pad_to=32) for i in range(limit)]).astype(np.float32) / 255
+        images = (images - np.array(data.mean, np.float32)) / np.array(data.std, np.float32)
+        return torch.from_numpy(images.reshape(limit, -1)), torch.from_numpy(source.labels[:limit])
+
+    bank, bank_labels = pixels("train", 1024)
+    queries, query_labels = pixels("test", 512)
+    expected = knn_top1(bank, bank_labels, queries, query_labels, k=20, temperature=0.07, num_classes=10)
+    assert abs(summary["knn_top1_raw_pixels"] - expected) <= 0.2, (summary["knn_top1_raw_pixels"], expected)
 
 
 def test_killed_driver_rerun_resumes_into_same_mlflow_run(job):
