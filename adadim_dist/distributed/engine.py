@@ -114,8 +114,8 @@ class DeepSpeedEngine:
         if ds_cfg.offload_optimizer:
             config["zero_optimization"]["offload_optimizer"] = {"device": "cpu"}
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=to_memory_format(model.to(device), channels_last), optimizer=optimizer, lr_scheduler=scheduler, config=config,
-            dist_init_required=False,
+            model=to_memory_format(model.to(device), channels_last), optimizer=optimizer, lr_scheduler=scheduler,
+            config=config, dist_init_required=False,
         )
         self.module = self.engine.module
         self.device = device

@@ -152,7 +152,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
                 if rank == 0 and is_eval_epoch:
                     metrics.update(evaluate(engine.module, eval_loaders, cfg, device))
                 if is_last_epoch and cfg.eval.baselines:
-                    baselines = share_from(baselines, BASELINE_KEYS, baseline_rank)
+                    baselines = share_from(baselines, BASELINE_KEYS, baseline_rank, device)
                     sink.log(baselines, step=cfg.training.epochs)
                 metrics.update(sweep_metrics(metrics, cfg))
                 if rank == 0:
@@ -226,7 +226,8 @@ def train_epoch(engine, objective, loader, num_steps, epoch, cfg: Config, sink, 
             probe_loss = torch.zeros((), device=device)
         engine.backward(loss + probe_loss)
 
-        finite = torch.tensor([float(torch.isfinite(loss) and engine.gradients_finite())])
+        # On the step's device: NCCL reduces CUDA tensors only.
+        finite = torch.tensor([float(torch.isfinite(loss) and engine.gradients_finite())], device=device)
         if all_reduce_mean(finite).item() < 1.0:
             bad = [k for k, v in _scalar_stats(objective, r_a, r_b, z_a, z_b).items() if not math.isfinite(v)]
             message = (f"non-finite loss or gradient at epoch {epoch + 1} step {global_step} "
@@ -273,8 +274,11 @@ def sweep_metrics(metrics: dict[str, float], cfg: Config) -> dict[str, float]:
 
 
 def _scalar_stats(objective, r_a, r_b, z_a, z_b) -> dict[str, float]:
+    """Every term of the step again, to name the non-finite ones; α's state is left as the step set it."""
+    saved = objective.state_dict()
     with torch.no_grad():
         _, stats = objective(r_a.detach(), r_b.detach(), z_a.detach(), z_b.detach(), with_stats=True)
+    objective.load_state_dict(saved)
     return {k: float(v) for k, v in stats.items()}
 
 
@@ -297,9 +301,9 @@ def evaluate(model, eval_loaders, cfg: Config, device) -> dict[str, float]:
 BASELINE_KEYS = ("baseline/knn_random_top1", "baseline/knn_pixels_top1")
 
 
-def share_from(values: dict[str, float], keys: tuple[str, ...], src: int) -> dict[str, float]:
+def share_from(values: dict[str, float], keys: tuple[str, ...], src: int, device) -> dict[str, float]:
     """Rank ``src``'s scalar ``values`` on every rank (a collective: every rank calls it)."""
-    packed = torch.tensor([values.get(key, float("nan")) for key in keys], dtype=torch.float64)
+    packed = torch.tensor([values.get(key, float("nan")) for key in keys], dtype=torch.float64, device=device)
     return dict(zip(keys, broadcast_from(packed, src).tolist()))
 
 

@@ -50,6 +50,66 @@ def sweep(tiny_betons, tmp_path_factory, ray_cluster):
     return root, summary, out
 
 
+@pytest.fixture(scope="module")
+def resumed_sweep(tiny_betons, tmp_path_factory, ray_cluster):
+    """A 2-trial FIFO sweep, one trial at a time, its driver killed once the second trial has started, then the
+    same command run again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path_factory.mktemp("resume")
+    sweep_file = root / "sweep.yaml"
+    sweep_file.write_text(yaml.safe_dump({
+        "name": "resume-sweep",
+        "base_config": str(REPO / "configs/fmnist_smoke.yaml"),
+        "overrides": [f"data.train_path={tiny_betons['train']}", f"data.test_path={tiny_betons['test']}",
+                      f"run.storage_path={root / 'runs'}", "training.epochs=1", "training.global_batch_size=64",
+                      "training.max_steps_per_epoch=3", "training.log_every=3", "eval.baselines=false",
+                      "eval.knn_k=[20]", "tracking.experiment=resume-sweep"],
+        "metric": "knn", "num_samples": 2, "max_concurrent_trials": 1, "scheduler": {"name": "fifo"},
+        "trial": {"num_workers": 1, "cpus_per_worker": 0.9, "trial_cpus": 0.1},
+        "search_space": {"objective.gamma": {"type": "loguniform", "low": 0.1, "high": 10.0}},
+    }))
+    command = [sys.executable, "-m", "adadim_dist.tune", "--config", str(sweep_file)]
+    env = {**os.environ, **ray_cluster["env"], "PYTHONUNBUFFERED": "1"}
+    with (root / "first.log").open("w") as log:
+        first = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                 start_new_session=True)
+    deadline = time.time() + 300
+    while not list((root / "runs").glob("resume-sweep-*_00001/mlflow_run.json")):
+        assert first.poll() is None, (root / "first.log").read_text()[-4000:]
+        assert time.time() < deadline, (root / "first.log").read_text()[-4000:]
+        time.sleep(0.5)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(timeout=60)
+    parent_before = json.loads((root / "runs/resume-sweep/mlflow_parent_run.json").read_text())["run_id"]
+    out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    return root, parent_before, json.loads(out.stdout.strip().splitlines()[-1]), out
+
+
+def test_interrupted_sweep_resumes_into_the_same_runs(resumed_sweep):
+    from mlflow.tracking import MlflowClient
+
+    root, parent_before, summary, out = resumed_sweep
+    assert "resuming sweep" in out.stdout
+    assert summary["parent_run_id"] == parent_before and summary["num_trials"] == 2
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'runs' / 'mlflow.db'}")
+    assert client.get_run(parent_before).info.status == "FINISHED"
+    experiment = client.get_experiment_by_name("resume-sweep")
+    children = client.search_runs([experiment.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent_before}'")
+    assert len(children) == 2  # a re-run trial reopens its child run instead of adding one
+    for child in children:
+        assert child.info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "knn/top1_k20")]
+        assert steps == [1], steps
+    assert load_config(summary["best_config"]).objective.gamma == summary["best_params"]["objective.gamma"]
+
+
 def test_sweep_has_parent_and_nested_child_runs(sweep):
     from mlflow.tracking import MlflowClient
 

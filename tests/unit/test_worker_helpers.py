@@ -1,0 +1,26 @@
+"""Small pieces of the worker loop that need no Ray: the non-finite diagnosis and the baseline hand-over."""
+
+import math
+
+import torch
+
+from adadim_dist.objectives import AdaDim
+from adadim_dist.training.worker import BASELINE_KEYS, _scalar_stats, share_from
+
+
+def test_naming_non_finite_terms_leaves_alpha_state_alone():
+    torch.manual_seed(0)
+    objective = AdaDim(alpha_mode="adaptive", alpha_interval=1, alpha_ema=0.9)
+    r, z = torch.randn(32, 16), torch.randn(32, 8)
+    objective(r, r + 0.1 * torch.randn_like(r), z, z + 0.1 * torch.randn_like(z))
+    before = objective.state_dict()
+    bad = z.clone()
+    bad[0, 0] = float("nan")
+    stats = _scalar_stats(objective, r, r, torch.randn(32, 8), bad)
+    assert objective.state_dict() == before
+    assert not math.isfinite(stats["loss/total"])
+
+
+def test_share_from_on_one_process_keeps_the_values_and_fills_missing_with_nan():
+    shared = share_from({BASELINE_KEYS[0]: 81.5}, BASELINE_KEYS, src=0, device=torch.device("cpu"))
+    assert shared[BASELINE_KEYS[0]] == 81.5 and math.isnan(shared[BASELINE_KEYS[1]])
