@@ -132,7 +132,7 @@ class TrainingConfig(_Strict):
     strategy: Literal["ddp", "deepspeed"] = "ddp"
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
     mixed_precision: bool = True  # bf16 autocast on GPU; ignored on CPU
-    channels_last: bool = True  # convolution-friendly memory layout for weights and images (CPU and GPU)
+    channels_last: bool = True  # convolution-friendly layout of weights and images (DDP; DeepSpeed stays NCHW)
     max_steps_per_epoch: int | None = Field(None, ge=1)
     log_every: int = Field(10, ge=1)
     seed: int = 0

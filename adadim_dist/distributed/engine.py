@@ -93,12 +93,15 @@ class DeepSpeedEngine:
     """DeepSpeed ZeRO (stage 0–3) around the same model, optimizer and schedule.
 
     The client optimizer keeps its two parameter groups (SSL model, online probe): DeepSpeed allows one.
+    Weights and inputs stay NCHW (``training.channels_last`` applies to DDP only): DeepSpeed broadcasts each
+    parameter as ``p.data.view(torch.uint8)``, which a channels-last 4-D weight cannot do, and ZeRO re-points
+    parameters into flat contiguous buffers anyway.
     """
 
     strategy = "deepspeed"
 
     def __init__(self, model: nn.Module, optimizer, scheduler, device: torch.device, ds_cfg,
-                 batch_size_per_worker: int, world_size: int, use_amp: bool, channels_last: bool = False) -> None:
+                 batch_size_per_worker: int, world_size: int, use_amp: bool) -> None:
         import deepspeed  # heavy import, only when this strategy is chosen
 
         config = {
@@ -114,16 +117,14 @@ class DeepSpeedEngine:
         if ds_cfg.offload_optimizer:
             config["zero_optimization"]["offload_optimizer"] = {"device": "cpu"}
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=to_memory_format(model.to(device), channels_last), optimizer=optimizer, lr_scheduler=scheduler,
-            config=config, dist_init_required=False,
+            model=model.to(device), optimizer=optimizer, lr_scheduler=scheduler, config=config,
+            dist_init_required=False,
         )
         self.module = self.engine.module
         self.device = device
         self.bf16 = config["bf16"]["enabled"]
-        self.channels_last = channels_last
 
     def __call__(self, x: torch.Tensor):
-        x = as_input(x, self.channels_last)
         if self.bf16:
             x = x.to(torch.bfloat16)
         outputs = self.engine(x)
@@ -159,7 +160,6 @@ def build_engine(strategy: str, model: nn.Module, optimizer, scheduler, device: 
     if strategy == "ddp":
         return DDPEngine(model, optimizer, scheduler, device, use_amp, channels_last)
     if strategy == "deepspeed":
-        return DeepSpeedEngine(model, optimizer, scheduler, device, ds_cfg, batch_size_per_worker, world_size, use_amp,
-                               channels_last)
+        return DeepSpeedEngine(model, optimizer, scheduler, device, ds_cfg, batch_size_per_worker, world_size, use_amp)
     raise ValueError(f"training.strategy: must be ddp or deepspeed, got {strategy!r}")
 
