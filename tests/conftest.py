@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+import adadim_dist.data._ffcv  # noqa: F401  (FFCV's fast import, before a test module imports ffcv)
+
 REPO = Path(__file__).resolve().parents[1]
 
 

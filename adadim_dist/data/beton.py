@@ -39,6 +39,7 @@ class BetonInfo:
 
 def check_beton(path: str | Path, need_labels: bool = True) -> BetonInfo:
     """Validate ``path`` as a non-empty FFCV ``.beton`` with an ``image`` field (and ``label`` if needed)."""
+    from . import _ffcv  # noqa: F401  (before any ffcv import)
     from ffcv.types import ALLOC_TABLE_TYPE, CURRENT_VERSION, FieldDescType, HeaderType, TYPE_ID_HANDLER
     from ffcv.types import get_handlers, get_metadata_type
     from ffcv.utils import decode_null_terminated_string

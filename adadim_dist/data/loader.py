@@ -113,6 +113,7 @@ class _FFCVBatches:
         self._loader.next_epoch = int(epoch)
 
     def _batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        from . import _ffcv  # noqa: F401  (before any ffcv import)
         from ffcv.loader.epoch_iterator import IS_CUDA
 
         iterator = iter(self._loader)
@@ -238,6 +239,7 @@ def _build_loader(
     drop_last: bool,
     indices: np.ndarray | None,
 ):
+    from . import _ffcv  # noqa: F401  (before any ffcv import)
     from ffcv.loader import Loader, OrderOption
 
     for field in info.fields:  # decode only what is asked for

@@ -45,6 +45,7 @@ import numpy as np
 from numba import njit, prange
 from numba.extending import register_jitable
 
+from . import _ffcv  # noqa: F401  (before any ffcv import)
 from ffcv.fields.rgb_image import ResizedCropRGBImageDecoder
 from ffcv.libffcv import imdecode, resize_crop
 from ffcv.pipeline.allocation_query import AllocationQuery

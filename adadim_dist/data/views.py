@@ -18,6 +18,7 @@ from typing import Sequence
 
 import torch
 
+from . import _ffcv  # noqa: F401  (before any ffcv import)
 from ffcv.fields.decoders import IntDecoder
 from ffcv.pipeline import PipelineSpec
 from ffcv.pipeline.operation import Operation

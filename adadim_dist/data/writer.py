@@ -82,6 +82,7 @@ def _checked_dataset_writer_class():
     exit codes while it waits, stops the others and raises, and always frees the shared metadata memory.
     Built lazily so importing this module does not import FFCV (its import is slow).
     """
+    from . import _ffcv  # noqa: F401  (before any ffcv import)
     from ffcv.writer import DatasetWriter, MemoryAllocator
     from tqdm import tqdm
 
@@ -179,6 +180,7 @@ def write_beton(
     Raises FileExistsError if ``out`` exists and ``overwrite`` is False, DataError for unusable images;
     on any failure the temporary file is removed and ``out`` is left as it was.
     """
+    from . import _ffcv  # noqa: F401  (before any ffcv import)
     from ffcv.fields import IntField, RGBImageField
 
     started = time.perf_counter()
