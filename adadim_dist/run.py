@@ -22,7 +22,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", help="YAML config (defaults are embedded; see configs/)")
     parser.add_argument("--fresh", action="store_true", help="start over instead of resuming run.name")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. training.epochs=5")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # options may follow the overrides
 
 
 def main(argv: list[str] | None = None) -> int:

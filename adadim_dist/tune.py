@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m adadim_dist.tune", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="sweep YAML (see configs/tune/)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides of the sweep file, e.g. num_samples=8")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # options may follow the overrides
     logging.basicConfig(level=logging.INFO, format="[adadim] %(message)s")
     try:
         sweep, base = load_sweep(args.config, args.overrides)

@@ -20,7 +20,7 @@ TRAINER_STATE = "trainer.pt"
 
 def to_memory_format(model: nn.Module, channels_last: bool) -> nn.Module:
     """Channels-last weights: oneDNN (CPU) and cuDNN (bf16 on tensor cores) run convolutions without the
-    layout reorders NCHW costs them (measured 1.43× per CPU training step of the small CNN, BENCHMARKS.md)."""
+    layout reorders NCHW costs them (1.27× per CPU training step of the small CNN, BENCHMARKS.md)."""
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 

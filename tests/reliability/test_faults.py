@@ -271,22 +271,32 @@ def test_resuming_with_an_incompatible_config_is_refused_before_start(tiny_beton
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_node_lost_job_continues_on_remaining_node(tiny_betons, tmp_path, two_node_cluster):
-    """One of two nodes dies during epoch 2 (its raylet and the worker on it killed): with max_failures=1 the
-    job restarts both workers on the remaining node from the epoch-1 checkpoint and finishes."""
+def test_two_node_job_reads_node_local_cache_and_survives_losing_a_node(tiny_betons, tmp_path, two_node_cluster):
+    """The smoke job on a Ray cluster of two nodes on this machine (a head and a second raylet, both started with
+    `ray start`; `ray.cluster_utils.Cluster` was the first choice, but in Ray 2.60 an external driver's actors on
+    its nodes are cancelled before they start). Its workers run one per node (SPREAD) and read the .beton files
+    through the node-local cache path (`data.cache_dir`). Then one node dies during epoch 2 (its raylet and the
+    worker on it killed): with max_failures=1 the job restarts both workers on the remaining node from the
+    epoch-1 checkpoint and finishes."""
     log = tmp_path / "run.log"
+    cache = tmp_path / "node-local-cache"
     with log.open("w") as handle:
         process = subprocess.Popen(
             [sys.executable, "-m", "adadim_dist.run",
              *args_for(tiny_betons, tmp_path, "node-lost", "training.epochs=2", "training.max_steps_per_epoch=8",
-                       "training.placement_strategy=SPREAD", "run.max_failures=1")],
+                       "training.placement_strategy=SPREAD", "run.max_failures=1", f"data.cache_dir={cache}")],
             cwd=REPO, stdout=handle, stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **two_node_cluster["env"]})
     deadline = time.time() + 480
     while not re.search(r"epoch 2 step 2/", log.read_text()):
         assert process.poll() is None and time.time() < deadline, log.read_text()[-4000:]
         time.sleep(0.5)
-    lost_steps = steps_done_before(log.read_text(), 2)
+    before_fault = log.read_text()
+    placement = dict(re.findall(r"worker rank (\d)/2 on node (\w+)", before_fault))
+    assert set(placement) == {"0", "1"} and len(set(placement.values())) == 2, before_fault[-3000:]
+    cached = sorted(p.name for p in cache.rglob("*.beton"))
+    assert any("train" in name for name in cached) and any("test" in name for name in cached), cached
+    lost_steps = steps_done_before(before_fault, 2)
     two_node_cluster["kill_second_node"]()
     killed_at = time.time()
     assert process.wait(timeout=600) == 0, log.read_text()[-5000:]

@@ -67,3 +67,10 @@ def test_cli_missing_config_file(tmp_path):
     out = subprocess.run([sys.executable, "-m", "adadim_dist.run", "--config", "nope.yaml"],
                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert out.returncode == 2 and "--config: no such file nope.yaml" in out.stderr
+
+
+def test_options_may_follow_the_overrides():
+    from adadim_dist.run import parse_args
+
+    args = parse_args(["--config", "configs/fmnist_smoke.yaml", "training.epochs=3", "--fresh", "eval.knn_k=[20]"])
+    assert args.fresh and args.overrides == ["training.epochs=3", "eval.knn_k=[20]"]
