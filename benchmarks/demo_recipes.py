@@ -5,7 +5,7 @@ few overrides, for ``--epochs`` epochs (the LR schedule spans them), evaluated w
 first 20,000 training images as the bank, the 10,000 test images as queries). Variants run one after the
 other on the whole machine; one JSON line with every variant's kNN, probe and wall time at the end.
 
-    python benchmarks/demo_recipes.py [--epochs 1] [--variants current light light_b128]
+    python benchmarks/demo_recipes.py [--epochs 1] [--variants current light batch128 lr0.6 lr1.2]
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ _LIGHT_VIEW = "{crop_scale: [0.35, 1.0], saturation: 0.0, hue: 0.0, grayscale_pr
 VARIANTS = {
     "current": [],
     "light": [f"data.view_a={_LIGHT_VIEW}", f"data.view_b={_LIGHT_VIEW}"],
-    "light_b128": [f"data.view_a={_LIGHT_VIEW}", f"data.view_b={_LIGHT_VIEW}", "training.global_batch_size=128"],
+    "batch128": ["training.global_batch_size=128"],
+    "lr0.6": ["optim.lr=0.6"],
+    "lr1.2": ["optim.lr=1.2"],
 }
 
 
