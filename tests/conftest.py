@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -62,7 +63,7 @@ def ray_cluster():
 @pytest.fixture()
 def two_node_cluster(tmp_path):
     """A head and a second raylet on this machine, started with `ray start` (1 CPU each). Yields the client
-    environment and a function that kills the second node (everything in its process group)."""
+    environment and a function that kills the second node (its processes and all their descendants)."""
     ray = str(Path(sys.executable).parent / "ray")
     port = free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
@@ -84,7 +85,15 @@ def two_node_cluster(tmp_path):
 
 
         def kill_second_node():
+            """Everything the second `ray start` runs dies at once, as on a lost machine: its process group and
+            every descendant (the raylet's workers need not share its group)."""
+            import psutil
+
+            descendants = psutil.Process(nodes[1].pid).children(recursive=True)
             os.killpg(nodes[1].pid, signal.SIGKILL)
+            for process in descendants:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    process.kill()
 
         yield {"env": {"RAY_ADDRESS": f"127.0.0.1:{port}", "RAY_AUTH_MODE": "token"}, "kill_second_node": kill_second_node}
     finally:

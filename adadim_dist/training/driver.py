@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from ..config import Config, ConfigError, flatten, is_uri
-from .checkpoint import check_compatible, latest_complete_checkpoint
+from .checkpoint import check_compatible, latest_complete_checkpoint, load_state
 from .tracking import MLflowSink, check_reachable, resolve_tracking_uri
 
 logger = logging.getLogger(__name__)
@@ -224,16 +224,24 @@ def summarise(cfg: Config, sink: MLflowSink, result) -> dict[str, Any]:
     run = sink.client.get_run(sink.run_id)
     metrics = run.data.metrics
     first_k = cfg.eval.knn_k[0]
+    epochs = int(result.metrics.get("epoch", 0)) if result.metrics else 0
+    checkpoint = result.checkpoint.path if result.checkpoint else None
+    # Ray's result holds the newest checkpoint its controller registered; a worker group that failed right after
+    # the last report and restarted with nothing left to train leaves a newer one on disk only.
+    on_disk = local_resume_checkpoint(cfg)
+    disk_epoch = load_state(on_disk)["epoch"] if on_disk is not None else 0
+    if disk_epoch > epochs:
+        epochs, checkpoint = disk_epoch, str(on_disk)
     summary = {
         "run_id": sink.run_id,
         "experiment": cfg.tracking.experiment,
         "run_name": cfg.run.name,
-        "epochs": int(result.metrics.get("epoch", 0)) if result.metrics else 0,
+        "epochs": epochs,
         "knn_top1": metrics.get(f"knn/top1_k{first_k}"),
         "probe_top1": metrics.get("probe/top1"),
         "final_alpha": metrics.get("adadim/alpha"),
         "resumed_from_epoch": int(result.metrics.get("resumed_from_epoch", 0)) if result.metrics else 0,
-        "checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "checkpoint": checkpoint,
         "tracking_uri": resolve_tracking_uri(cfg.tracking.uri, cfg.run.storage_path),
     }
     for name in ("random", "pixels"):

@@ -283,8 +283,8 @@ def test_two_node_job_reads_node_local_cache_and_survives_losing_a_node(tiny_bet
     with log.open("w") as handle:
         process = subprocess.Popen(
             [sys.executable, "-m", "adadim_dist.run",
-             *args_for(tiny_betons, tmp_path, "node-lost", "training.epochs=2", "training.max_steps_per_epoch=8",
-                       "training.placement_strategy=SPREAD", "run.max_failures=1", f"data.cache_dir={cache}")],
+             *args_for(tiny_betons, tmp_path, "node-lost", "training.epochs=2", "training.placement_strategy=SPREAD",
+                       "run.max_failures=1", f"data.cache_dir={cache}")],  # 16 steps per epoch
             cwd=REPO, stdout=handle, stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **two_node_cluster["env"]})
     deadline = time.time() + 480
