@@ -100,6 +100,7 @@ class ObjectiveConfig(_Strict):
 class ModelConfig(_Strict):
     backbone: Literal["small_cnn", "resnet18", "resnet50"] = "small_cnn"
     small_cnn_width: int = Field(32, ge=4)  # channels of the first small_cnn block (later blocks: 2×, 4×, 8×)
+    small_cnn_downsample: Literal["maxpool", "stride"] = "maxpool"  # how blocks 2–4 halve the resolution
     cifar_stem: bool = True  # 3×3 stem without max-pool, for 28–64 px inputs
     projector_dims: tuple[int, ...] = (512, 512)
     num_classes: int = Field(10, ge=2)  # online linear probe

@@ -6,7 +6,10 @@ import datetime
 import json
 import os
 import platform
+import statistics
 import sys
+import time
+from typing import Callable
 
 
 def machine() -> str:
@@ -28,3 +31,18 @@ def emit(result: dict) -> None:
         **result,
     }
     print(json.dumps(line))
+
+
+def alternating_medians(steps: dict[str, Callable[[], None]], timed: int, warmup: int) -> dict[str, float]:
+    """Median seconds per call of each step, after ``warmup`` untimed calls each, the steps taking turns so
+    that drifts of the machine's speed hit every variant alike."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    seconds: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(timed):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            seconds[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in seconds.items()}

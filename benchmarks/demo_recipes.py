@@ -6,6 +6,10 @@ first 20,000 training images as the bank, the 10,000 test images as queries). Va
 other on the whole machine; one JSON line with every variant's kNN, probe and wall time at the end.
 
     python benchmarks/demo_recipes.py [--epochs 1] [--variants lr0.3 lr0.3_light lr0.3_batch128 lr0.6 lr1.2]
+        [key=value ...]
+
+Trailing ``key=value`` overrides apply to every variant (``model.small_cnn_downsample=maxpool`` reproduces
+the table made before the demo switched to the strided CNN).
 """
 
 from __future__ import annotations
@@ -38,9 +42,9 @@ VARIANTS = {
 }
 
 
-def run_variant(name: str, epochs: int, storage: Path) -> dict:
+def run_variant(name: str, epochs: int, storage: Path, common: list[str]) -> dict:
     args = [sys.executable, "-m", "adadim_dist.run", "--config", "configs/fmnist_smoke.yaml",
-            *VARIANTS[name], f"training.epochs={epochs}", "eval.baselines=false", f"run.storage_path={storage}",
+            *common, *VARIANTS[name], f"training.epochs={epochs}", "eval.baselines=false", f"run.storage_path={storage}",
             f"run.name={name}", "tracking.experiment=demo-recipes"]
     print(f"[bench] {name}: {' '.join(VARIANTS[name])}", file=sys.stderr, flush=True)
     started = time.time()
@@ -58,11 +62,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    args = parser.parse_args()
+    parser.add_argument("overrides", nargs="*", help="config overrides for every variant, key.sub=value")
+    args = parser.parse_intermixed_args()
     with tempfile.TemporaryDirectory() as storage:
-        results = {name: run_variant(name, args.epochs, Path(storage)) for name in args.variants}
-    emit({"benchmark": "demo_recipes", "epochs": args.epochs, "overrides": {n: VARIANTS[n] for n in args.variants},
-          "results": results})
+        results = {name: run_variant(name, args.epochs, Path(storage), args.overrides) for name in args.variants}
+    emit({"benchmark": "demo_recipes", "epochs": args.epochs, "common_overrides": args.overrides,
+          "overrides": {n: VARIANTS[n] for n in args.variants}, "results": results})
 
 
 if __name__ == "__main__":

@@ -5,7 +5,10 @@ schedule spans all of them) with kNN after every epoch, then reads the per-epoch
 bank of the first 20,000 training images) and the two baselines from MLflow, prints one JSON line with the
 first epoch (and wall-clock minute) at which the trained encoder beats raw pixels, and draws the curve.
 
-    python benchmarks/long_run.py [--epochs 10] [--plot benchmarks/results/long_run_knn.png]
+    python benchmarks/long_run.py [--epochs 10] [--plot benchmarks/results/long_run_knn.png] [key=value ...]
+
+Trailing ``key=value`` overrides apply to the run (e.g. ``model.small_cnn_downsample=maxpool`` reproduces the
+runs made before the demo switched to the strided CNN).
 """
 
 from __future__ import annotations
@@ -32,12 +35,13 @@ def main() -> None:
     parser.add_argument("--name", default="long-run")
     parser.add_argument("--storage", default="runs")
     parser.add_argument("--plot", default="benchmarks/results/long_run_knn.png")
-    args = parser.parse_args()
+    parser.add_argument("overrides", nargs="*", help="config overrides, key.sub=value")
+    args = parser.parse_intermixed_args()
 
     started = time.time()
     command = [sys.executable, "-m", "adadim_dist.run", "--config", "configs/fmnist_smoke.yaml", "--fresh",
                f"training.epochs={args.epochs}", "eval.every_epochs=1", f"run.name={args.name}",
-               f"run.storage_path={args.storage}"]
+               f"run.storage_path={args.storage}", *args.overrides]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
     lines = []

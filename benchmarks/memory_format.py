@@ -11,9 +11,6 @@ medians of the timed steps. One torch thread by default, as each of the demo's t
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-
 import torch
 
 from adadim_dist.config import load_config
@@ -22,13 +19,14 @@ from adadim_dist.models import build_model
 from adadim_dist.objectives import adadim_from_config
 
 try:
-    from _common import emit
+    from _common import alternating_medians, emit
 except ImportError:  # run as a module
-    from benchmarks._common import emit
+    from benchmarks._common import alternating_medians, emit
 
 
-def make_step(channels_last: bool, batch: int):
-    cfg = load_config("configs/fmnist_smoke.yaml")
+def make_step(channels_last: bool, batch: int, overrides: tuple[str, ...] = ()):
+    """One training step of the smoke model (with ``overrides``) on fixed random views."""
+    cfg = load_config("configs/fmnist_smoke.yaml", list(overrides))
     torch.manual_seed(0)
     model = to_memory_format(build_model(cfg.model), channels_last)
     objective = adadim_from_config(cfg.objective, total_steps=1000)
@@ -59,19 +57,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     steps = {"nchw": make_step(False, args.batch), "channels_last": make_step(True, args.batch)}
-    for step in steps.values():
-        for _ in range(args.warmup):
-            step()
-    seconds: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(args.steps):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            seconds[name].append(time.perf_counter() - start)
-    median = {name: statistics.median(values) for name, values in seconds.items()}
+    median = alternating_medians(steps, args.steps, args.warmup)
     emit({
         "benchmark": "memory_format",
-        "model": "small_cnn width 16 + projector 512-512 + probe, AdaDim, SGD",
+        "model": "the smoke config's model (small_cnn width 16, strided since 2026-12-01) + projector 512-512 + probe, AdaDim, SGD",
         "batch_per_view": args.batch,
         "threads": args.threads,
         "steps": args.steps,

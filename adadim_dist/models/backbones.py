@@ -7,14 +7,22 @@ from torch import nn
 
 
 class SmallCNN(nn.Module):
-    """A 4-block CNN for 28–32 px inputs: fast on CPU, 8·width features."""
+    """A 4-block CNN for 28–32 px inputs: fast on CPU, 8·width features.
 
-    def __init__(self, in_channels: int = 3, width: int = 32) -> None:
+    ``downsample="maxpool"`` convolves at full resolution, then max-pools (blocks 2–4); ``"stride"`` lets
+    those convolutions stride by 2 instead, as ResNets do: 3.6× fewer FLOPs at the same width.
+    """
+
+    def __init__(self, in_channels: int = 3, width: int = 32, downsample: str = "maxpool") -> None:
         super().__init__()
+        if downsample not in ("maxpool", "stride"):
+            raise ValueError(f"small_cnn_downsample: must be maxpool or stride, got {downsample!r}")
 
-        def block(c_in: int, c_out: int, pool: bool) -> list[nn.Module]:
-            layers = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
-            return layers + ([nn.MaxPool2d(2)] if pool else [])
+        def block(c_in: int, c_out: int, down: bool) -> list[nn.Module]:
+            stride = 2 if down and downsample == "stride" else 1
+            layers = [nn.Conv2d(c_in, c_out, 3, stride, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                      nn.ReLU(inplace=True)]
+            return layers + ([nn.MaxPool2d(2)] if down and downsample == "maxpool" else [])
 
         self.features = nn.Sequential(
             *block(in_channels, width, False),
@@ -99,9 +107,10 @@ class ResNet(nn.Module):
         return self.pool(self.stages(self.stem(x)))
 
 
-def build_backbone(name: str, cifar_stem: bool = True, small_cnn_width: int = 32) -> nn.Module:
+def build_backbone(name: str, cifar_stem: bool = True, small_cnn_width: int = 32,
+                   small_cnn_downsample: str = "maxpool") -> nn.Module:
     if name == "small_cnn":
-        return SmallCNN(width=small_cnn_width)
+        return SmallCNN(width=small_cnn_width, downsample=small_cnn_downsample)
     if name == "resnet18":
         return ResNet(BasicBlock, [2, 2, 2, 2], cifar_stem)
     if name == "resnet50":

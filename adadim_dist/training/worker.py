@@ -317,9 +317,23 @@ def baseline_knn(eval_loaders, cfg: Config, device) -> dict[str, float]:
     for name, forward in (("random", random_model), ("pixels", lambda x: x.flatten(1))):
         bank, bank_labels, _ = extract(forward, bank_loader, device, cfg.eval.bank_size)
         test, test_labels, _ = extract(forward, test_loader, device)
+        if name == "pixels" and is_grey(bank) and is_grey(test):
+            # Grey images stored as RGB (Fashion-MNIST): the cosine over one channel is the same, at a third
+            # of the cost of this, the evaluation's largest product.
+            bank, test = first_channel(bank), first_channel(test)
         results[f"baseline/knn_{name}_top1"] = knn_top1(bank, bank_labels, test, test_labels, k,
                                                          cfg.eval.knn_temperature, cfg.model.num_classes)
     return results
+
+
+def is_grey(flat_rgb: torch.Tensor) -> bool:
+    """Whether every flattened 3-channel image has three equal channels."""
+    channels = flat_rgb.view(flat_rgb.shape[0], 3, -1)
+    return torch.equal(channels[:, 0], channels[:, 1]) and torch.equal(channels[:, 0], channels[:, 2])
+
+
+def first_channel(flat_rgb: torch.Tensor) -> torch.Tensor:
+    return flat_rgb.view(flat_rgb.shape[0], 3, -1)[:, 0]
 
 
 def log_encoder(sink: MetricsSink, model, image_size: int) -> None:

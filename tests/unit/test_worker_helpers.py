@@ -24,3 +24,20 @@ def test_naming_non_finite_terms_leaves_alpha_state_alone():
 def test_share_from_on_one_process_keeps_the_values_and_fills_missing_with_nan():
     shared = share_from({BASELINE_KEYS[0]: 81.5}, BASELINE_KEYS, src=0, device=torch.device("cpu"))
     assert shared[BASELINE_KEYS[0]] == 81.5 and math.isnan(shared[BASELINE_KEYS[1]])
+
+
+def test_grey_pixels_keep_their_knn_on_one_channel_and_colour_pixels_are_left_whole():
+    from adadim_dist.training.evaluation import knn_top1
+    from adadim_dist.training.worker import first_channel, is_grey
+
+    torch.manual_seed(0)
+    labels = torch.arange(200) % 4
+    grey = (torch.randn(200, 1, 8, 8) + labels.view(-1, 1, 1, 1) * 0.3).expand(-1, 3, -1, -1).flatten(1)
+    bank, queries = grey[:150], grey[150:]
+    assert is_grey(bank) and first_channel(bank).shape == (150, 64)
+    assert torch.equal(first_channel(bank), grey[:150, :64])
+    assert knn_top1(first_channel(bank), labels[:150], first_channel(queries), labels[150:], k=5) == \
+        knn_top1(bank, labels[:150], queries, labels[150:], k=5)
+    colour = grey.clone()
+    colour[7, 64] += 1.0  # one pixel of one image's second channel differs
+    assert not is_grey(colour)
