@@ -147,6 +147,10 @@ class AdaDim:
         if self.state.alpha is None or self.state.step % self.alpha_interval == 0:
             estimate = self.sync(adaptive_alpha(z_a_global).to(torch.float64))
             new = float(estimate)
+            if not math.isfinite(new):
+                # Diverged embeddings: this step's loss is non-finite anyway (the worker stops or skips the
+                # step), and α's state must not carry the NaN into the steps after a skip.
+                return new if self.state.alpha is None else self.state.alpha
             if self.state.alpha is not None and self.alpha_ema > 0:
                 new = self.alpha_ema * self.state.alpha + (1.0 - self.alpha_ema) * new
             self.state.alpha = new

@@ -39,9 +39,17 @@ def _check_same_rows(x: torch.Tensor, y: torch.Tensor, names: str) -> None:
         raise ValueError(f"{names}: batch sizes differ ({x.shape[0]} vs {y.shape[0]})")
 
 
+def _nan_like(x: torch.Tensor) -> torch.Tensor:
+    """NaN as a 0-d function of x: the decompositions raise on non-finite input, but a diverged step should
+    reach the caller as a non-finite value (the worker stops or skips it), gradient path included."""
+    return x.sum() * float("nan")
+
+
 def effective_rank(z: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     """exp(−Σ p_k log p_k) with p = σ / Σσ + ε over the singular values σ of z. 1 ≤ erank ≤ min(N, D)."""
     _check_matrix(z, "z")
+    if not torch.isfinite(z).all():
+        return _nan_like(z)
     sigma = torch.linalg.svdvals(z)
     p = sigma / (sigma.sum() + eps) + eps
     return torch.exp(-(p * torch.log(p)).sum())
@@ -90,6 +98,8 @@ def matrix_entropy(a: torch.Tensor, order: float = 2.0) -> torch.Tensor:
     _check_order(order)
     if order == 2.0:
         return -torch.log((a * a).sum().clamp_min(_TINY))
+    if not torch.isfinite(a).all():
+        return _nan_like(a)
     eigenvalues = torch.linalg.eigvalsh(a).clamp_min(0.0)
     if order == 1.0:
         nonzero = eigenvalues > _TINY

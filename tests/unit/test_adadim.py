@@ -170,3 +170,19 @@ def test_objectives_import_no_ray_ffcv_mlflow_or_torch_distributed_collectives()
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_non_finite_embeddings_give_a_non_finite_loss_and_leave_alpha_state_alone():
+    """After a skipped diverged step, α must still be the last finite estimate, not NaN for every later step."""
+    objective = AdaDim(alpha_mode="adaptive", alpha_interval=1, alpha_ema=0.5)
+    r_a, r_b, z_a, z_b = _batch()
+    objective(r_a, r_b, z_a, z_b)
+    objective.step()
+    before = objective.state.alpha
+    bad = z_a.clone()
+    bad[0, 0] = float("nan")
+    loss, stats = objective(r_a, r_b, bad, z_b)
+    assert not torch.isfinite(loss) and objective.state.alpha == before and stats["adadim/alpha"] == before
+    objective.step()
+    _, stats = objective(r_a, r_b, z_a, z_b)
+    assert math.isfinite(stats["adadim/alpha"])

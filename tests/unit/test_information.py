@@ -157,3 +157,20 @@ def test_alignment_of_identical_and_opposite_views():
 def test_bad_input_raises_value_error_naming_the_argument(call, argument):
     with pytest.raises(ValueError, match=f"^{argument}:"):
         call()
+
+
+@pytest.mark.parametrize("estimate", [
+    lambda z: effective_rank(z),
+    lambda z: renyi_entropy(z, order=3.0),
+    lambda z: renyi_entropy(z, order=1.0),
+])
+def test_diverged_input_gives_nan_not_an_exception(estimate):
+    """The SVD / eigensolver raise on NaN input; a diverged step must instead surface as a non-finite value
+    (the worker then stops or skips it with a message naming the term), with the gradient path intact."""
+    z = torch.randn(8, 4, dtype=torch.float64)
+    z[2, 1] = float("inf")
+    z.requires_grad_(True)
+    value = estimate(z)
+    assert value.dim() == 0 and math.isnan(value.item())
+    value.backward()
+    assert z.grad is not None and not torch.isfinite(z.grad).all()
