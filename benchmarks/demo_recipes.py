@@ -44,8 +44,8 @@ VARIANTS = {
 
 def run_variant(name: str, epochs: int, storage: Path, common: list[str]) -> dict:
     args = [sys.executable, "-m", "adadim_dist.run", "--config", "configs/fmnist_smoke.yaml",
-            *common, *VARIANTS[name], f"training.epochs={epochs}", "eval.baselines=false", f"run.storage_path={storage}",
-            f"run.name={name}", "tracking.experiment=demo-recipes"]
+            *common, *VARIANTS[name], f"training.epochs={epochs}", "eval.baselines=false",
+            f"run.storage_path={storage}", f"run.name={name}", "tracking.experiment=demo-recipes"]
     print(f"[bench] {name}: {' '.join(VARIANTS[name])}", file=sys.stderr, flush=True)
     started = time.time()
     out = subprocess.run(args, cwd=REPO, capture_output=True, text=True)

@@ -60,7 +60,8 @@ def main() -> None:
     median = alternating_medians(steps, args.steps, args.warmup)
     emit({
         "benchmark": "memory_format",
-        "model": "the smoke config's model (small_cnn width 16, strided since 2026-12-01) + projector 512-512 + probe, AdaDim, SGD",
+        "model": "the smoke config's model (small_cnn width 16, strided since 2026-12-01) + projector 512-512"
+                 " + probe, AdaDim, SGD",
         "batch_per_view": args.batch,
         "threads": args.threads,
         "steps": args.steps,
