@@ -93,6 +93,11 @@ class ObjectiveConfig(_Strict):
     mi_order: float = Field(2.0, gt=0)
     kernel: Literal["cosine", "gaussian"] = "cosine"
     kernel_sigma: float | None = Field(None, gt=0)  # gaussian kernel width; None = median heuristic
+    # How each worker computes the global-batch objective (same values and gradients either way).
+    # sharded: its own rows against all-reduced sums and gathered columns, O(n·N·D + n·D² + D³) per worker;
+    # MI terms with mi_order ≠ 2 or the median-heuristic gaussian width need the whole Gram matrix and stay
+    # gathered. replicated: every worker computes the whole objective on the gathered batch, O(N²·D).
+    compute: Literal["sharded", "replicated"] = "sharded"
     alpha: AlphaConfig = AlphaConfig()
 
 
@@ -104,6 +109,9 @@ class ModelConfig(_Strict):
     cifar_stem: bool = True  # 3×3 stem without max-pool, for 28–64 px inputs
     projector_dims: tuple[int, ...] = (512, 512)
     num_classes: int = Field(10, ge=2)  # online linear probe
+    # BatchNorm statistics over the global batch (SimCLR's global BN, VICReg's SyncBatchNorm): without it
+    # each worker normalises with its own batch, and the gradients are not those of the whole batch.
+    sync_batchnorm: bool = True
 
 
 # ---------------------------------------------------------------------------------------------------- optim
@@ -120,7 +128,16 @@ class OptimConfig(_Strict):
 class DeepSpeedConfig(_Strict):
     zero_stage: int = Field(2, ge=0, le=3)
     offload_optimizer: bool = False
-    bf16: bool = False
+    bf16: bool = False  # refused: mixed precision under DeepSpeed is training.mixed_precision (see below)
+
+    @model_validator(mode="after")
+    def _no_bf16_weights(self) -> "DeepSpeedConfig":
+        if self.bf16:
+            raise ValueError(
+                "bf16: DeepSpeed's bf16 mode casts BatchNorm weights but not its running statistics, which "
+                "batch_norm refuses; use training.mixed_precision=true (bf16 autocast with fp32 weights, on GPUs)"
+            )
+        return self
 
 
 class TrainingConfig(_Strict):
@@ -132,7 +149,7 @@ class TrainingConfig(_Strict):
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"  # of the workers
     strategy: Literal["ddp", "deepspeed"] = "ddp"
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
-    mixed_precision: bool = True  # bf16 autocast on GPU; ignored on CPU
+    mixed_precision: bool = True  # bf16 autocast on GPU (DDP and DeepSpeed); ignored on CPU
     channels_last: bool = True  # convolution-friendly layout of weights and images (DDP; DeepSpeed stays NCHW)
     max_steps_per_epoch: int | None = Field(None, ge=1)
     log_every: int = Field(10, ge=1)
@@ -187,6 +204,18 @@ class Config(_Strict):
     eval: EvalConfig = EvalConfig()
     tracking: TrackingConfig = TrackingConfig()
     run: RunConfig = RunConfig()
+
+    @model_validator(mode="after")
+    def _lars_sees_whole_tensors(self) -> "Config":
+        stage = self.training.deepspeed.zero_stage
+        if self.optim.name == "lars" and self.training.strategy == "deepspeed" and stage > 0:
+            raise ValueError(
+                f"optim.name: lars cannot run with training.strategy=deepspeed and training.deepspeed.zero_stage="
+                f"{stage} (ZeRO hands the optimizer flat 1-D shards, so the per-tensor trust ratio and weight decay "
+                "would silently be skipped); use training.strategy=ddp, training.deepspeed.zero_stage=0, or "
+                "optim.name=sgd or adamw"
+            )
+        return self
 
     @model_validator(mode="after")
     def _remote_storage_needs_tracking_server(self) -> "Config":

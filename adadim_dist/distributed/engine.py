@@ -1,8 +1,10 @@
 """One training-engine interface over PyTorch DDP and DeepSpeed ZeRO.
 
 The worker loop calls ``engine(x)``, ``engine.backward(loss)``, ``engine.step()`` and the checkpoint
-methods, and never branches on the strategy. ``engine.module`` is the unwrapped model (for evaluation and
-for saving the encoder).
+methods, and never branches on the strategy. Both engines return float32 outputs whatever the compute
+precision, so the objective (losses, α, estimators) never runs in bf16. ``engine.full_state_dict()`` is the
+consolidated model state on every rank (a collective under ZeRO-3, whose ranks each hold a shard of every
+parameter): evaluation and export work on a plain copy built from it, never on the sharded module.
 """
 
 from __future__ import annotations
@@ -28,6 +30,34 @@ def as_input(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 
+def float_outputs(outputs) -> tuple[torch.Tensor, ...]:
+    """Model outputs as float32: under bf16 autocast the last layers return bf16, and the objective's SVDs,
+    Gram matrices and logits must not run in it."""
+    return tuple(o.float() for o in outputs)
+
+
+class StepBuffers:
+    """The module's buffers (BatchNorm running statistics) as they were before a step's first forward pass, so
+    a skipped step leaves them as it found them: the forward of a diverged batch has already moved them."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.saved: list[torch.Tensor] | None = None
+
+    def remember(self) -> None:
+        if self.saved is None:
+            self.saved = [b.detach().clone() for b in self.module.buffers()]
+
+    def forget(self) -> None:
+        self.saved = None
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for buffer, saved in zip(self.module.buffers(), self.saved or []):
+            buffer.copy_(saved)
+        self.saved = None
+
+
 def gradients_finite(module: nn.Module) -> bool:
     """True when every gradient this process holds is finite (no gradient yet counts as finite)."""
     grads = [p.grad for p in module.parameters() if p.grad is not None]
@@ -51,11 +81,18 @@ class DDPEngine:
             self.wrapped = self.module
         self.optimizer = optimizer
         self.scheduler = scheduler
-        self.use_amp = use_amp and device.type == "cuda"
+        self.use_amp = use_amp  # the worker enables it on GPUs only; tests use it on CPU
+        self.step_buffers = StepBuffers(self.module)
 
     def __call__(self, x: torch.Tensor):
+        self.step_buffers.remember()
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
-            return self.wrapped(as_input(x, self.channels_last))
+            outputs = self.wrapped(as_input(x, self.channels_last))
+        return float_outputs(outputs)
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """The model's state, copied to CPU (evaluation and export build a plain model from it)."""
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.module.state_dict().items()}
 
     def backward(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -66,10 +103,12 @@ class DDPEngine:
 
     def skip_step(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
+        self.step_buffers.restore()
 
     def step(self) -> None:
         self.optimizer.step()
         self.scheduler.step()
+        self.step_buffers.forget()
 
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
@@ -96,6 +135,10 @@ class DeepSpeedEngine:
     Weights and inputs stay NCHW (``training.channels_last`` applies to DDP only): DeepSpeed broadcasts each
     parameter as ``p.data.view(torch.uint8)``, which a channels-last 4-D weight cannot do, and ZeRO re-points
     parameters into flat contiguous buffers anyway.
+
+    Mixed precision is DeepSpeed's ``torch_autocast`` mode (fp32 master weights, bf16 compute), not its
+    ``bf16`` mode: the latter casts BatchNorm's weights to bf16 but leaves its running statistics in fp32,
+    and ``batch_norm`` refuses the mix (every backbone here has BatchNorm).
     """
 
     strategy = "deepspeed"
@@ -109,7 +152,10 @@ class DeepSpeedEngine:
             "train_micro_batch_size_per_gpu": batch_size_per_worker,
             "gradient_accumulation_steps": 1,
             "zero_optimization": {"stage": ds_cfg.zero_stage},
-            "bf16": {"enabled": bool(ds_cfg.bf16 or (use_amp and device.type == "cuda"))},
+            "torch_autocast": {"enabled": bool(use_amp), "dtype": "bfloat16"},
+            # DeepSpeed 0.19 clips the global gradient norm to 1.0 unless told otherwise; DDP does not clip, and
+            # the same config must mean the same optimizer under both strategies.
+            "gradient_clipping": 0.0,
             "zero_allow_untested_optimizer": True,
             "steps_per_print": 10**9,
             "wall_clock_breakdown": False,
@@ -122,26 +168,45 @@ class DeepSpeedEngine:
         )
         self.module = self.engine.module
         self.device = device
-        self.bf16 = config["bf16"]["enabled"]
+        self.zero_stage = ds_cfg.zero_stage
+        self.step_buffers = StepBuffers(self.module)
 
     def __call__(self, x: torch.Tensor):
-        if self.bf16:
-            x = x.to(torch.bfloat16)
-        outputs = self.engine(x)
-        return tuple(o.float() for o in outputs)
+        self.step_buffers.remember()
+        return float_outputs(self.engine(x))
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """Every rank must call it: under ZeRO-3 the parameters are gathered from all ranks."""
+        import deepspeed
+
+        params = list(self.module.parameters())
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=self.zero_stage == 3):
+            return {k: v.detach().to("cpu", copy=True) for k, v in self.module.state_dict().items()}
 
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss)
 
     def gradients_finite(self) -> bool:
-        # ZeRO partitions gradients; the engine's overflow check covers fp16 only, so check what this rank holds.
+        """Under ZeRO 1–3 the reduced gradients live in the optimizer's partitions and ``p.grad`` is already
+        cleared, so ask the ZeRO optimizer (it checks its partitions and all-reduces the verdict; every rank
+        must call this). Stage 0 keeps ordinary ``p.grad``."""
+        if self.zero_stage > 0:
+            return not self.engine.optimizer.has_overflow(partition_gradients=True)
         return gradients_finite(self.module)
 
     def skip_step(self) -> None:
-        self.engine.zero_grad()
+        """Drop this step's gradients everywhere DeepSpeed keeps them, without touching weights or schedule."""
+        if self.zero_stage == 3:
+            # ZeRO-3 keeps reduced gradient partitions that zero_grad() leaves behind: clean up as its own
+            # step does on an overflow (tests/distributed/test_engines.py fails without it).
+            self.engine.optimizer._overflow_clean_up(None)
+        else:
+            self.engine.zero_grad()
+        self.step_buffers.restore()
 
     def step(self) -> None:
         self.engine.step()  # also steps the LR scheduler and zeroes gradients
+        self.step_buffers.forget()
 
     def lr(self) -> float:
         return self.engine.get_lr()[0]

@@ -59,17 +59,42 @@ def check_compatible(saved_config: dict, cfg) -> None:
             )
 
 
+def checkpoint_files(directory: Path) -> list[str]:
+    """The files under ``directory`` (relative paths): what one rank contributes to a checkpoint."""
+    directory = Path(directory)
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
+
+
+def is_complete(directory: Path, strategy: str) -> bool:
+    """Whether every file of the checkpoint is there: each rank's shard, as listed in ``state.pt``.
+
+    Every rank persists its own part of a checkpoint (DeepSpeed: one optimizer shard per rank, and under
+    ZeRO-3 one model shard per rank); rank 0 records the union in ``state.pt`` (key ``files``), so a rank
+    that died before its upload leaves a checkpoint this returns False for. Checkpoints written before the
+    manifest existed fall back to the files every strategy always writes.
+    """
+    from ..distributed.engine import MODEL_STATE, TRAINER_STATE
+
+    directory = Path(directory)
+    if not (directory / STATE_FILE).is_file():
+        return False
+    try:
+        listed = load_state(directory).get("files")
+    except Exception:  # a truncated state.pt: the checkpoint is not usable
+        return False
+    needed = listed if listed is not None else ([MODEL_STATE, TRAINER_STATE] if strategy == "ddp" else ["deepspeed"])
+    return all((directory / name).exists() for name in needed)
+
+
 def latest_complete_checkpoint(run_dir: Path, strategy: str) -> Path | None:
     """The newest ``epoch_NNNN`` directory under ``run_dir`` whose files are all there.
 
     Ray persists a reported checkpoint before its controller registers it; a driver killed in between leaves
     a checkpoint Ray's own snapshot does not list. The driver passes this one as ``resume_from_checkpoint``.
+    An incomplete one (a rank's shard missing) is passed over for the one before it.
     """
-    from ..distributed.engine import MODEL_STATE, TRAINER_STATE
-
-    needed = [STATE_FILE] + ([MODEL_STATE, TRAINER_STATE] if strategy == "ddp" else ["deepspeed"])
     candidates = sorted(Path(run_dir).glob("epoch_[0-9][0-9][0-9][0-9]"), reverse=True)
     for candidate in candidates:
-        if all((candidate / name).exists() for name in needed):
+        if is_complete(candidate, strategy):
             return candidate
     return None

@@ -16,11 +16,15 @@ from pathlib import Path
 import torch
 
 from ..config import Config, config_from_dict, is_uri
-from ..distributed import all_gather_with_grad, all_reduce_mean, broadcast_from, broadcast_from_rank0
+from ..distributed import (
+    all_gather_with_grad, all_reduce_mean, all_reduce_with_grad, broadcast_from, broadcast_from_rank0,
+)
 from ..distributed.engine import build_engine, to_memory_format
+from ..distributed.sync_batchnorm import convert_sync_batchnorm
 from ..models import build_model
 from ..objectives import adadim_from_config
-from .checkpoint import STATE_FILE, check_compatible, latest_complete_checkpoint, load_state, save_state
+from .checkpoint import (STATE_FILE, check_compatible, checkpoint_files, is_complete, latest_complete_checkpoint,
+                         load_state, save_state)
 from .evaluation import accuracy, extract, knn_top1
 from .optim import build_optimizer, build_scheduler
 from .tracking import MetricsSink, MLflowSink, resolve_tracking_uri
@@ -70,6 +74,8 @@ def train_loop_per_worker(config_dict: dict) -> None:
     total_steps = steps_per_epoch * cfg.training.epochs
 
     model = build_model(cfg.model)
+    if cfg.model.sync_batchnorm and world_size > 1:
+        model = convert_sync_batchnorm(model, device.type)  # same parameters, so the optimizer groups below are unchanged
     main_params, probe_params = model.parameter_groups()
     optimizer = build_optimizer(cfg.optim, cfg.training.global_batch_size, main_params, probe_params)
     scheduler = build_scheduler(
@@ -78,16 +84,18 @@ def train_loop_per_worker(config_dict: dict) -> None:
     engine = build_engine(
         cfg.training.strategy, model, optimizer, scheduler, device, ds_cfg=cfg.training.deepspeed,
         batch_size_per_worker=cfg.training.batch_size_per_worker, world_size=world_size,
-        use_amp=cfg.training.mixed_precision, channels_last=cfg.training.channels_last,
+        use_amp=cfg.training.mixed_precision and device.type == "cuda", channels_last=cfg.training.channels_last,
     )
-    objective = adadim_from_config(cfg.objective, total_steps, gather=all_gather_with_grad, sync=broadcast_from_rank0)
+    objective = adadim_from_config(cfg.objective, total_steps, gather=all_gather_with_grad,
+                                   all_reduce=all_reduce_with_grad, sync=broadcast_from_rank0, rank=rank)
 
     start_epoch = 0
     # Looked up again at every (re)start: a checkpoint persisted just before a failure may not be registered
     # with Ray's controller yet, but it is complete on disk.
     on_disk = latest_complete_checkpoint(Path(config_dict["run_dir"]), cfg.training.strategy) \
         if config_dict.get("run_dir") else None
-    source = resume_source(ray.train.get_checkpoint(), str(on_disk) if on_disk else config_dict.get("resume_dir"))
+    source = resume_source(ray.train.get_checkpoint(), str(on_disk) if on_disk else config_dict.get("resume_dir"),
+                           cfg.training.strategy)
     if source is not None:
         with source as directory:
             state = load_state(Path(directory))
@@ -96,8 +104,9 @@ def train_loop_per_worker(config_dict: dict) -> None:
             objective.load_state_dict(state["adadim"])
             start_epoch = state["epoch"]
             run_id = state["mlflow_run_id"] or run_id
+        fingerprint = parameter_fingerprint(engine.full_state_dict())  # every rank: a collective under ZeRO-3
         _say(rank, f"resumed from checkpoint after epoch {start_epoch} (step {objective.state.step}), "
-                   f"parameter fingerprint {parameter_fingerprint(engine.module)}")
+                   f"parameter fingerprint {fingerprint}")
 
     sink: MetricsSink = MetricsSink()
     if rank == 0 and run_id is not None:
@@ -119,6 +128,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
 
     try:
         metrics: dict[str, float] = {}
+        final_state = None
         for epoch in range(start_epoch, cfg.training.epochs):
             train_loader.set_epoch(epoch)
             epoch_start = time.perf_counter()
@@ -127,11 +137,16 @@ def train_loop_per_worker(config_dict: dict) -> None:
             )
             epoch_seconds = time.perf_counter() - epoch_start
 
-            if not all(torch.isfinite(p).all() for p in engine.module.parameters()):
-                raise NonFiniteLossError(f"non-finite parameters after epoch {epoch + 1}: checkpoint not written")
+            # The consolidated state (every rank calls it: a collective under ZeRO-3, where each rank's module
+            # holds only shards) is what is checked, evaluated and exported.
+            final_state = engine.full_state_dict()
+            if not all(torch.isfinite(v).all() for v in final_state.values() if v.is_floating_point()):
+                raise NonFiniteLossError(f"non-finite parameters or BatchNorm statistics after epoch {epoch + 1}: "
+                                         "checkpoint not written")
             with tempfile.TemporaryDirectory() as directory:
                 directory = Path(directory)
                 engine.save(directory, rank)
+                shard_files = union_over_ranks(checkpoint_files(directory), world_size)
                 if rank == 0:
                     save_state(
                         directory,
@@ -141,6 +156,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
                             "loader_seed": cfg.training.seed,
                             "mlflow_run_id": sink.run_id or run_id,
                             "config": cfg.model_dump(mode="json"),
+                            "files": shard_files,  # every rank's part: a checkpoint is complete with all of them
                         },
                     )
                 metrics = {"epoch": epoch + 1, "epoch_seconds": epoch_seconds, "resumed_from_epoch": start_epoch,
@@ -150,7 +166,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
                 baselines = baseline_knn(eval_loaders, cfg, device) \
                     if is_last_epoch and cfg.eval.baselines and rank == baseline_rank else {}
                 if rank == 0 and is_eval_epoch:
-                    metrics.update(evaluate(engine.module, eval_loaders, cfg, device))
+                    metrics.update(evaluate(evaluation_copy(final_state, cfg, device), eval_loaders, cfg, device))
                 if is_last_epoch and cfg.eval.baselines:
                     baselines = share_from(baselines, BASELINE_KEYS, baseline_rank, device)
                     sink.log(baselines, step=cfg.training.epochs)
@@ -171,7 +187,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
         if start_epoch >= cfg.training.epochs:  # re-run of a finished job: nothing to train, report where it stands
             ray.train.report({"epoch": start_epoch})
         elif rank == 0:
-            log_encoder(sink, engine.module, cfg.data.image_size)
+            log_encoder(sink, evaluation_copy(final_state, cfg, device), cfg.data.image_size)
     finally:
         train_loader.close()
         for loader in eval_loaders or ():
@@ -181,23 +197,45 @@ def train_loop_per_worker(config_dict: dict) -> None:
             sink.spill(local_dir / cfg.run.name / "unsent_metrics.jsonl")
 
 
-def resume_source(checkpoint, resume_dir: str | None):
+def resume_source(checkpoint, resume_dir: str | None, strategy: str = "ddp"):
     """Where to resume from: Ray's latest registered checkpoint, or the driver's newest complete one on disk
-    (persisted but not yet registered when the previous driver died), whichever is later. A context
-    manager yielding a directory, or None for a fresh start."""
+    (persisted but not yet registered when the previous driver died), whichever is later; a registered one
+    that lost a rank's shard since is passed over. A context manager yielding a directory, or None for a
+    fresh start."""
     import contextlib
 
     fallback = Path(resume_dir) if resume_dir else None
     if fallback is not None and not (fallback / STATE_FILE).is_file():
         fallback = None  # removed since (Ray keeps only the newest checkpoints)
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            registered_epoch = load_state(Path(directory))["epoch"] if is_complete(Path(directory), strategy) else -1
+        if registered_epoch < 0:
+            checkpoint = None
     if checkpoint is None:
         return contextlib.nullcontext(fallback) if fallback else None
-    if fallback is not None:
-        with checkpoint.as_directory() as directory:
-            registered_epoch = load_state(Path(directory))["epoch"]
-        if load_state(fallback)["epoch"] > registered_epoch:
-            return contextlib.nullcontext(fallback)
+    if fallback is not None and load_state(fallback)["epoch"] > registered_epoch:
+        return contextlib.nullcontext(fallback)
     return checkpoint.as_directory()
+
+
+def union_over_ranks(names: list[str], world_size: int) -> list[str]:
+    """The sorted union of every rank's ``names`` (a collective: every rank calls it)."""
+    if world_size == 1:
+        return sorted(names)
+    import torch.distributed as dist
+
+    per_rank: list[list[str] | None] = [None] * world_size
+    dist.all_gather_object(per_rank, names)
+    return sorted(set().union(*per_rank))
+
+
+def evaluation_copy(state: dict[str, torch.Tensor], cfg: Config, device):
+    """A plain (unwrapped, unsharded, per-process BatchNorm) model holding ``state``, in eval-ready form:
+    evaluation and export run on rank 0 alone, which the DDP/ZeRO-wrapped module cannot do under ZeRO-3."""
+    model = build_model(cfg.model)
+    model.load_state_dict(state)
+    return to_memory_format(model.to(device), cfg.training.channels_last)
 
 
 def train_epoch(engine, objective, loader, num_steps, epoch, cfg: Config, sink, rank, world_size, device
@@ -259,9 +297,9 @@ def train_epoch(engine, objective, loader, num_steps, epoch, cfg: Config, sink, 
     return logged
 
 
-def parameter_fingerprint(model) -> str:
-    """Sum of every floating-point entry of the state dict in float64: equal after an exact restore."""
-    total = sum(v.double().sum().item() for v in model.state_dict().values() if v.is_floating_point())
+def parameter_fingerprint(state: dict[str, torch.Tensor]) -> str:
+    """Sum of every floating-point entry of a state dict in float64: equal after an exact restore."""
+    total = sum(v.double().sum().item() for v in state.values() if v.is_floating_point())
     return f"{total:.12e}"
 
 
@@ -346,7 +384,7 @@ def log_encoder(sink: MetricsSink, model, image_size: int) -> None:
     import mlflow.pytorch
     import numpy as np
 
-    encoder = copy.deepcopy(model.encoder).float().cpu().eval()
+    encoder = copy.deepcopy(model.encoder).float().cpu().eval()  # a plain copy (evaluation_copy), never ZeRO shards
     example = np.zeros((2, 3, image_size, image_size), dtype=np.float32)
     with tempfile.TemporaryDirectory() as directory:
         target = Path(directory) / "encoder"

@@ -35,6 +35,7 @@ def _entry(rank: int, world_size: int, port: int, fn, args: tuple, error_dir: st
 def run_ranks(fn, world_size: int, args: tuple = (), timeout: float = 300.0) -> None:
     """``fn(rank, world_size, *args)`` on ``world_size`` spawned processes; fails on any rank error or timeout."""
     import torch.multiprocessing as mp
+    from torch.multiprocessing.spawn import ProcessException  # not re-exported by torch.multiprocessing
 
     with tempfile.TemporaryDirectory() as error_dir:
         context = mp.spawn(_entry, args=(world_size, free_port(), fn, args, error_dir), nprocs=world_size, join=False)
@@ -45,7 +46,7 @@ def run_ranks(fn, world_size: int, args: tuple = (), timeout: float = 300.0) -> 
                     for process in context.processes:
                         process.kill()
                     raise AssertionError(f"ranks did not finish within {timeout:.0f} s")
-        except mp.ProcessException as err:
+        except ProcessException as err:
             reports = sorted(Path(error_dir).glob("rank*.txt"))
             detail = "\n".join(f"--- {p.stem} ---\n{p.read_text()}" for p in reports)
             raise AssertionError(f"a rank failed:\n{detail or err}") from None
