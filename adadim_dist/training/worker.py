@@ -143,6 +143,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
             if not all(torch.isfinite(v).all() for v in final_state.values() if v.is_floating_point()):
                 raise NonFiniteLossError(f"non-finite parameters or BatchNorm statistics after epoch {epoch + 1}: "
                                          "checkpoint not written")
+            _say(rank, f"epoch {epoch + 1} parameter fingerprint {parameter_fingerprint(final_state)}")
             with tempfile.TemporaryDirectory() as directory:
                 directory = Path(directory)
                 engine.save(directory, rank)
@@ -287,6 +288,8 @@ def train_epoch(engine, objective, loader, num_steps, epoch, cfg: Config, sink, 
             if has_labels:
                 logged["train/probe_top1"] = accuracy(logits_a.detach(), labels)
             logged["train/lr"] = engine.lr()
+            if device.type == "cuda":
+                logged["train/gpu_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
             logged["train/images_per_s"] = window_images / max(elapsed, 1e-9)  # images (each seen as 2 views)
             logged["train/epoch"] = epoch + global_step % num_steps / num_steps
             sink.log(logged, step=global_step + 1)

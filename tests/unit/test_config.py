@@ -39,6 +39,7 @@ def test_overrides_are_parsed_as_yaml_and_win_over_the_file(tmp_path):
         ("training.global_batch_size=255", "^training.global_batch_size: 255 is not divisible"),
         ("data.view_b.crop_scale=[0.9,0.1]", "^data.view_b.crop_scale: "),
         ("noequals", "^noequals: an override must look like"),
+        ("training.deepspeed.bf16=true", "^training.deepspeed.bf16: .*training.mixed_precision=true"),
     ],
 )
 def test_bad_values_name_the_dotted_key(override, message):
@@ -74,3 +75,19 @@ def test_options_may_follow_the_overrides():
 
     args = parse_args(["--config", "configs/fmnist_smoke.yaml", "training.epochs=3", "--fresh", "eval.knn_k=[20]"])
     assert args.fresh and args.overrides == ["training.epochs=3", "eval.knn_k=[20]"]
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_lars_under_zero_partitions_is_refused_with_the_alternatives(stage):
+    """ZeRO 1-3 hand the optimizer flat 1-D shards: LARS would silently lose its trust ratio and weight decay."""
+    with pytest.raises(ConfigError, match="^optim.name: lars cannot run .*zero_stage=.*use training.strategy=ddp"):
+        load_config(None, ["optim.name=lars", "training.strategy=deepspeed", f"training.deepspeed.zero_stage={stage}"])
+
+
+@pytest.mark.parametrize("overrides", [
+    ["optim.name=lars", "training.strategy=ddp"],
+    ["optim.name=lars", "training.strategy=deepspeed", "training.deepspeed.zero_stage=0"],
+    ["optim.name=adamw", "training.strategy=deepspeed", "training.deepspeed.zero_stage=3"],
+])
+def test_supported_optimizer_strategy_combinations_validate(overrides):
+    load_config(None, overrides)
