@@ -1,18 +1,22 @@
 """DeepSpeed ZeRO 0, 1, 2 and 3 end to end on the real stack (2 Ray workers, gloo, FFCV, MLflow): train two
 epochs, evaluate (kNN, probe), export the encoder to MLflow, checkpoint, resume from the checkpoint, final JSON
 line. Under ZeRO-3 the encoder that is evaluated and exported holds the full consolidated weights: equal to
-ZeRO-0's after the same steps from the same seed. A checkpoint missing one rank's shard is passed over."""
+ZeRO-0's after the same steps from the same seed. A checkpoint missing one rank's shard is passed over.
+ZeRO-2's resume goes through `ray job submit` with token authentication (test_job_submit.py has the rest)."""
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from ..conftest import REPO, run_cli
-from .test_run import final_json
+from .test_job_submit import submit
+from .test_run import STEP_METRICS, final_json
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -58,7 +62,11 @@ def stage_jobs(tiny_betons, tmp_path_factory, ray_cluster):
         args = stage_args(tiny_betons, storage, stage)
         first = run_cli(args, cwd=REPO, env=ray_cluster["env"])
         assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-        again = run_cli(args, cwd=REPO, env=ray_cluster["env"])
+        if stage == 2:
+            again = submit(ray_cluster["dashboard"], [sys.executable, "-m", "adadim_dist.run", *args], token=True)
+            assert "succeeded" in again.stdout + again.stderr, again.stdout[-3000:] + again.stderr[-3000:]
+        else:
+            again = run_cli(args, cwd=REPO, env=ray_cluster["env"])
         assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
         jobs[stage] = {"first": first, "again": again, "summary": final_json(first.stdout),
                        "run_dir": storage / f"zero{stage}", "args": args}
@@ -75,6 +83,7 @@ def test_zero_stage_trains_evaluates_exports_checkpoints_and_resumes(stage_jobs,
     run = MlflowClient(tracking_uri=summary["tracking_uri"]).get_run(summary["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["training.deepspeed.zero_stage"] == str(stage)
+    assert not [k for k in STEP_METRICS if k not in run.data.metrics]
     assert "encoder" in [a.path for a in MlflowClient(tracking_uri=summary["tracking_uri"]).list_artifacts(summary["run_id"])]
 
     shards = sorted(p.name for p in (Path(summary["checkpoint"]) / "deepspeed").iterdir())
@@ -84,7 +93,7 @@ def test_zero_stage_trains_evaluates_exports_checkpoints_and_resumes(stage_jobs,
     trained = fingerprints(job["first"].stdout + job["first"].stderr)
     resumed = fingerprints(job["again"].stdout + job["again"].stderr)
     assert resumed["resumed 2"] == trained["epoch 2"]  # every shard loaded back exactly
-    again = final_json(job["again"].stdout)
+    again = json.loads([line for line in job["again"].stdout.splitlines() if line.startswith('{"run_id"')][-1])
     assert again["run_id"] == summary["run_id"] and again["epochs"] == 2
 
 
