@@ -265,8 +265,10 @@ def train_epoch(engine, objective, loader, num_steps, epoch, cfg: Config, sink, 
             probe_loss = torch.zeros((), device=device)
         engine.backward(loss + probe_loss)
 
+        # Called on every rank whatever the loss: under ZeRO 1-3 the gradient check is itself a collective.
+        gradients_ok = engine.gradients_finite()
         # On the step's device: NCCL reduces CUDA tensors only.
-        finite = torch.tensor([float(torch.isfinite(loss) and engine.gradients_finite())], device=device)
+        finite = torch.tensor([float(torch.isfinite(loss)) * float(gradients_ok)], device=device)
         if all_reduce_mean(finite).item() < 1.0:
             bad = [k for k, v in _scalar_stats(objective, r_a, r_b, z_a, z_b).items() if not math.isfinite(v)]
             message = (f"non-finite loss or gradient at epoch {epoch + 1} step {global_step} "
