@@ -4,6 +4,8 @@ A plain ``torch.distributed.all_gather`` has no backward: gradients would flow o
 global statistic, and the other workers' contributions would be lost. ``all_gather_with_grad`` sums the
 incoming gradient over workers in its backward, so that after DDP's gradient averaging every parameter gets
 exactly the gradient of the global-batch objective (proved by tests/distributed/test_gradient_equivalence.py).
+``all_reduce_with_grad`` does the same for sums of per-worker statistics (the sharded objective's sufficient
+statistics): its backward is the all-reduced sum of the incoming gradients.
 Shards must have equal sizes on every worker (training loaders drop the last partial batch).
 """
 
@@ -48,6 +50,29 @@ def all_gather_with_grad(local: torch.Tensor) -> torch.Tensor:
     if not is_distributed():
         return local
     return _AllGatherWithGrad.apply(local)
+
+
+class _AllReduceSumWithGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, local: torch.Tensor) -> torch.Tensor:
+        total = local.detach().clone().contiguous()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total: torch.Tensor) -> torch.Tensor:
+        # Every worker's loss depends on the sum, hence on every worker's term: this worker's term gets the
+        # sum over workers of their gradients with respect to the sum.
+        grad_total = grad_total.clone().contiguous()
+        dist.all_reduce(grad_total, op=dist.ReduceOp.SUM)
+        return grad_total
+
+
+def all_reduce_with_grad(local: torch.Tensor) -> torch.Tensor:
+    """Sum of every worker's ``local`` (same shape and dtype everywhere), differentiably; never modifies ``local``."""
+    if not is_distributed():
+        return local
+    return _AllReduceSumWithGrad.apply(local)
 
 
 @torch.no_grad()

@@ -2,8 +2,21 @@
 
 α_t follows the effective rank of the global projector output (mode ``adaptive``) or a schedule (``fixed``,
 ``linear``, ``cosine``). The module knows nothing about processes: the caller injects ``gather`` (an
-autograd-aware all-gather, identity on one process) and ``sync`` (makes a tensor bit-identical on every
-worker, e.g. a broadcast from rank 0). See SPEC §2 for the definition and the choices it leaves open.
+autograd-aware all-gather, identity on one process), ``all_reduce`` (an autograd-aware sum over workers,
+identity on one process), ``sync`` (makes a tensor bit-identical on every worker, e.g. a broadcast from rank 0)
+and its ``rank``. See SPEC §2 for the definition and the choices it leaves open.
+
+Two forms compute the same global-batch objective (values and gradients):
+
+- ``replicated``: every worker gathers R and Z and computes the whole objective, O(N²·D) per worker.
+- ``sharded`` (default): every worker computes its own rows' part, O(n·N·D + n·D² + D³) per worker: NT-Xent
+  on its rows against the gathered columns, the D×D statistics (VICReg, Barlow Twins, ZᵀZ for α and erank)
+  from all-reduced sums, the order-2 entropies from all-reduced sums over its rows' Gram block. α and erank
+  use the N×N ZZᵀ of the gathered rows instead of ZᵀZ while N is small enough for that to be cheaper.
+  Rényi orders other than 2, and the Gaussian kernel with the median-heuristic width, need the whole Gram
+  matrix: their MI terms keep the gathered computation.
+
+The objective always runs in float32 or wider: bf16/fp16 inputs are upcast and autocast is off inside.
 """
 
 from __future__ import annotations
@@ -14,10 +27,29 @@ from typing import Callable
 
 import torch
 
-from .information import KERNELS, alignment, effective_rank, information_terms, uniformity
-from .losses import barlow_twins_loss, nt_xent_loss, vicreg_terms
+from .information import (
+    KERNELS,
+    alignment,
+    alignment_sharded,
+    effective_rank,
+    effective_rank_sharded,
+    information_terms,
+    renyi2_block_sums,
+    renyi2_information_terms,
+    uniformity,
+    uniformity_sharded,
+)
+from .losses import (
+    barlow_twins_loss,
+    barlow_twins_loss_sharded,
+    nt_xent_loss,
+    nt_xent_loss_sharded,
+    vicreg_terms,
+    vicreg_terms_sharded,
+)
 
 ALPHA_MODES = ("adaptive", "fixed", "linear", "cosine")
+COMPUTE_FORMS = ("sharded", "replicated")
 DIM_LOSSES = ("vicreg", "barlow_twins")
 MI_SIGNS = {"maximize": 1.0, "minimize": -1.0, "off": 0.0}
 
@@ -26,6 +58,12 @@ Collective = Callable[[torch.Tensor], torch.Tensor]
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
+
+
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    # bf16/fp16 embeddings (autocast, DeepSpeed bf16) would put the logsumexp, the D×D sums and the log of the
+    # Frobenius norms in 8–11 bits of mantissa; float64 (the tests) stays float64.
+    return x.float() if x.is_floating_point() and torch.finfo(x.dtype).bits < 32 else x
 
 
 @dataclass
@@ -86,9 +124,20 @@ class AdaDim:
         alpha_interval: int = 1,
         alpha_ema: float = 0.0,
         total_steps: int = 1,
+        compute: str = "sharded",
         gather: Collective = _identity,
+        all_reduce: Collective = _identity,
         sync: Collective = _identity,
+        rank: int = 0,
     ) -> None:
+        if compute not in COMPUTE_FORMS:
+            raise ValueError(f"compute: must be one of {', '.join(COMPUTE_FORMS)}, got {compute!r}")
+        if compute == "sharded" and (gather is _identity) != (all_reduce is _identity):
+            # A real gather with an identity all-reduce would silently compute the D×D statistics of the local
+            # rows only.
+            raise ValueError("all_reduce: the sharded form needs both gather and all_reduce, or neither")
+        if not isinstance(rank, int) or rank < 0:
+            raise ValueError(f"rank: must be an int >= 0, got {rank!r}")
         if dim_loss not in DIM_LOSSES:
             raise ValueError(f"dim_loss: must be one of {', '.join(DIM_LOSSES)}, got {dim_loss!r}")
         if alpha_mode not in ALPHA_MODES:
@@ -125,9 +174,19 @@ class AdaDim:
         self.alpha_interval = alpha_interval
         self.alpha_ema = alpha_ema
         self.total_steps = total_steps
+        self.compute = compute
         self.gather = gather
+        self.all_reduce = all_reduce
         self.sync = sync
+        self.rank = rank
         self.state = AlphaState()
+        self._row_offset_checked = False
+
+    @property
+    def mi_is_sharded(self) -> bool:
+        """Whether I(R;Z) is computed from row blocks (order 2, cosine or fixed-width Gaussian kernel)."""
+        return (self.compute == "sharded" and self.mi_order == 2.0
+                and (self.kernel == "cosine" or self.kernel_sigma is not None))
 
     # ---------------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict:
@@ -140,12 +199,14 @@ class AdaDim:
         self.state.step += 1
 
     # ---------------------------------------------------------------------------------------------- alpha
-    def _current_alpha(self, z_a_global: torch.Tensor) -> float:
+    def _current_alpha(self, estimate_alpha: Callable[[], torch.Tensor]) -> float:
+        """α of this step; ``estimate_alpha`` (called only on steps that re-estimate, on every worker alike,
+        since it may run collectives) gives the adaptive estimate."""
         if self.alpha_mode != "adaptive":
             progress = self.state.step / max(self.total_steps - 1, 1)
             return scheduled_alpha(self.alpha_mode, progress, self.alpha_value, self.alpha_start, self.alpha_end)
         if self.state.alpha is None or self.state.step % self.alpha_interval == 0:
-            estimate = self.sync(adaptive_alpha(z_a_global).to(torch.float64))
+            estimate = self.sync(estimate_alpha().to(torch.float64))
             new = float(estimate)
             if not math.isfinite(new):
                 # Diverged embeddings: this step's loss is non-finite anyway (the worker stops or skips the
@@ -170,7 +231,8 @@ class AdaDim:
         The loss is this worker's share: summed over workers' gradients and averaged as DDP does, it gives
         the gradient of the global-batch objective. ``stats`` holds α and β always, and with ``with_stats``
         every term and statistic as detached scalar tensors (the SVDs behind them are skipped otherwise,
-        so callers ask for them only on logging steps).
+        so callers ask for them only on logging steps). ``loss/*`` entries are this worker's share (average
+        them over workers); ``info/*`` entries are global-batch values on every worker.
         """
         for name, t in (("r_a", r_a), ("r_b", r_b), ("z_a", z_a), ("z_b", z_b)):
             if not isinstance(t, torch.Tensor) or t.dim() != 2:
@@ -182,10 +244,18 @@ class AdaDim:
         if r_a.shape[0] != z_a.shape[0]:
             raise ValueError(f"r_a, z_a: batch sizes differ ({r_a.shape[0]} vs {z_a.shape[0]})")
 
-        z_a_global, z_b_global = self.gather(z_a), self.gather(z_b)
-        alpha = self._current_alpha(z_a_global.detach())
-        beta = self.gamma * alpha
+        # A caller under bf16 autocast still gets a float32 objective: upcast, and no op inside is autocast.
+        with torch.autocast(device_type=z_a.device.type, enabled=False):
+            r_a, r_b, z_a, z_b = (_at_least_float32(t) for t in (r_a, r_b, z_a, z_b))
+            if self.compute == "sharded":
+                return self._sharded(r_a, r_b, z_a, z_b, with_stats)
+            return self._replicated(r_a, r_b, z_a, z_b, with_stats)
 
+    def _replicated(self, r_a, r_b, z_a, z_b, with_stats):
+        """Every worker computes the whole objective on the gathered batch."""
+        z_a_global, z_b_global = self.gather(z_a), self.gather(z_b)
+        alpha = self._current_alpha(lambda: adaptive_alpha(z_a_global.detach()))
+        beta = self.gamma * alpha
         if self.dim_loss == "vicreg":
             terms = vicreg_terms(z_a, z_b, z_a_global, z_b_global)
             loss_dim = (
@@ -230,10 +300,103 @@ class AdaDim:
                 )
         return loss, stats
 
+    def _sharded(self, r_a, r_b, z_a, z_b, with_stats):
+        """Every worker computes its own rows' part of the objective; sums over workers go through
+        ``all_reduce``, and the gathered batch serves only as the columns of NT-Xent and the Gram blocks."""
+        z_a_global, z_b_global = self.gather(z_a), self.gather(z_b)
+        num_global, row_offset = z_a_global.shape[0], self.rank * z_a.shape[0]
+        self._check_row_offset(z_a, z_a_global, row_offset)
+        step_erank_z: list[torch.Tensor] = []  # the α estimate's erank(Z), reused by this step's statistics
+
+        def estimate_alpha() -> torch.Tensor:
+            step_erank_z.append(effective_rank_sharded(z_a, z_a_global, self.all_reduce))
+            return (step_erank_z[0] / min(num_global, z_a.shape[1])).clamp(0.0, 1.0)
+
+        alpha = self._current_alpha(estimate_alpha)
+        beta = self.gamma * alpha
+        if self.dim_loss == "vicreg":
+            terms = vicreg_terms_sharded(z_a, z_b, self.all_reduce, num_global)
+            loss_dim = (
+                self.invariance_weight * terms["invariance"]
+                + self.variance_weight * terms["variance"]
+                + self.covariance_weight * terms["covariance"]
+            )
+        else:
+            terms = {}
+            loss_dim = barlow_twins_loss_sharded(z_a, z_b, self.all_reduce, num_global, self.barlow_lambda)
+        loss_sample = nt_xent_loss_sharded(z_a, z_b, z_a_global, z_b_global, row_offset, self.temperature)
+        loss = (1.0 - alpha) * loss_dim + alpha * loss_sample
+
+        needs_mi_grad = self.mi_sign != 0.0 and beta != 0.0
+        info_a = info_b = None
+        if needs_mi_grad or with_stats:
+            with torch.set_grad_enabled(needs_mi_grad and torch.is_grad_enabled()):
+                r_a_global, r_b_global = self.gather(r_a), self.gather(r_b)
+                if self.mi_is_sharded:
+                    # Both views' six sums in one all-reduce.
+                    sums = self.all_reduce(torch.stack([
+                        renyi2_block_sums(r_a, z_a, r_a_global, z_a_global, row_offset, self.kernel,
+                                          self.kernel_sigma),
+                        renyi2_block_sums(r_b, z_b, r_b_global, z_b_global, row_offset, self.kernel,
+                                          self.kernel_sigma),
+                    ]))
+                    info_a, info_b = (renyi2_information_terms(view_sums) for view_sums in sums.unbind(0))
+                else:
+                    info_a = information_terms(r_a_global, z_a_global, self.mi_order, self.kernel,
+                                               self.kernel_sigma)
+                    info_b = information_terms(r_b_global, z_b_global, self.mi_order, self.kernel,
+                                               self.kernel_sigma)
+                mutual_info = 0.5 * (info_a["mi"] + info_b["mi"])
+            if needs_mi_grad:
+                loss = loss - self.mi_sign * beta * mutual_info
+
+        stats: dict[str, torch.Tensor | float] = {"adadim/alpha": alpha, "adadim/beta": beta}
+        if with_stats:
+            with torch.no_grad():
+                erank_z = step_erank_z[0] if step_erank_z else effective_rank_sharded(z_a, z_a_global,
+                                                                                    self.all_reduce)
+                stats.update(
+                    {
+                        "loss/total": loss.detach(),
+                        "loss/dim": loss_dim.detach(),
+                        "loss/sample": loss_sample.detach(),
+                        **{f"loss/{k}": v.detach() for k, v in terms.items()},
+                        "info/mi_rz": mutual_info.detach(),
+                        "info/h_r": 0.5 * (info_a["h_x"] + info_b["h_x"]).detach(),
+                        "info/h_z": 0.5 * (info_a["h_y"] + info_b["h_y"]).detach(),
+                        "info/erank_r": effective_rank_sharded(r_a, r_a_global, self.all_reduce),
+                        "info/erank_z": erank_z,
+                        "info/uniformity": uniformity_sharded(z_a.detach(), z_a_global.detach(), row_offset,
+                                                              self.all_reduce),
+                        "info/alignment": alignment_sharded(z_a.detach(), z_b.detach(), self.all_reduce,
+                                                            num_global),
+                    }
+                )
+        return loss, stats
+
+    def _check_row_offset(self, z_a: torch.Tensor, z_a_global: torch.Tensor, row_offset: int) -> None:
+        """Once per objective: the local rows must sit where ``rank`` says in the gathered batch, or NT-Xent
+        would pair the wrong positives and mask the wrong self-similarities without any error."""
+        if self._row_offset_checked:
+            return
+        n, num_global = z_a.shape[0], z_a_global.shape[0]
+        # nan_to_num: a diverged first step must not look like a wrong rank.
+        if row_offset + n > num_global or not torch.equal(
+            z_a_global[row_offset : row_offset + n].detach().nan_to_num(), z_a.detach().nan_to_num()
+        ):
+            raise ValueError(
+                f"rank: the local rows are not rows {row_offset}–{row_offset + n - 1} of the gathered batch of "
+                f"{num_global} (rank {self.rank} × local batch {n}); pass this process's rank in the group "
+                "that gather uses"
+            )
+        self._row_offset_checked = True
+
 
 def adadim_from_config(objective_cfg, total_steps: int, gather: Collective = _identity,
-                       sync: Collective = _identity) -> AdaDim:
-    """Build AdaDim from an ``ObjectiveConfig``-shaped object (duck-typed: no config import here)."""
+                       all_reduce: Collective = _identity, sync: Collective = _identity, rank: int = 0) -> AdaDim:
+    """Build AdaDim from an ``ObjectiveConfig``-shaped object (duck-typed: no config import here). The
+    sharded form (``objective_cfg.compute``) needs ``all_reduce`` and this process's ``rank`` besides
+    ``gather`` and ``sync``."""
     alpha = objective_cfg.alpha
     return AdaDim(
         dim_loss=objective_cfg.dim_loss,
@@ -254,6 +417,9 @@ def adadim_from_config(objective_cfg, total_steps: int, gather: Collective = _id
         alpha_interval=alpha.interval,
         alpha_ema=alpha.ema,
         total_steps=total_steps,
+        compute=objective_cfg.compute,
         gather=gather,
+        all_reduce=all_reduce,
         sync=sync,
+        rank=rank,
     )

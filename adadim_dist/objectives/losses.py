@@ -1,14 +1,28 @@
 """Self-supervised losses as pure tensor functions.
 
-Batch statistics (variance, covariance, cross-correlation, NT-Xent negatives) must see the whole global batch:
-pass them gathered tensors. Per-pair terms (VICReg invariance) are exact on local tensors, because averaging
-the per-worker means over equal-sized shards gives the global mean.
+Batch statistics (variance, covariance, cross-correlation, NT-Xent negatives) must see the whole global batch.
+Two forms compute them:
+
+- replicated (``vicreg_terms``, ``barlow_twins_loss``, ``nt_xent_loss``): pass gathered tensors; every worker
+  computes the whole objective, O(N²·D) per worker for NT-Xent and O(N·D²) for the D×D statistics.
+- sharded (``*_sharded``): every worker passes its local rows and an ``all_reduce`` (sum over workers,
+  autograd-aware, identity on one process). The D×D statistics come from all-reduced sums, NT-Xent takes
+  the local rows against the gathered columns: O(n·D² + n·N·D) per worker. Each returns this worker's
+  share: averaged over workers (as DDP averages gradients) it gives the global-batch value and gradient.
+
+Per-pair terms (VICReg invariance) are exact on local tensors, because averaging the per-worker means over
+equal-sized shards gives the global mean.
 """
 
 from __future__ import annotations
 
+import math
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
+
+AllReduce = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _check_pair(z_a: torch.Tensor, z_b: torch.Tensor, names: str = "z_a, z_b") -> None:
@@ -91,6 +105,10 @@ def barlow_twins_loss(z_a: torch.Tensor, z_b: torch.Tensor, lambda_offdiag: floa
     norm_a = (z_a - z_a.mean(0)) / (z_a.std(0, correction=0) + 1e-5)
     norm_b = (z_b - z_b.mean(0)) / (z_b.std(0, correction=0) + 1e-5)
     corr = norm_a.T @ norm_b / n
+    return _barlow_twins_from_correlation(corr, lambda_offdiag)
+
+
+def _barlow_twins_from_correlation(corr: torch.Tensor, lambda_offdiag: float) -> torch.Tensor:
     on_diag = (torch.diagonal(corr) - 1.0).pow(2).sum()
     off_diag = (corr - torch.diag_embed(torch.diagonal(corr))).pow(2).sum()
     return on_diag + lambda_offdiag * off_diag
@@ -109,3 +127,88 @@ def nt_xent_loss(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.2)
     logits = logits.masked_fill(self_mask, float("-inf"))
     targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
     return F.cross_entropy(logits, targets)
+
+
+# ------------------------------------------------------------------------------------------------ sharded form
+def _check_global_rows(num_global: int, num_local: int, needed: int = 2) -> None:
+    if not isinstance(num_global, int) or num_global < max(needed, num_local):
+        raise ValueError(
+            f"num_global: must be an int >= max({needed}, local batch {num_local}), got {num_global!r}"
+        )
+
+
+def _centred_on_global_means(views: torch.Tensor, all_reduce: AllReduce, num_global: int) -> torch.Tensor:
+    """(views × n × D) local rows minus each view's global mean. Two passes (global means first, then sums of
+    centred products) keep float32's precision; the one-pass Σzzᵀ − N·μμᵀ cancels catastrophically when the
+    mean is large against the spread."""
+    means = all_reduce(views.sum(dim=1)) / num_global
+    return views - means[:, None, :]
+
+
+def vicreg_terms_sharded(
+    z_a: torch.Tensor, z_b: torch.Tensor, all_reduce: AllReduce, num_global: int
+) -> dict[str, torch.Tensor]:
+    """This worker's unweighted VICReg terms from its local rows: invariance on its pairs; variance and
+    covariance of the global batch of ``num_global`` rows from all-reduced sums (global means, then the D×D
+    centred products). Equals ``vicreg_terms`` of the gathered batch once averaged over workers."""
+    _check_pair(z_a, z_b)
+    _check_global_rows(num_global, z_a.shape[0])
+    d = z_a.shape[1]
+    # Both views batched: the D×D work is the part of the sharded form that does not shrink with W, so it
+    # avoids passes over D×D tensors (stacking, indexing or unbinding them, dividing them by N − 1, and the
+    # zero-filled gradient of their diagonal: the variances are all-reduced as a separate 2×D sum instead).
+    scaled = _centred_on_global_means(torch.stack([z_a, z_b]), all_reduce, num_global) / math.sqrt(num_global - 1)
+    variances = all_reduce((scaled * scaled).sum(dim=1))  # views × D
+    covariances = all_reduce(torch.bmm(scaled.transpose(1, 2), scaled))  # views × D × D
+    off_diag = covariances.masked_fill(torch.eye(d, dtype=torch.bool, device=z_a.device), 0.0)
+    return {
+        "invariance": invariance_loss(z_a, z_b),
+        "variance": F.relu(1.0 - torch.sqrt(variances + 1e-4)).mean(dim=1).sum(),
+        "covariance": (off_diag * off_diag).sum() / d,
+    }
+
+
+def barlow_twins_loss_sharded(
+    z_a: torch.Tensor, z_b: torch.Tensor, all_reduce: AllReduce, num_global: int, lambda_offdiag: float = 5e-3
+) -> torch.Tensor:
+    """``barlow_twins_loss`` of the global batch from this worker's local rows: global means, biased variances
+    and the D×D centred cross product Σ(a − μ_a)(b − μ_b)ᵀ are all-reduced sums."""
+    _check_pair(z_a, z_b)
+    _check_global_rows(num_global, z_a.shape[0])
+    centred_a, centred_b = _centred_on_global_means(torch.stack([z_a, z_b]), all_reduce, num_global).unbind(0)
+    std_a, std_b = (torch.sqrt(all_reduce(torch.stack([
+        (centred_a * centred_a).sum(dim=0), (centred_b * centred_b).sum(dim=0)
+    ])) / num_global) + 1e-5).unbind(0)
+    corr = all_reduce(centred_a.T @ centred_b) / (std_a[:, None] * std_b[None, :]) / num_global
+    return _barlow_twins_from_correlation(corr, lambda_offdiag)
+
+
+def nt_xent_loss_sharded(
+    z_a: torch.Tensor,
+    z_b: torch.Tensor,
+    z_a_global: torch.Tensor,
+    z_b_global: torch.Tensor,
+    row_offset: int,
+    temperature: float = 0.2,
+) -> torch.Tensor:
+    """This worker's share of NT-Xent over the global batch (the distributed SimCLR form): its 2n local rows
+    against the 2N gathered columns. ``row_offset`` is where the local rows sit in the gathered batch
+    (rank · n). The mean over workers equals ``nt_xent_loss(z_a_global, z_b_global)``."""
+    _check_pair(z_a, z_b)
+    _check_pair(z_a_global, z_b_global, "z_a_global, z_b_global")
+    if temperature <= 0:
+        raise ValueError(f"temperature: must be > 0, got {temperature!r}")
+    n, num_global = z_a.shape[0], z_a_global.shape[0]
+    if not 0 <= row_offset <= num_global - n:
+        raise ValueError(f"row_offset: must be in [0, {num_global - n}] for {n} local of {num_global} rows, "
+                         f"got {row_offset!r}")
+    rows = F.normalize(torch.cat([z_a, z_b]), dim=1)
+    columns = F.normalize(torch.cat([z_a_global, z_b_global]), dim=1)
+    logits = (rows @ columns.T) / temperature
+    in_view_a = torch.arange(row_offset, row_offset + n, device=rows.device)
+    self_columns = torch.cat([in_view_a, in_view_a + num_global])
+    positive_columns = torch.cat([in_view_a + num_global, in_view_a])
+    self_mask = torch.zeros_like(logits, dtype=torch.bool)
+    self_mask[torch.arange(2 * n, device=rows.device), self_columns] = True
+    logits = logits.masked_fill(self_mask, float("-inf"))
+    return F.cross_entropy(logits, positive_columns)

@@ -7,16 +7,33 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from adadim_dist.distributed import all_gather_with_grad, broadcast_from_rank0
+from adadim_dist.distributed import all_gather_with_grad, all_reduce_with_grad, broadcast_from_rank0
 from adadim_dist.objectives import AdaDim
 
+# (name, AdaDim options, projector output width D). Global batch N = 16. With D = 20 > N the sharded α comes
+# from the gathered N×N ZZᵀ on 1 and 2 processes and from the all-reduced D×D ZᵀZ (of which only min(N, D)
+# eigenvalues are singular values) on 4; with D = 8 always from ZᵀZ. The last two cases keep I(R;Z) on the
+# gathered path (median-heuristic width, order ≠ 2).
+EQUIVALENCE_CASES = [
+    ("vicreg_cosine", {"dim_loss": "vicreg"}, 8),
+    ("barlow_twins_wide", {"dim_loss": "barlow_twins"}, 20),
+    ("gaussian_fixed_width", {"kernel": "gaussian", "kernel_sigma": 0.8, "mi_sign": "minimize"}, 8),
+    ("gaussian_median_width", {"kernel": "gaussian"}, 8),
+    ("order_3", {"mi_order": 3.0}, 8),
+]
+FORMS = ("sharded", "replicated")
+# α re-estimated on steps 0 and 2 (EMA-smoothed), statistics on steps 0 (erank(Z) from α's estimate) and 1
+# (computed for the statistics alone), none on step 2: every path through the objective.
+NUM_STEPS, ALPHA_INTERVAL, WITH_STATS = 3, 2, (True, True, False)
 
-def make_problem(global_batch: int = 16, seed: int = 0):
+
+def make_problem(global_batch: int = 16, out_dim: int = 8, seed: int = 0):
     """A tiny encoder + projector and a fixed global batch of two views, in float64."""
     torch.manual_seed(seed)
     encoder = torch.nn.Sequential(torch.nn.Linear(10, 12, dtype=torch.float64), torch.nn.Tanh())
     projector = torch.nn.Sequential(
-        torch.nn.Linear(12, 12, dtype=torch.float64), torch.nn.ReLU(), torch.nn.Linear(12, 8, dtype=torch.float64)
+        torch.nn.Linear(12, 12, dtype=torch.float64), torch.nn.ReLU(),
+        torch.nn.Linear(12, out_dim, dtype=torch.float64),
     )
     g = torch.Generator().manual_seed(seed + 1)
     x = torch.randn(global_batch, 10, generator=g, dtype=torch.float64)
@@ -25,42 +42,70 @@ def make_problem(global_batch: int = 16, seed: int = 0):
     return encoder, projector, x_a, x_b
 
 
-def adadim_gradients(x_a, x_b, encoder, projector, gather, sync, num_steps: int = 2):
-    """Gradients of the full AdaDim loss (VICReg + NT-Xent + MI, adaptive α) over a few steps.
+def adadim_run(x_a, x_b, encoder, projector, options: dict, compute: str, gather=None, all_reduce=None,
+               sync=None, rank: int = 0) -> dict:
+    """Gradients of the full AdaDim loss (adaptive α) and its statistics over a few steps.
 
     Several steps make the comparison cover the α state as well; the parameters are not updated so every
-    step sees the same weights. Returns (list of flattened gradients per step, list of α per step).
+    step sees the same weights. Returns {"grads": [flat gradient per step], "stats": [{key: float} per step]}.
     """
-    objective = AdaDim(alpha_mode="adaptive", mi_sign="maximize", gamma=1.0, gather=gather, sync=sync)
+    collectives = {k: v for k, v in (("gather", gather), ("all_reduce", all_reduce), ("sync", sync)) if v}
+    objective = AdaDim(alpha_mode="adaptive", alpha_interval=ALPHA_INTERVAL, alpha_ema=0.5, gamma=1.0,
+                       compute=compute, rank=rank, **collectives, **options)
     params = list(encoder.parameters()) + list(projector.parameters())
-    grads, alphas = [], []
-    for step in range(num_steps):
+    grads, stats = [], []
+    for step in range(NUM_STEPS):
         shift = 0.05 * step
         r_a, r_b = encoder(x_a + shift), encoder(x_b - shift)
-        loss, stats = objective(r_a, r_b, projector(r_a), projector(r_b), with_stats=False)
+        loss, step_stats = objective(r_a, r_b, projector(r_a), projector(r_b), with_stats=WITH_STATS[step])
         step_grads = torch.autograd.grad(loss, params)
         grads.append(torch.cat([g.reshape(-1) for g in step_grads]))
-        alphas.append(stats["adadim/alpha"])
+        stats.append({k: float(v) for k, v in step_stats.items()})
         objective.step()
-    return grads, alphas
+    return {"grads": grads, "stats": stats}
 
 
-def gradient_equivalence_worker(rank: int, world_size: int, out_dir: str) -> None:
-    encoder, projector, x_a, x_b = make_problem()
-    shard = slice(rank * len(x_a) // world_size, (rank + 1) * len(x_a) // world_size)
-    grads, alphas = adadim_gradients(x_a[shard], x_b[shard], encoder, projector,
-                                     all_gather_with_grad, broadcast_from_rank0)
-    averaged = []
-    for g in grads:  # what DDP does: mean of the per-worker gradients
-        g = g.clone()
-        dist.all_reduce(g)
-        averaged.append(g / world_size)
-    torch.save({"grads": averaged, "alphas": alphas}, Path(out_dir, f"rank{rank}.pt"))
+def reference_runs() -> dict:
+    """One process on the whole batch, every case and form."""
+    runs = {}
+    for name, options, out_dim in EQUIVALENCE_CASES:
+        encoder, projector, x_a, x_b = make_problem(out_dim=out_dim)
+        for compute in FORMS:
+            runs[name, compute] = adadim_run(x_a, x_b, encoder, projector, options, compute)
+    return runs
 
 
-def gather_gradient_worker(rank: int, world_size: int, out_dir: str) -> None:
-    """d/dx of Σ_workers Σ gather(x)² is 2·W·x: the backward must sum over workers."""
+def equivalence_worker(rank: int, world_size: int, out_dir: str) -> None:
+    """Every case and form on this rank's shard; gradients averaged over ranks as DDP does, ``loss/*``
+    statistics (this worker's share) averaged as the training loop logs them, ``info/*`` and α as they are."""
+    results: dict = {"collectives": _collective_gradients(rank, world_size)}
+    for name, options, out_dim in EQUIVALENCE_CASES:
+        encoder, projector, x_a, x_b = make_problem(out_dim=out_dim)
+        shard = slice(rank * len(x_a) // world_size, (rank + 1) * len(x_a) // world_size)
+        for compute in FORMS:
+            run = adadim_run(x_a[shard], x_b[shard], encoder, projector, options, compute,
+                             all_gather_with_grad, all_reduce_with_grad, broadcast_from_rank0, rank)
+            for step, grad in enumerate(run["grads"]):
+                grad = grad.clone()
+                dist.all_reduce(grad)
+                run["grads"][step] = grad / world_size
+            for step_stats in run["stats"]:
+                for key in [k for k in step_stats if k.startswith("loss/")]:
+                    value = torch.tensor(step_stats[key], dtype=torch.float64)
+                    dist.all_reduce(value)
+                    step_stats[key] = value.item() / world_size
+            results[name, compute] = run
+    torch.save(results, Path(out_dir, f"rank{rank}.pt"))
+
+
+def _collective_gradients(rank: int, world_size: int) -> dict:
+    """Each rank's x = rank + 1. Σ_workers Σ gather(x)² has d/dx = 2·W·x; Σ_workers Σ all_reduce(x)² has
+    d/dx = 2·W·Σ_workers x. A backward that does not sum over workers gives W times too little."""
     x = torch.full((3, 2), float(rank + 1), dtype=torch.float64, requires_grad=True)
     gathered = all_gather_with_grad(x)
     gathered.pow(2).sum().backward()
-    torch.save({"gathered": gathered.detach(), "grad": x.grad}, Path(out_dir, f"rank{rank}.pt"))
+    y = torch.full((3, 2), float(rank + 1), dtype=torch.float64, requires_grad=True)
+    summed = all_reduce_with_grad(y)
+    summed.pow(2).sum().backward()
+    return {"gathered": gathered.detach(), "gather_grad": x.grad, "summed": summed.detach(), "sum_grad": y.grad,
+            "input_untouched": bool((y.detach() == rank + 1).all())}

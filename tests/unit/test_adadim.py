@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from adadim_dist.objectives import AdaDim, adaptive_alpha, effective_rank, scheduled_alpha
+from adadim_dist.objectives import AdaDim, adadim_from_config, adaptive_alpha, effective_rank, scheduled_alpha
 
 
 
@@ -148,6 +148,9 @@ def test_adadim_decreases_its_loss():
         ({"mi_order": 0}, "mi_order"),
         ({"alpha_ema": 1.0}, "alpha_ema"),
         ({"alpha_interval": 0}, "alpha_interval"),
+        ({"compute": "gathered"}, "compute"),
+        ({"gather": lambda x: x.clone()}, "all_reduce"),
+        ({"rank": -1}, "rank"),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_the_argument(kwargs, argument):
@@ -186,3 +189,82 @@ def test_non_finite_embeddings_give_a_non_finite_loss_and_leave_alpha_state_alon
     objective.step()
     _, stats = objective(r_a, r_b, z_a, z_b)
     assert math.isfinite(stats["adadim/alpha"])
+
+
+def _loss_stats_and_grads(objective, batch):
+    inputs = [t.clone().requires_grad_(True) for t in batch]
+    loss, stats = objective(*inputs)
+    grads = torch.autograd.grad(loss, inputs, allow_unused=True)
+    return stats, torch.cat([torch.zeros(t.numel()) if g is None else g.reshape(-1) for g, t in zip(grads, inputs)])
+
+
+@pytest.mark.parametrize("options", [
+    {"dim_loss": "vicreg"},
+    {"dim_loss": "barlow_twins", "mi_sign": "minimize"},
+    {"kernel": "gaussian", "kernel_sigma": 0.7},
+    {"kernel": "gaussian"},  # median width: MI stays on the gathered Gram matrices
+    {"mi_order": 3.0},  # spectrum: MI stays on the gathered Gram matrices
+], ids=["vicreg", "barlow_twins", "gaussian_fixed", "gaussian_median", "order3"])
+def test_sharded_and_replicated_forms_agree_on_one_process(options):
+    """Every term, statistic and gradient of the two forms agree. With α fixed they are the same function
+    (1e-9); the adaptive α and erank differ only by the replicated form's float32 SVD (1e-5)."""
+    batch = _batch(n=16, d_z=24)  # D > N: the eigenvalue path must drop the d − N null directions
+    fixed = {"alpha_mode": "fixed", "alpha_value": 0.37, **options}
+    replicated, grads_replicated = _loss_stats_and_grads(AdaDim(compute="replicated", **fixed), batch)
+    sharded, grads_sharded = _loss_stats_and_grads(AdaDim(compute="sharded", **fixed), batch)
+    assert replicated.keys() == sharded.keys()
+    for key in replicated:
+        rel = 1e-5 if key.startswith("info/erank") else 1e-9
+        assert float(sharded[key]) == pytest.approx(float(replicated[key]), rel=rel), key
+    assert (grads_sharded - grads_replicated).norm() <= 1e-9 * grads_replicated.norm()
+
+    adaptive_replicated, _ = _loss_stats_and_grads(AdaDim(compute="replicated", **options), batch)
+    adaptive_sharded, _ = _loss_stats_and_grads(AdaDim(compute="sharded", **options), batch)
+    assert adaptive_sharded["adadim/alpha"] == pytest.approx(adaptive_replicated["adadim/alpha"], rel=1e-5)
+
+
+def test_mi_is_sharded_only_for_order_two_with_a_fixed_kernel_width():
+    assert AdaDim().mi_is_sharded and AdaDim(kernel="gaussian", kernel_sigma=1.0).mi_is_sharded
+    assert not AdaDim(kernel="gaussian").mi_is_sharded
+    assert not AdaDim(mi_order=1.0).mi_is_sharded
+    assert not AdaDim(compute="replicated").mi_is_sharded
+
+
+def test_sharded_form_rejects_a_rank_that_does_not_match_the_gather():
+    """A wrong rank would pair NT-Xent's positives with the wrong columns without any error."""
+    r_a, r_b, z_a, z_b = _batch(n=8)
+
+    def gather(local):  # this process is worker 0 of 2; worker 1 holds other rows
+        return torch.cat([local, local.flip(0)])
+
+    objective = AdaDim(gather=gather, all_reduce=lambda x: 2 * x, rank=1)
+    with pytest.raises(ValueError, match="^rank:"):
+        objective(r_a, r_b, z_a, z_b)
+    AdaDim(gather=gather, all_reduce=lambda x: 2 * x, rank=0)(r_a, r_b, z_a, z_b)
+
+
+def test_objective_under_bf16_autocast_is_the_float32_objective():
+    """bf16 inputs inside a CPU bf16 autocast region give the α and I(R;Z) of the same inputs upcast to float32
+    outside autocast: the objective upcasts and turns autocast off (its matmuls would otherwise run in bf16)."""
+    batch_bf16 = [t.to(torch.bfloat16) for t in _batch(n=32, d_r=24, d_z=16)]
+    for compute in ("sharded", "replicated"):
+        with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+            loss, stats = AdaDim(compute=compute)(*batch_bf16)
+        reference_loss, reference = AdaDim(compute=compute)(*[t.float() for t in batch_bf16])
+        assert loss.dtype == torch.float32 and stats["info/mi_rz"].dtype == torch.float32
+        assert stats["adadim/alpha"] == reference["adadim/alpha"]
+        assert torch.equal(stats["info/mi_rz"], reference["info/mi_rz"])
+        assert torch.equal(loss, reference_loss)
+
+
+@pytest.mark.parametrize("compute", ["sharded", "replicated"])
+def test_adadim_from_config_passes_the_form_collectives_and_rank(compute):
+    from adadim_dist.config import ObjectiveConfig
+
+    def all_reduce(x):
+        return x
+
+    objective = adadim_from_config(ObjectiveConfig(compute=compute), total_steps=10, gather=torch.clone,
+                                   all_reduce=all_reduce, rank=3)
+    assert (objective.compute, objective.all_reduce, objective.rank) == (compute, all_reduce, 3)
+    assert ObjectiveConfig().compute == "sharded"

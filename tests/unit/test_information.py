@@ -7,14 +7,26 @@ import torch
 
 from adadim_dist.objectives import (
     alignment,
+    alignment_sharded,
     effective_rank,
+    effective_rank_from_gram,
+    effective_rank_sharded,
+    gram_block,
     gram_matrix,
+    information_terms,
+    information_terms_sharded,
     joint_entropy,
     matrix_entropy,
     mutual_information,
+    renyi2_information_terms,
     renyi_entropy,
     uniformity,
+    uniformity_sharded,
 )
+
+from adadim_dist.objectives.information import _row_gram_is_cheaper
+
+from ..distributed._simulated import run_shards
 
 
 
@@ -152,6 +164,11 @@ def test_alignment_of_identical_and_opposite_views():
         (lambda: mutual_information(torch.randn(4, 3), torch.randn(5, 3)), "x, y"),
         (lambda: joint_entropy(torch.randn(4, 3, 2), torch.randn(4, 3)), "x"),
         (lambda: alignment(torch.randn(4, 3), torch.randn(4, 2)), "z_a, z_b"),
+        (lambda: gram_block(torch.randn(4, 3), torch.randn(8, 3), kernel="gaussian"), "sigma"),
+        (lambda: information_terms_sharded(*[torch.randn(4, 3)] * 2, *[torch.randn(8, 3)] * 2, row_offset=6,
+                                           all_reduce=lambda x: x), "row_offset"),
+        (lambda: uniformity_sharded(torch.randn(4, 3), torch.randn(8, 3), -1, lambda x: x), "row_offset"),
+        (lambda: renyi2_information_terms(torch.ones(5)), "sums"),
     ],
 )
 def test_bad_input_raises_value_error_naming_the_argument(call, argument):
@@ -174,3 +191,60 @@ def test_diverged_input_gives_nan_not_an_exception(estimate):
     assert value.dim() == 0 and math.isnan(value.item())
     value.backward()
     assert z.grad is not None and not torch.isfinite(z.grad).all()
+
+
+@pytest.mark.parametrize("k, num_rows, dim", [(1, 16, 10), (3, 16, 10), (7, 16, 10), (3, 6, 10), (6, 6, 10)])
+def test_effective_rank_from_either_gram_matrix_equals_k_for_k_equal_singular_values(k, num_rows, dim):
+    """From ZᵀZ or ZZᵀ alone: erank k for k equal singular values, also with fewer rows than features, where only
+    the top min(N, d) eigenvalues are singular values. Keeping them all would add |N − d| noise terms; taking
+    square roots of rounding noise in the null directions would add spurious singular values."""
+    u, _ = torch.linalg.qr(torch.randn(num_rows, num_rows))
+    v, _ = torch.linalg.qr(torch.randn(dim, dim))
+    z = 2.5 * u[:, :k] @ v[:, :k].T
+    for gram in (z.T @ z, z @ z.T):
+        value = effective_rank_from_gram(gram, tuple(z.shape)).item()
+        assert value == pytest.approx(k, rel=1e-4)
+        assert value == pytest.approx(effective_rank(z).item(), rel=1e-9)
+
+
+def test_gram_block_of_a_matrix_with_itself_is_its_gram_matrix():
+    x = torch.randn(9, 4)
+    assert torch.allclose(gram_block(x, x), gram_matrix(x), rtol=0, atol=1e-15)
+    assert torch.allclose(gram_block(x, x, "gaussian", 0.6), gram_matrix(x, "gaussian", 0.6), rtol=0, atol=1e-15)
+    assert torch.allclose(gram_block(x[3:5], x, "gaussian", 0.6), gram_matrix(x, "gaussian", 0.6)[3:5], atol=1e-15)
+
+
+@pytest.mark.parametrize("num_shards", [1, 2, 4, 8])
+@pytest.mark.parametrize("dim_z", [6, 40])
+@pytest.mark.parametrize("kernel, sigma", [("cosine", None), ("gaussian", 0.8)])
+def test_sharded_estimators_equal_the_gathered_ones_on_every_worker(num_shards, dim_z, kernel, sigma):
+    """Order-2 H(R), H(Z), H(R,Z), I(R;Z) from row blocks, erank (from all-reduced ZᵀZ for d = 6, from the
+    gathered ZZᵀ for d = 40), uniformity and alignment from all-reduced sums: the gathered value on every
+    worker. Catches a diagonal read at the wrong column (row offset), a trace or norm of the local block only,
+    the wrong eigenvalue count."""
+    g = torch.Generator().manual_seed(num_shards + dim_z)
+    r = torch.randn(24, 10, generator=g)
+    z = torch.tanh(r @ torch.randn(10, dim_z, generator=g)) + 0.3 * torch.randn(24, dim_z, generator=g)
+    z_b = z + 0.2 * torch.randn(z.shape, generator=g)
+    num_global = r.shape[0]
+    n = num_global // num_shards
+    assert _row_gram_is_cheaper(num_global, n, dim_z) == (dim_z == 40)  # both routes of erank are covered
+
+    def worker(shard, all_reduce):
+        rows = slice(shard * n, (shard + 1) * n)
+        return {
+            **information_terms_sharded(r[rows], z[rows], r, z, shard * n, all_reduce, kernel, sigma),
+            "erank": effective_rank_sharded(z[rows], z, all_reduce),
+            "uniformity": uniformity_sharded(z[rows], z, shard * n, all_reduce),
+            "alignment": alignment_sharded(z[rows], z_b[rows], all_reduce, num_global),
+        }
+
+    expected = {
+        **information_terms(r, z, 2.0, kernel, sigma),
+        "erank": effective_rank(z),
+        "uniformity": uniformity(z),
+        "alignment": alignment(z, z_b),
+    }
+    for result in run_shards(worker, num_shards):
+        for name, value in expected.items():
+            assert result[name].item() == pytest.approx(value.item(), rel=1e-9), name

@@ -7,12 +7,18 @@ import torch
 
 from adadim_dist.objectives import (
     barlow_twins_loss,
+    barlow_twins_loss_sharded,
     covariance_loss,
     nt_xent_loss,
+    nt_xent_loss_sharded,
     uniformity,
     variance_loss,
     vicreg_loss,
+    vicreg_terms,
+    vicreg_terms_sharded,
 )
+
+from ..distributed._simulated import run_shards
 
 
 
@@ -78,8 +84,61 @@ def test_loss_decreases_under_gradient_steps(loss_fn, lr):
         (lambda: nt_xent_loss(torch.randn(4), torch.randn(4)), "z_a"),
         (lambda: nt_xent_loss(torch.randn(4, 3), torch.randn(4, 3), temperature=0.0), "temperature"),
         (lambda: barlow_twins_loss(torch.randn(4, 3), torch.randn(4, 2)), "z_a, z_b"),
+        (lambda: vicreg_terms_sharded(torch.randn(4, 3), torch.randn(4, 3), lambda x: x, 3), "num_global"),
+        (lambda: barlow_twins_loss_sharded(torch.randn(1, 3), torch.randn(1, 3), lambda x: x, 1), "num_global"),
+        (lambda: nt_xent_loss_sharded(*[torch.randn(4, 3)] * 2, *[torch.randn(8, 3)] * 2, row_offset=5),
+         "row_offset"),
     ],
 )
 def test_bad_input_raises_value_error_naming_the_argument(call, argument):
     with pytest.raises(ValueError, match=f"^{argument}:"):
         call()
+
+
+def _global_views(num_rows=24, dim=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    # An offset mean and unequal scales: the two-pass centring and the per-dimension statistics matter.
+    z_a = 3.0 + torch.randn(num_rows, dim, generator=g) * torch.linspace(0.2, 2.0, dim)
+    z_b = z_a + 0.3 * torch.randn(num_rows, dim, generator=g)
+    return z_a, z_b
+
+
+@pytest.mark.parametrize("num_shards", [1, 2, 4, 8])
+def test_sharded_losses_averaged_over_workers_equal_the_gathered_losses(num_shards):
+    """Each worker's share (local rows, all-reduced sums, gathered columns), averaged over workers as DDP
+    averages gradients, is the gathered loss. Catches a positive or self-mask at the wrong column (row
+    offset), a local instead of global mean or count, a biased/unbiased variance swap."""
+    z_a, z_b = _global_views()
+    num_global = z_a.shape[0]
+    n = num_global // num_shards
+
+    def share(shard, all_reduce):
+        rows = slice(shard * n, (shard + 1) * n)
+        terms = vicreg_terms_sharded(z_a[rows], z_b[rows], all_reduce, num_global)
+        return {
+            **terms,
+            "barlow_twins": barlow_twins_loss_sharded(z_a[rows], z_b[rows], all_reduce, num_global, 5e-3),
+            "nt_xent": nt_xent_loss_sharded(z_a[rows], z_b[rows], z_a, z_b, shard * n, 0.3),
+        }
+
+    shares = run_shards(share, num_shards)
+    expected = {
+        **vicreg_terms(z_a, z_b),
+        "barlow_twins": barlow_twins_loss(z_a, z_b, 5e-3),
+        "nt_xent": nt_xent_loss(z_a, z_b, 0.3),
+    }
+    for name, value in expected.items():
+        averaged = sum(s[name] for s in shares) / num_shards
+        assert averaged.item() == pytest.approx(value.item(), rel=1e-12), name
+        if name != "invariance" and name != "nt_xent":  # replicated terms: the same value on every worker
+            assert all(s[name].item() == pytest.approx(value.item(), rel=1e-12) for s in shares), name
+
+
+def test_nt_xent_sharded_gradients_equal_gathered_through_columns_and_rows():
+    """On one process (offset 0, columns = rows) the sharded form's gradient equals nt_xent_loss's."""
+    z_a, z_b = (t.clone().requires_grad_(True) for t in _global_views())
+    sharded = nt_xent_loss_sharded(z_a, z_b, z_a, z_b, 0, 0.2)
+    grads_sharded = torch.autograd.grad(sharded, (z_a, z_b))
+    grads = torch.autograd.grad(nt_xent_loss(z_a, z_b, 0.2), (z_a, z_b))
+    for got, expected in zip(grads_sharded, grads):
+        assert torch.allclose(got, expected, rtol=1e-12, atol=1e-15)
