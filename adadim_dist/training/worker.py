@@ -86,8 +86,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
         batch_size_per_worker=cfg.training.batch_size_per_worker, world_size=world_size,
         use_amp=cfg.training.mixed_precision and device.type == "cuda", channels_last=cfg.training.channels_last,
     )
-    objective = adadim_from_config(cfg.objective, total_steps, gather=all_gather_with_grad,
-                                   all_reduce=all_reduce_with_grad, sync=broadcast_from_rank0, rank=rank)
+    objective = build_objective(cfg, total_steps, rank)
 
     start_epoch = 0
     # Looked up again at every (re)start: a checkpoint persisted just before a failure may not be registered
@@ -196,6 +195,12 @@ def train_loop_per_worker(config_dict: dict) -> None:
         if isinstance(sink, MLflowSink) and not sink.flush():
             local_dir = Path(cfg.run.storage_path) if not is_uri(cfg.run.storage_path) else Path.home() / ".adadim"
             sink.spill(local_dir / cfg.run.name / "unsent_metrics.jsonl")
+
+
+def build_objective(cfg: Config, total_steps: int, rank: int):
+    """AdaDim wired to this process group's autograd-aware collectives (identity on one process)."""
+    return adadim_from_config(cfg.objective, total_steps, gather=all_gather_with_grad,
+                              all_reduce=all_reduce_with_grad, sync=broadcast_from_rank0, rank=rank)
 
 
 def resume_source(checkpoint, resume_dir: str | None, strategy: str = "ddp"):
