@@ -73,7 +73,9 @@ def job(tiny_betons, tmp_path_factory, ray_cluster):
     same command again. Returns the storage path, the first run id and the second (resuming) process."""
     storage = tmp_path_factory.mktemp("ddp")
     # Baselines on: with 2 workers rank 1 computes them (in the resumed epoch 2) beside rank 0's evaluation.
-    args = smoke_args(tiny_betons, storage, "ddp", "training.epochs=2", "eval.baselines=true")
+    # Synchronized BatchNorm on (the demo config keeps it off for its CPU budget): DDP with GlobalBatchNorm.
+    args = smoke_args(tiny_betons, storage, "ddp", "training.epochs=2", "eval.baselines=true",
+                      "model.sync_batchnorm=true")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **ray_cluster["env"],
            "AWS_SECRET_ACCESS_KEY": SECRET, "MLFLOW_TRACKING_PASSWORD": SECRET}
     log = storage / "first.log"
