@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -67,7 +68,7 @@ def run_gpu_step(timeout: float) -> dict:
     command = [sys.executable, "benchmarks/gpu_step.py", "--steps", "40", "--warmup", "10"]
     try:
         out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                             env={"PYTHONPATH": str(REPO), **__import__("os").environ})
+                             env={**os.environ, "PYTHONPATH": str(REPO)})
     except subprocess.TimeoutExpired:
         return {"check": "gpu_step", "passed": False, "reason": f"timed out after {timeout:.0f} s"}
     if out.returncode != 0:
@@ -94,7 +95,8 @@ def main() -> None:
     results.append(run_gpu_step(max(deadline - time.perf_counter(), 30)))
     print(f"{'check':<12} {'result':<6} {'images/s':>9} {'peak GiB':>9}  note")
     for r in results:
-        note = r.get("reason") or (f"kNN {r['knn_top1']:.1f}%" if r.get("knn_top1") is not None else r.get("device", ""))
+        knn = f"kNN {r['knn_top1']:.1f}%" if r.get("knn_top1") is not None else r.get("device", "")
+        note = r.get("reason") or knn
         print(f"{r['check']:<12} {'pass' if r['passed'] else 'FAIL':<6} {r.get('images_per_s') or '-':>9} "
               f"{r.get('peak_gib') or '-':>9}  {note}")
     for r in results:

@@ -75,7 +75,8 @@ def train_loop_per_worker(config_dict: dict) -> None:
 
     model = build_model(cfg.model)
     if cfg.model.sync_batchnorm and world_size > 1:
-        model = convert_sync_batchnorm(model, device.type)  # same parameters, so the optimizer groups below are unchanged
+        # Same parameter objects, so the optimizer groups built below are those of the converted model.
+        model = convert_sync_batchnorm(model, device.type)
     main_params, probe_params = model.parameter_groups()
     optimizer = build_optimizer(cfg.optim, cfg.training.global_batch_size, main_params, probe_params)
     scheduler = build_scheduler(

@@ -119,7 +119,8 @@ def test_sync_batchnorm_keeps_the_state_dict_of_batchnorm():
     assert sum(isinstance(m, GlobalBatchNorm) for m in converted.modules()) == 2
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, GlobalBatchNorm)
                    for m in converted.modules())
-    assert {k: v.shape for k, v in plain.state_dict().items()} == {k: v.shape for k, v in converted.state_dict().items()}
+    shapes = {k: v.shape for k, v in plain.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in converted.state_dict().items()}
     converted.eval()
     x = torch.randn(4, 3, 8, 8, dtype=torch.float64)
     plain.eval()

@@ -48,7 +48,8 @@ def exported_encoder(summary) -> dict[str, torch.Tensor]:
     """The encoder's weights as logged to MLflow (the pt2 export, loaded back without unpickling code)."""
     from mlflow.artifacts import download_artifacts
 
-    path = download_artifacts(run_id=summary["run_id"], artifact_path="encoder", tracking_uri=summary["tracking_uri"])
+    path = download_artifacts(run_id=summary["run_id"], artifact_path="encoder",
+                              tracking_uri=summary["tracking_uri"])
     return dict(torch.export.load(str(Path(path) / "data" / "model.pt2")).state_dict)
 
 
@@ -84,7 +85,8 @@ def test_zero_stage_trains_evaluates_exports_checkpoints_and_resumes(stage_jobs,
     assert run.info.status == "FINISHED"
     assert run.data.params["training.deepspeed.zero_stage"] == str(stage)
     assert not [k for k in STEP_METRICS if k not in run.data.metrics]
-    assert "encoder" in [a.path for a in MlflowClient(tracking_uri=summary["tracking_uri"]).list_artifacts(summary["run_id"])]
+    artifacts = MlflowClient(tracking_uri=summary["tracking_uri"]).list_artifacts(summary["run_id"])
+    assert "encoder" in [a.path for a in artifacts]
 
     shards = sorted(p.name for p in (Path(summary["checkpoint"]) / "deepspeed").iterdir())
     optimizer_shards = [name for name in shards if name.endswith("optim_states.pt")]
