@@ -1,14 +1,23 @@
-"""python -m adadim_dist.compare --experiment NAME [--runs ID ...] --out DIR
+"""python -m adadim_dist.compare --experiment NAME [--runs ID ...] [--group-by variant|params] --out DIR
 
 Reads training runs from MLflow and writes: per-run trajectories of H(R), I(R;Z), α, β and effective ranks;
 the information plane (final H(R) against final I(R;Z), coloured by accuracy); accuracy against every
 hyper-parameter that varies across the runs; and a Markdown table. The plots and the table are logged as
 artifacts of a comparison run in the same experiment, and the table is printed.
+
+With ``--group-by`` the finished runs are pooled into groups — ``variant``: a study's ``study.variant``
+param; ``params``: the params that differ between runs, seeds excepted — and it also writes each group's
+mean ± standard deviation and n of every final metric (``groups.md``, ``group_metrics.csv``), each group's
+mean path in the (H(R), I(R;Z)) plane over training (``information_plane_paths.png``), and α, β and erank(Z)
+against steps per group (``group_trajectories.png``).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -22,6 +31,14 @@ TRAJECTORIES = [
     ("info/erank_r", "erank(R)"),
     ("info/erank_z", "erank(Z)"),
 ]
+
+
+GROUP_BY = ("variant", "params")
+VARIANT_PARAM = "study.variant"
+# Params that name a seed: pooled over when grouping by params.
+SEED_PARAMS = ("training.seed", "study.seed", "sweep.training.seed")
+# The paper's picture: where each group's runs travel in the information plane, and what drives α.
+GROUP_TRAJECTORIES = [("adadim/alpha", "α"), ("adadim/beta", "β"), ("info/erank_z", "erank(Z)")]
 
 
 class CompareError(ValueError):
@@ -152,8 +169,170 @@ def summary_table(runs, params: list[str], accuracy_key: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ------------------------------------------------------------------------------------------------ grouping
+def group_runs(runs, group_by: str) -> dict[str, list]:
+    """Runs → {group label: runs}, groups in order of their first run. ``variant``: the ``study.variant``
+    param (or tag); ``params``: every varying param except seeds, as ``key=value, ...``."""
+    if group_by not in GROUP_BY:
+        raise CompareError(f"--group-by: must be one of {', '.join(GROUP_BY)}, got {group_by!r}")
+    if group_by == "variant":
+        def key_of(run):
+            return run.data.params.get(VARIANT_PARAM) or run.data.tags.get(VARIANT_PARAM)
+        if all(key_of(run) is None for run in runs):
+            raise CompareError(f"--group-by: no run has a {VARIANT_PARAM} param (runs of a study have it; "
+                               "use --group-by params for other runs)")
+    else:
+        keys = [k for k in varying_params(runs) if k not in SEED_PARAMS and k != VARIANT_PARAM]
+
+        def key_of(run):
+            return ", ".join(f"{k}={run.data.params.get(k, '')}" for k in keys) or "all runs"
+    groups: dict[str, list] = {}
+    for run in runs:
+        groups.setdefault(key_of(run) or "(no variant)", []).append(run)
+    return groups
+
+
+def describe(values: list[float]) -> tuple[float, float, int]:
+    """(mean, sample standard deviation, n) of finite values; the deviation is NaN below two values."""
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return math.nan, math.nan, 0
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan, len(values)
+
+
+def group_statistics(groups: dict[str, list]) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """Every final metric of every group: {group: {metric: (mean, std, n)}}; n counts the runs that have it."""
+    stats = {}
+    for name, runs in groups.items():
+        keys = sorted(set().union(*(r.data.metrics.keys() for r in runs)))
+        stats[name] = {k: describe([r.data.metrics.get(k) for r in runs]) for k in keys}
+    return stats
+
+
+def mean_and_std(stat: tuple[float, float, int] | None, digits: int) -> str:
+    if stat is None or stat[2] == 0:
+        return ""
+    mean, std, _ = stat
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if not math.isnan(std) else f"{mean:.{digits}f} ± –"
+
+
+def group_table(stats: dict[str, dict[str, tuple[float, float, int]]], accuracy_key: str) -> str:
+    """One row per group: mean ± std of the headline final metrics and n (runs in the group)."""
+    columns = [(accuracy_key, accuracy_key, 2), ("probe/top1", "probe top-1", 2), ("adadim/alpha", "final α", 3),
+               ("adadim/beta", "final β", 3), ("info/h_r", "H(R)", 3), ("info/mi_rz", "I(R;Z)", 3),
+               ("info/erank_z", "erank(Z)", 1)]
+    header = ["group", *(name for _, name, _ in columns), "n"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, metrics in stats.items():
+        n = max((stat[2] for stat in metrics.values()), default=0)
+        cells = [mean_and_std(metrics.get(key), digits) for key, _, digits in columns]
+        lines.append("| " + " | ".join([name, *cells, str(n)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_group_metrics(stats: dict[str, dict[str, tuple[float, float, int]]], path: Path) -> Path:
+    """Long form, every final metric: group, metric, mean, std, n."""
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["group", "metric", "mean", "std", "n"])
+        for name, metrics in stats.items():
+            for key, (mean, std, n) in metrics.items():
+                writer.writerow([name, key, repr(mean), repr(std), n])
+    return path
+
+
+def mean_history(client, runs, key: str) -> tuple[list[int], list[float], list[float]]:
+    """(steps, mean, std) of a metric over runs, at the steps every run logged (a restarted worker logs some
+    steps twice: the later value counts)."""
+    per_run = []
+    for run in runs:
+        values = {m.step: m.value for m in sorted(client.get_metric_history(run.info.run_id, key),
+                                                   key=lambda m: (m.step, m.timestamp))}
+        if values:
+            per_run.append(values)
+    if not per_run:
+        return [], [], []
+    steps = sorted(set.intersection(*(set(v) for v in per_run)))
+    described = [describe([v[s] for v in per_run]) for s in steps]
+    return steps, [d[0] for d in described], [0.0 if math.isnan(d[1]) else d[1] for d in described]
+
+
+def plot_information_plane_paths(client, groups: dict[str, list], out: Path) -> Path:
+    """Each group's mean (H(R), I(R;Z)) over training, seeds pooled: a line from ○ (first logged step) to ★
+    (last), arrows along it, its seeds' own paths faint behind."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 6.5))
+    colours = plt.get_cmap("tab10")
+    for index, (name, runs) in enumerate(groups.items()):
+        colour = colours(index % 10)
+        for run in runs:
+            h_steps, h, _ = mean_history(client, [run], "info/h_r")
+            mi_steps, mi, _ = mean_history(client, [run], "info/mi_rz")
+            common = sorted(set(h_steps) & set(mi_steps))
+            if common:
+                ax.plot([h[h_steps.index(s)] for s in common], [mi[mi_steps.index(s)] for s in common],
+                        color=colour, alpha=0.2, lw=0.8)
+        h_steps, h, _ = mean_history(client, runs, "info/h_r")
+        mi_steps, mi, _ = mean_history(client, runs, "info/mi_rz")
+        common = sorted(set(h_steps) & set(mi_steps))
+        if not common:
+            continue
+        xs, ys = [h[h_steps.index(s)] for s in common], [mi[mi_steps.index(s)] for s in common]
+        ax.plot(xs, ys, color=colour, lw=1.8, label=f"{name} (n={len(runs)})")
+        ax.plot(xs[0], ys[0], "o", color=colour, ms=7, mec="black")
+        ax.plot(xs[-1], ys[-1], "*", color=colour, ms=14, mec="black")
+        for i in _arrow_positions(len(xs)):
+            ax.annotate("", xy=(xs[i + 1], ys[i + 1]), xytext=(xs[i], ys[i]),
+                        arrowprops={"arrowstyle": "->", "color": colour, "lw": 1.5})
+    ax.set_xlabel("H(R) [nats]")
+    ax.set_ylabel("I(R;Z) [nats]")
+    ax.set_title("Information plane over training (mean over seeds; ○ start, ★ end)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    path = out / "information_plane_paths.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _arrow_positions(num_points: int, arrows: int = 6) -> list[int]:
+    """Indices i of the segments (i → i+1) that get an arrowhead, spread along the path."""
+    if num_points < 2:
+        return []
+    return sorted({round(k * (num_points - 2) / max(arrows - 1, 1)) for k in range(arrows)})
+
+
+def plot_group_trajectories(client, groups: dict[str, list], out: Path) -> Path:
+    """α, β and erank(Z) against steps: each group's mean over seeds, ± one standard deviation shaded."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(GROUP_TRAJECTORIES), figsize=(6 * len(GROUP_TRAJECTORIES), 4.5))
+    colours = plt.get_cmap("tab10")
+    for ax, (key, title) in zip(axes, GROUP_TRAJECTORIES):
+        for index, (name, runs) in enumerate(groups.items()):
+            steps, mean, std = mean_history(client, runs, key)
+            if not steps:
+                continue
+            colour = colours(index % 10)
+            ax.plot(steps, mean, color=colour, lw=1.4, label=f"{name} (n={len(runs)})")
+            ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                            color=colour, alpha=0.2, lw=0)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="best")
+    fig.suptitle("α, β and erank(Z) over training (mean ± std over seeds)")
+    fig.tight_layout()
+    path = out / "group_trajectories.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def compare(tracking_uri: str, experiment: str, run_ids: list[str] | None, out: Path,
-            accuracy_key: str = "knn/top1_k20") -> tuple[str, list[Path], str]:
+            accuracy_key: str = "knn/top1_k20", group_by: str | None = None) -> tuple[str, list[Path], str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -166,7 +345,25 @@ def compare(tracking_uri: str, experiment: str, run_ids: list[str] | None, out: 
     plots = [plot_trajectories(client, runs, out), plot_information_plane(runs, accuracy_key, out)]
     plots += plot_accuracy_vs_params(runs, params, accuracy_key, out)
     table = summary_table(runs, params, accuracy_key)
-    (out / "summary.md").write_text(f"# Comparison of {len(runs)} runs in {experiment}\n\n{table}")
+    report = f"# Comparison of {len(runs)} runs in {experiment}\n\n{table}"
+    if group_by is not None:
+        # Unfinished runs would pull the means towards early training; they are listed, not pooled.
+        finished = [r for r in runs if r.info.status == "FINISHED"]
+        if not finished:
+            raise CompareError(f"--group-by: none of the {len(runs)} runs has finished")
+        groups = group_runs(finished, group_by)
+        stats = group_statistics(groups)
+        grouped = group_table(stats, accuracy_key)
+        left_out = len(runs) - len(finished)
+        report = (f"# {len(finished)} finished runs of {experiment} in {len(groups)} groups (by {group_by})\n\n"
+                  f"Mean ± sample standard deviation over the runs of each group (final values); n = runs."
+                  f"{f' Left out: {left_out} unfinished runs.' if left_out else ''}\n\n{grouped}\n"
+                  f"## Every run\n\n{table}")
+        (out / "groups.md").write_text(grouped)
+        write_group_metrics(stats, out / "group_metrics.csv")
+        plots += [plot_information_plane_paths(client, groups, out), plot_group_trajectories(client, groups, out)]
+        table = grouped
+    (out / "summary.md").write_text(report)
 
     experiment_id = client.get_experiment_by_name(experiment).experiment_id
     comparison = client.create_run(experiment_id, run_name=f"compare-{len(runs)}-runs",
@@ -185,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite under --storage-path)")
     parser.add_argument("--storage-path", type=Path, default=Path("runs"))
     parser.add_argument("--metric", default="knn/top1_k20", help="accuracy metric to colour and rank by")
+    parser.add_argument("--group-by", choices=GROUP_BY,
+                        help="pool finished runs by study variant, or by the params that differ (seeds pooled)")
     args = parser.parse_args(argv)
     uri = resolve_tracking_uri(args.tracking_uri, args.storage_path)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
@@ -192,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
-        table, plots, comparison_id = compare(uri, args.experiment, args.runs, args.out, args.metric)
+        table, plots, comparison_id = compare(uri, args.experiment, args.runs, args.out, args.metric, args.group_by)
     except CompareError as err:
         print(f"adadim_dist: error: {err}", file=sys.stderr)
         return 2

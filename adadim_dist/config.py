@@ -79,6 +79,17 @@ class AlphaConfig(_Strict):
     end: float = Field(1.0, ge=0, le=1)
     interval: int = Field(1, ge=1)  # adaptive: recompute every `interval` steps
     ema: float = Field(0.0, ge=0, lt=1)  # adaptive: α ← ema·α + (1−ema)·α_new; 0 = no smoothing
+    # adaptive: how erank(Z) becomes α. min_n_d: erank / min(N, D) (the definition). running_max: erank / its
+    # highest value so far. warmup_minmax: 0 for the first `window` of training while erank's min and max are
+    # recorded, then (erank − min) / (max − min), clipped to [0, 1] (objectives/adadim.py: normalised_alpha).
+    normalise: Literal["min_n_d", "running_max", "warmup_minmax"] = "min_n_d"
+    window: float = Field(0.2, gt=0, lt=1)  # warmup_minmax: fraction of the training steps
+
+    @model_validator(mode="after")
+    def _normalise_is_adaptive(self) -> "AlphaConfig":
+        if self.normalise != "min_n_d" and self.mode != "adaptive":
+            raise ValueError(f"normalise: {self.normalise} applies to mode=adaptive only, got mode={self.mode}")
+        return self
 
 
 class ObjectiveConfig(_Strict):

@@ -4,6 +4,11 @@ A Ray Tune sweep over the AdaDim weighting (Train V2 pattern: each trial is a fu
 a ``TorchTrainer`` and reports back through ``TuneReportCallback``). MLflow: the sweep is a parent run, each
 trial a nested child run. The best trial's full config is written as YAML that ``adadim_dist.run --config``
 accepts as is. Running the same command again resumes an interrupted sweep.
+
+A study (a sweep file with ``variants`` and ``seeds``, e.g. ``configs/study/``) runs the same way: every
+variant × seed is one FIFO trial, and each trial's MLflow run carries the params and tags ``study.name``,
+``study.variant`` and ``study.seed`` (= ``training.seed``), by which ``python -m adadim_dist.compare
+--group-by variant`` pools the runs.
 """
 
 from __future__ import annotations
@@ -11,20 +16,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Any
 
 import yaml
 
 from .config import Config, ConfigError, config_with_overrides
-from .sweep import SweepConfig, concurrent_trials, load_sweep, overrides_from_params, to_tune_space
+from .sweep import VARIANT_KEY, SweepConfig, concurrent_trials, load_sweep, to_tune_space, trial_overrides
 
 PARENT_RUN_FILE = "mlflow_parent_run.json"
 
 
 def trial_config(base: dict, params: dict[str, Any], run_name: str, sweep: SweepConfig) -> Config:
-    """The base config with a trial's sampled values, its resources and its own run name."""
-    overrides = overrides_from_params(params) + [
+    """The base config with a trial's variant and sampled values, its resources and its own run name."""
+    overrides = trial_overrides(sweep, params) + [
         f"run.name={run_name}",
         f"training.num_workers={sweep.trial.num_workers}",
         f"training.cpus_per_worker={sweep.trial.cpus_per_worker}",
@@ -42,14 +48,25 @@ def run_trial(params: dict[str, Any], base: dict, sweep_dict: dict, parent_run_i
     sweep = SweepConfig.model_validate(sweep_dict)
     trial_id = tune.get_context().get_trial_id()
     cfg = trial_config(base, params, f"{sweep.name}-{trial_id}", sweep)
+    labels = study_labels(sweep, params, cfg)
     sink = open_tracking(cfg, parent_run_id=parent_run_id,
-                         extra_params={f"sweep.{k}": v for k, v in params.items()})
+                         extra_params={**{f"sweep.{k}": v for k, v in params.items() if k != VARIANT_KEY}, **labels})
+    for key, value in labels.items():  # tags too: MLflow's UI filters and groups runs by tag
+        sink.client.set_tag(sink.run_id, key, value)
     status = "FAILED"
     try:
         build_trainer(cfg, sink.run_id, callbacks=[TuneReportCallback()]).fit()
         status = "FINISHED"
     finally:
         sink.close(status)
+
+
+def study_labels(sweep: SweepConfig, params: dict[str, Any], cfg: Config) -> dict[str, str]:
+    """What a study's trial is called in MLflow (params and tags alike), so runs group by variant."""
+    if not sweep.is_study:
+        return {}
+    return {"study.name": sweep.name, VARIANT_KEY: str(params.get(VARIANT_KEY, "base")),
+            "study.seed": str(cfg.training.seed)}
 
 
 def run_sweep(sweep: SweepConfig, base: Config) -> dict[str, Any]:
@@ -76,7 +93,9 @@ def run_sweep(sweep: SweepConfig, base: Config) -> dict[str, Any]:
     if previous is None:
         parent.log_params({"sweep.metric": sweep.metric, "sweep.num_samples": sweep.num_samples,
                            "sweep.scheduler": sweep.scheduler.name,
-                           **{f"space.{k}": v.model_dump() for k, v in sweep.search_space.items()}})
+                           **{f"space.{k}": v.model_dump() for k, v in sweep.search_space.items()},
+                           **{f"variant.{k}": " ".join(v) for k, v in sweep.variants.items()},
+                           **({"study.seeds": sweep.seeds} if sweep.seeds else {})})
         write_run_file(sweep_cfg, PARENT_RUN_FILE, json.dumps({"run_id": parent.run_id}))
 
     status = "FAILED"
@@ -85,13 +104,19 @@ def run_sweep(sweep: SweepConfig, base: Config) -> dict[str, Any]:
         resources = ray.cluster_resources()
         max_concurrent = concurrent_trials(sweep, resources.get("CPU", 1), resources.get("GPU", 0),
                                            base.training.use_gpu)
-        print(f"[adadim] sweep {sweep.name}: {sweep.num_samples} samples, up to {max_concurrent} at once, "
+        trials = (f"{len(sweep.variants) or 1} variants × {len(sweep.seeds) or 1} seeds = "
+                  f"{sweep.num_grid_trials} trials" if sweep.is_study else f"{sweep.num_samples} samples")
+        print(f"[adadim] sweep {sweep.name}: {trials}, up to {max_concurrent} at once, "
               f"metric {sweep.metric_key}, scheduler {sweep.scheduler.name}", flush=True)
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, base=base.model_dump(mode="json"),
                                  sweep_dict=sweep.model_dump(mode="json"), parent_run_id=parent.run_id),
             {"CPU": sweep.trial.trial_cpus},
         )
+        if sweep.is_study:
+            # A study is FIFO (no trial is compared during training) and evaluates only after the last epoch; Tune
+            # would otherwise fail the first epoch's report for lacking the metric.
+            os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
         if tune.Tuner.can_restore(sweep_dir):
             print(f"[adadim] resuming sweep from {sweep_dir}", flush=True)
             tuner = tune.Tuner.restore(sweep_dir, trainable, resume_errored=True)
@@ -150,7 +175,7 @@ def summarise_sweep(sweep: SweepConfig, base: Config, results, parent, sweep_cfg
         raise RuntimeError(f"sweep {sweep.name}: no trial reported {sweep.metric_key}; see the trial errors above")
     best_score, best = max(scores, key=lambda pair: pair[0])
     worst_score = min(score for score, _ in scores)
-    best_params = {k: best.config[k] for k in sweep.search_space}
+    best_params = {k: best.config[k] for k in sweep.param_keys}
     best_cfg = trial_config(base.model_dump(mode="json"), best_params, f"{sweep.name}-best", sweep)
     best_path = f"{sweep_cfg.run.storage_path.rstrip('/')}/{sweep.name}/best_config.yaml"
     best_yaml = (f"# Best trial of sweep {sweep.name} ({sweep.metric_key}={best_score:.4f}).\n"

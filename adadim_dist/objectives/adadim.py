@@ -1,10 +1,12 @@
 """The AdaDim objective: L = (1 − α)·L_dim + α·L_sample − s·β·I(R; Z), with β = γ·α.
 
 α_t follows the effective rank of the global projector output (mode ``adaptive``) or a schedule (``fixed``,
-``linear``, ``cosine``). The module knows nothing about processes: the caller injects ``gather`` (an
-autograd-aware all-gather, identity on one process), ``all_reduce`` (an autograd-aware sum over workers,
-identity on one process), ``sync`` (makes a tensor bit-identical on every worker, e.g. a broadcast from rank 0)
-and its ``rank``. See SPEC §2 for the definition and the choices it leaves open.
+``linear``, ``cosine``). The adaptive mode divides erank(Z) by min(N, D) (``min_n_d``, the definition) or
+normalises it by its own history (``running_max``, ``warmup_minmax``: ``normalised_alpha``). The module
+knows nothing about processes: the caller injects ``gather`` (an autograd-aware all-gather, identity on one
+process), ``all_reduce`` (an autograd-aware sum over workers, identity on one process), ``sync`` (makes a
+tensor bit-identical on every worker, e.g. a broadcast from rank 0) and its ``rank``. See SPEC §2 for the
+definition and the choices it leaves open.
 
 Two forms compute the same global-batch objective (values and gradients):
 
@@ -49,6 +51,8 @@ from .losses import (
 )
 
 ALPHA_MODES = ("adaptive", "fixed", "linear", "cosine")
+# How the adaptive mode turns erank(Z) into α (see ``normalised_alpha``).
+ALPHA_NORMALISATIONS = ("min_n_d", "running_max", "warmup_minmax")
 COMPUTE_FORMS = ("sharded", "replicated")
 DIM_LOSSES = ("vicreg", "barlow_twins")
 MI_SIGNS = {"maximize": 1.0, "minimize": -1.0, "off": 0.0}
@@ -68,17 +72,27 @@ def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class AlphaState:
-    """What must survive a restart: the optimisation step and the current (possibly smoothed) α."""
+    """What must survive a restart: the optimisation step, the current (possibly smoothed) α, and the erank(Z)
+    history the ``running_max`` and ``warmup_minmax`` normalisations divide by."""
 
     step: int = 0
     alpha: float | None = None  # None until the first adaptive estimate
+    rank_min: float | None = None  # warmup_minmax: lowest erank(Z) of the window
+    rank_max: float | None = None  # running_max: highest erank(Z) so far; warmup_minmax: highest of the window
 
     def state_dict(self) -> dict:
         return asdict(self)
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
-        self.alpha = None if state["alpha"] is None else float(state["alpha"])
+        self.alpha = _optional_float(state["alpha"])
+        # Checkpoints written before the rank history existed have neither key.
+        self.rank_min = _optional_float(state.get("rank_min"))
+        self.rank_max = _optional_float(state.get("rank_max"))
+
+
+def _optional_float(value) -> float | None:
+    return None if value is None else float(value)
 
 
 def scheduled_alpha(mode: str, progress: float, value: float, start: float, end: float) -> float:
@@ -95,9 +109,41 @@ def scheduled_alpha(mode: str, progress: float, value: float, start: float, end:
 
 def adaptive_alpha(z_global: torch.Tensor) -> torch.Tensor:
     """clip(erank(Z) / min(N, D), 0, 1), without gradient."""
+    n, d = z_global.shape
+    return (_erank_no_grad(z_global) / min(n, d)).clamp(0.0, 1.0)
+
+
+def _erank_no_grad(z_global: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        n, d = z_global.shape
-        return (effective_rank(z_global.float()) / min(n, d)).clamp(0.0, 1.0)
+        return effective_rank(z_global.detach().float())
+
+
+def normalised_alpha(
+    rank: float, normalise: str, in_window: bool, rank_min: float | None, rank_max: float | None
+) -> tuple[float, float | None, float | None]:
+    """α from erank(Z) by a history-based normalisation → (α, new rank_min, new rank_max). Pure.
+
+    ``running_max``: α = clip(erank / max_{s≤t} erank_s, 0, 1): the rank relative to the highest it has been,
+    so α no longer shrinks with the batch size (erank ≤ N) but falls as Z is compressed below its peak.
+    ``warmup_minmax``: during the window (``in_window``) α = 0 (decorrelation only) while erank's min and max
+    are recorded; after it α = clip((erank − min_w) / (max_w − min_w), 0, 1), frozen window bounds: α rises
+    from 0 to 1 as the rank climbs from the lowest to the highest it reached under decorrelation (a window
+    whose range is 0 gives α = 1 above it and 0 otherwise).
+    (``min_n_d``, the default, needs no history: ``AdaDim`` computes it from the tensor directly.)
+    """
+    if normalise == "running_max":
+        rank_max = rank if rank_max is None else max(rank_max, rank)
+        return min(max(rank / rank_max, 0.0), 1.0) if rank_max > 0 else 0.0, rank_min, rank_max
+    if normalise == "warmup_minmax":
+        if in_window or rank_min is None or rank_max is None:
+            rank_min = rank if rank_min is None else min(rank_min, rank)
+            rank_max = rank if rank_max is None else max(rank_max, rank)
+            return 0.0, rank_min, rank_max
+        spread = rank_max - rank_min
+        if spread <= 0.0:
+            return (1.0 if rank > rank_max else 0.0), rank_min, rank_max
+        return min(max((rank - rank_min) / spread, 0.0), 1.0), rank_min, rank_max
+    raise ValueError(f"alpha_normalise: must be one of {', '.join(ALPHA_NORMALISATIONS)}, got {normalise!r}")
 
 
 class AdaDim:
@@ -123,6 +169,8 @@ class AdaDim:
         alpha_end: float = 1.0,
         alpha_interval: int = 1,
         alpha_ema: float = 0.0,
+        alpha_normalise: str = "min_n_d",
+        alpha_window: float = 0.2,
         total_steps: int = 1,
         compute: str = "sharded",
         gather: Collective = _identity,
@@ -154,6 +202,11 @@ class AdaDim:
             raise ValueError(f"alpha_interval: must be >= 1, got {alpha_interval!r}")
         if not 0.0 <= alpha_ema < 1.0:
             raise ValueError(f"alpha_ema: must be in [0, 1), got {alpha_ema!r}")
+        if alpha_normalise not in ALPHA_NORMALISATIONS:
+            raise ValueError(f"alpha_normalise: must be one of {', '.join(ALPHA_NORMALISATIONS)}, "
+                             f"got {alpha_normalise!r}")
+        if not 0.0 < alpha_window < 1.0:
+            raise ValueError(f"alpha_window: must be in (0, 1), got {alpha_window!r}")
         if total_steps < 1:
             raise ValueError(f"total_steps: must be >= 1, got {total_steps!r}")
         self.dim_loss = dim_loss
@@ -173,6 +226,8 @@ class AdaDim:
         self.alpha_end = alpha_end
         self.alpha_interval = alpha_interval
         self.alpha_ema = alpha_ema
+        self.alpha_normalise = alpha_normalise
+        self.alpha_window = alpha_window
         self.total_steps = total_steps
         self.compute = compute
         self.gather = gather
@@ -199,19 +254,32 @@ class AdaDim:
         self.state.step += 1
 
     # ---------------------------------------------------------------------------------------------- alpha
-    def _current_alpha(self, estimate_alpha: Callable[[], torch.Tensor]) -> float:
-        """α of this step; ``estimate_alpha`` (called only on steps that re-estimate, on every worker alike,
-        since it may run collectives) gives the adaptive estimate."""
+    @property
+    def alpha_window_steps(self) -> int:
+        """warmup_minmax: the number of first steps over which erank(Z)'s min and max are recorded."""
+        return max(1, round(self.alpha_window * self.total_steps))
+
+    def _current_alpha(self, estimate_rank: Callable[[], torch.Tensor], rank_bound: int) -> float:
+        """α of this step; ``estimate_rank`` (called only on steps that re-estimate, on every worker alike,
+        since it may run collectives) gives erank(Z) of the global batch, ``rank_bound`` = min(N, D)."""
         if self.alpha_mode != "adaptive":
             progress = self.state.step / max(self.total_steps - 1, 1)
             return scheduled_alpha(self.alpha_mode, progress, self.alpha_value, self.alpha_start, self.alpha_end)
         if self.state.alpha is None or self.state.step % self.alpha_interval == 0:
-            estimate = self.sync(estimate_alpha().to(torch.float64))
-            new = float(estimate)
+            rank = estimate_rank()
+            if self.alpha_normalise == "min_n_d":
+                new = float(self.sync((rank / rank_bound).clamp(0.0, 1.0).to(torch.float64)))
+            else:
+                # The rank is synced first, so the history and α derived from it are bit-identical everywhere.
+                new = float(self.sync(rank.to(torch.float64)))
             if not math.isfinite(new):
                 # Diverged embeddings: this step's loss is non-finite anyway (the worker stops or skips the
                 # step), and α's state must not carry the NaN into the steps after a skip.
                 return new if self.state.alpha is None else self.state.alpha
+            if self.alpha_normalise != "min_n_d":
+                new, self.state.rank_min, self.state.rank_max = normalised_alpha(
+                    new, self.alpha_normalise, self.state.step < self.alpha_window_steps,
+                    self.state.rank_min, self.state.rank_max)
             if self.state.alpha is not None and self.alpha_ema > 0:
                 new = self.alpha_ema * self.state.alpha + (1.0 - self.alpha_ema) * new
             self.state.alpha = new
@@ -254,7 +322,7 @@ class AdaDim:
     def _replicated(self, r_a, r_b, z_a, z_b, with_stats):
         """Every worker computes the whole objective on the gathered batch."""
         z_a_global, z_b_global = self.gather(z_a), self.gather(z_b)
-        alpha = self._current_alpha(lambda: adaptive_alpha(z_a_global.detach()))
+        alpha = self._current_alpha(lambda: _erank_no_grad(z_a_global), min(z_a_global.shape))
         beta = self.gamma * alpha
         if self.dim_loss == "vicreg":
             terms = vicreg_terms(z_a, z_b, z_a_global, z_b_global)
@@ -308,11 +376,11 @@ class AdaDim:
         self._check_row_offset(z_a, z_a_global, row_offset)
         step_erank_z: list[torch.Tensor] = []  # the α estimate's erank(Z), reused by this step's statistics
 
-        def estimate_alpha() -> torch.Tensor:
+        def estimate_rank() -> torch.Tensor:
             step_erank_z.append(effective_rank_sharded(z_a, z_a_global, self.all_reduce))
-            return (step_erank_z[0] / min(num_global, z_a.shape[1])).clamp(0.0, 1.0)
+            return step_erank_z[0]
 
-        alpha = self._current_alpha(estimate_alpha)
+        alpha = self._current_alpha(estimate_rank, min(num_global, z_a.shape[1]))
         beta = self.gamma * alpha
         if self.dim_loss == "vicreg":
             terms = vicreg_terms_sharded(z_a, z_b, self.all_reduce, num_global)
@@ -416,6 +484,8 @@ def adadim_from_config(objective_cfg, total_steps: int, gather: Collective = _id
         alpha_end=alpha.end,
         alpha_interval=alpha.interval,
         alpha_ema=alpha.ema,
+        alpha_normalise=alpha.normalise,
+        alpha_window=alpha.window,
         total_steps=total_steps,
         compute=objective_cfg.compute,
         gather=gather,

@@ -90,6 +90,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
     objective = build_objective(cfg, total_steps, rank)
 
     start_epoch = 0
+    saved_metrics: dict[str, float] = {}
     # Looked up again at every (re)start: a checkpoint persisted just before a failure may not be registered
     # with Ray's controller yet, but it is complete on disk.
     on_disk = latest_complete_checkpoint(Path(config_dict["run_dir"]), cfg.training.strategy) \
@@ -103,6 +104,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
             engine.load(Path(directory))
             objective.load_state_dict(state["adadim"])
             start_epoch = state["epoch"]
+            saved_metrics = state.get("metrics", {})
             run_id = state["mlflow_run_id"] or run_id
         fingerprint = parameter_fingerprint(engine.full_state_dict())  # every rank: a collective under ZeRO-3
         _say(rank, f"resumed from checkpoint after epoch {start_epoch} (step {objective.state.step}), "
@@ -148,18 +150,6 @@ def train_loop_per_worker(config_dict: dict) -> None:
                 directory = Path(directory)
                 engine.save(directory, rank)
                 shard_files = union_over_ranks(checkpoint_files(directory), world_size)
-                if rank == 0:
-                    save_state(
-                        directory,
-                        {
-                            "epoch": epoch + 1,
-                            "adadim": objective.state_dict(),
-                            "loader_seed": cfg.training.seed,
-                            "mlflow_run_id": sink.run_id or run_id,
-                            "config": cfg.model_dump(mode="json"),
-                            "files": shard_files,  # every rank's part: a checkpoint is complete with all of them
-                        },
-                    )
                 metrics = {"epoch": epoch + 1, "epoch_seconds": epoch_seconds, "resumed_from_epoch": start_epoch,
                            **train_metrics}
                 is_last_epoch = epoch + 1 == cfg.training.epochs
@@ -178,6 +168,19 @@ def train_loop_per_worker(config_dict: dict) -> None:
                     sink.log(epoch_metrics, step=epoch + 1)
                     _say(rank, f"epoch {epoch + 1}/{cfg.training.epochs} done in {epoch_seconds:.0f}s "
                          + " ".join(f"{k}={v:.2f}" for k, v in epoch_metrics.items() if k != "train/epoch_seconds"))
+                if rank == 0:
+                    save_state(
+                        directory,
+                        {
+                            "epoch": epoch + 1,
+                            "adadim": objective.state_dict(),
+                            "loader_seed": cfg.training.seed,
+                            "mlflow_run_id": sink.run_id or run_id,
+                            "config": cfg.model_dump(mode="json"),
+                            "files": shard_files,  # every rank's part: a checkpoint is complete with all of them
+                            "metrics": {k: float(v) for k, v in metrics.items()},  # reported again on a re-run
+                        },
+                    )
                 has_state = rank == 0 or cfg.training.strategy == "deepspeed"
                 ray.train.report(
                     metrics,
@@ -186,7 +189,8 @@ def train_loop_per_worker(config_dict: dict) -> None:
                 )
 
         if start_epoch >= cfg.training.epochs:  # re-run of a finished job: nothing to train, report where it stands
-            ray.train.report({"epoch": start_epoch})
+            # The metrics this checkpoint was reported with: a restored Tune trial still has its score.
+            ray.train.report({**saved_metrics, "epoch": start_epoch, "resumed_from_epoch": start_epoch})
         elif rank == 0:
             log_encoder(sink, evaluation_copy(final_state, cfg, device), cfg.data.image_size)
     finally:

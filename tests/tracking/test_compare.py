@@ -66,3 +66,114 @@ def test_compare_selected_runs_and_errors(store, tmp_path, capsys):
     assert main(["--experiment", "nope", "--out", str(tmp_path / "x"), "--tracking-uri", uri]) == 2
     assert "no MLflow experiment named 'nope'" in capsys.readouterr().err
     assert main(["--experiment", "cmp", "--out", str(tmp_path / "x"), "--storage-path", str(tmp_path / "none")]) == 2
+
+
+# ------------------------------------------------------------------------------------------ grouped (studies)
+# Final kNN of each variant's seeds: means 72 and 81, sample standard deviations 2 and 1.5 (exact in binary).
+STUDY_KNN = {"adadim": [70.0, 72.0, 74.0], "vicreg": [79.5, 81.0, 82.5], "ntxent": [90.0]}
+
+
+@pytest.fixture()
+def study_store(tmp_path):
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment_id = client.create_experiment("study", artifact_location=(tmp_path / "artifacts").as_uri())
+    for variant, knns in STUDY_KNN.items():
+        slope = {"adadim": 0.1, "vicreg": -0.1, "ntxent": 0.0}[variant]
+        for seed, knn in enumerate(knns):
+            run = client.create_run(experiment_id, run_name=f"study-{variant}-{seed}",
+                                    tags={"study.variant": variant})
+            metrics = []
+            for step in (10, 20, 30):
+                metrics += [Metric("info/h_r", 3.0 + slope * step / 10 + seed, 0, step),
+                            Metric("info/mi_rz", 1.0 + step / 100, 0, step),
+                            Metric("adadim/alpha", 0.01 * step + 0.1 * seed, 0, step),
+                            Metric("adadim/beta", 0.02 * step, 0, step),
+                            Metric("info/erank_r", 20.0, 0, step), Metric("info/erank_z", 10.0 + seed, 0, step)]
+            metrics += [Metric("knn/top1_k20", knn, 0, 5), Metric("probe/top1", knn - 10, 0, 5)]
+            params = [Param("study.variant", variant), Param("training.seed", str(seed)),
+                      Param("study.seed", str(seed)),
+                      Param("objective.mi_sign", "off" if variant == "vicreg" else "maximize"),
+                      Param("objective.alpha.mode", "adaptive" if variant == "adadim" else "fixed"),
+                      Param("objective.alpha.value", "1.0" if variant == "ntxent" else "0.0")]
+            client.log_batch(run.info.run_id, metrics=metrics, params=params)
+            client.set_terminated(run.info.run_id, "FINISHED")
+    # A trial still running: listed as left out, not pooled into its variant's statistics.
+    running = client.create_run(experiment_id, run_name="study-adadim-9", tags={"study.variant": "adadim"})
+    client.log_batch(running.info.run_id, metrics=[Metric("info/h_r", 9.0, 0, 10), Metric("knn/top1_k20", 10.0, 0, 1)],
+                     params=[Param("study.variant", "adadim"), Param("training.seed", "9")])
+    return uri, client
+
+
+def test_group_statistics_are_exact_mean_std_and_n(study_store, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from adadim_dist.compare import group_runs, group_statistics, load_runs
+
+    uri, _ = study_store
+    runs = [r for r in load_runs(MlflowClient(tracking_uri=uri), "study", None, "knn/top1_k20")
+            if r.info.status == "FINISHED"]
+    groups = group_runs(runs, "variant")
+    assert list(groups) == ["adadim", "vicreg", "ntxent"] and [len(g) for g in groups.values()] == [3, 3, 1]
+    stats = group_statistics(groups)
+    assert stats["adadim"]["knn/top1_k20"] == (72.0, 2.0, 3)
+    assert stats["vicreg"]["knn/top1_k20"] == (81.0, 1.5, 3)
+    mean, std, n = stats["ntxent"]["knn/top1_k20"]
+    assert (mean, n) == (90.0, 1) and math.isnan(std)  # one seed: no spread
+    assert stats["adadim"]["info/erank_z"] == (11.0, 1.0, 3)  # every final metric, not only the headline ones
+    assert stats["adadim"]["adadim/alpha"][0] == pytest.approx(0.4)
+    # By params: the same three groups, seeds pooled, whatever the variant is called.
+    by_params = group_runs(runs, "params")
+    assert sorted(len(g) for g in by_params.values()) == [1, 3, 3]
+    assert all("seed" not in label for label in by_params)
+    assert any("objective.mi_sign=off" in label for label in by_params)
+
+
+def test_compare_grouped_writes_the_table_csv_and_figures(study_store, tmp_path):
+    uri, client = study_store
+    table, plots, comparison_id = compare(uri, "study", None, tmp_path / "out", group_by="variant")
+    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines()[2:]}
+    assert set(rows) == {"adadim", "vicreg", "ntxent"}
+    assert "72.00 ± 2.00" in rows["adadim"] and "62.00 ± 2.00" in rows["adadim"]  # kNN, probe
+    assert rows["adadim"].endswith("| 3 |") and rows["ntxent"].endswith("| 1 |")
+    assert "90.00 ± –" in rows["ntxent"]
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "Left out: 1 unfinished runs" in summary and "## Every run" in summary
+    with (tmp_path / "out" / "group_metrics.csv").open() as handle:
+        csv_rows = {(r["group"], r["metric"]): r for r in __import__("csv").DictReader(handle)}
+    assert (float(csv_rows[("vicreg", "knn/top1_k20")]["mean"]), float(csv_rows[("vicreg", "knn/top1_k20")]["std"]),
+            int(csv_rows[("vicreg", "knn/top1_k20")]["n"])) == (81.0, 1.5, 3)
+    names = {p.name for p in plots}
+    assert {"information_plane_paths.png", "group_trajectories.png"} <= names
+    for plot in plots:
+        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 5000
+    logged = {a.path for a in client.list_artifacts(comparison_id, "comparison")}
+    assert {"comparison/groups.md", "comparison/group_metrics.csv", "comparison/information_plane_paths.png"} <= logged
+
+
+def test_mean_history_pools_seeds_step_by_step(study_store):
+    from mlflow.tracking import MlflowClient
+
+    from adadim_dist.compare import group_runs, load_runs, mean_history
+
+    uri, _ = study_store
+    client = MlflowClient(tracking_uri=uri)
+    runs = [r for r in load_runs(client, "study", None, "knn/top1_k20") if r.info.status == "FINISHED"]
+    adadim = group_runs(runs, "variant")["adadim"]
+    steps, mean, std = mean_history(client, adadim, "info/h_r")
+    assert steps == [10, 20, 30]
+    assert mean == pytest.approx([4.1, 4.2, 4.3])  # 3 + 0.1·step/10 + mean seed (1)
+    assert std == pytest.approx([1.0, 1.0, 1.0])
+
+
+def test_group_by_errors(store, study_store, tmp_path, capsys):
+    uri, _, _ = store  # runs without a study.variant
+    with pytest.raises(Exception, match="^--group-by: no run has a study.variant param"):
+        compare(uri, "cmp", None, tmp_path / "out", group_by="variant")
+    study_uri, _ = study_store
+    assert main(["--experiment", "study", "--out", str(tmp_path / "x"), "--tracking-uri", study_uri,
+                 "--group-by", "variant"]) == 0
+    assert "| adadim |" in capsys.readouterr().out

@@ -268,3 +268,110 @@ def test_adadim_from_config_passes_the_form_collectives_and_rank(compute):
                                    all_reduce=all_reduce, rank=3)
     assert (objective.compute, objective.all_reduce, objective.rank) == (compute, all_reduce, 3)
     assert ObjectiveConfig().compute == "sharded"
+
+
+# ------------------------------------------------------------------------------- α normalisation alternatives
+def _rank_k_batch(k, n=32, d=16, seed=0):
+    """A batch whose projector output of view a has k equal singular values: erank(Z_a) = k (to ~1e-4, the ε in
+    p_k)."""
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(n, d, generator=g, dtype=torch.float64))
+    z_a = (q[:, :k] @ torch.eye(d, dtype=torch.float64)[:k]).float()
+    return torch.randn(n, 12, generator=g), torch.randn(n, 12, generator=g), z_a, torch.randn(n, d, generator=g)
+
+
+def test_normalised_alpha_running_max_closed_form():
+    from adadim_dist.objectives.adadim import normalised_alpha
+
+    rank_max, alphas, maxima = None, [], []
+    for rank in (4.0, 8.0, 6.0, 10.0, 5.0):
+        alpha, _, rank_max = normalised_alpha(rank, "running_max", False, None, rank_max)
+        alphas.append(alpha)
+        maxima.append(rank_max)
+    assert alphas == [1.0, 1.0, 0.75, 1.0, 0.5]
+    assert maxima == [4.0, 8.0, 8.0, 10.0, 10.0]
+
+
+def test_normalised_alpha_warmup_minmax_closed_form():
+    from adadim_dist.objectives.adadim import normalised_alpha
+
+    lo = hi = None
+    for rank in (10.0, 6.0, 8.0):  # the window: decorrelation only, bounds recorded
+        alpha, lo, hi = normalised_alpha(rank, "warmup_minmax", True, lo, hi)
+        assert alpha == 0.0
+    assert (lo, hi) == (6.0, 10.0)
+    after = [normalised_alpha(rank, "warmup_minmax", False, lo, hi) for rank in (9.0, 6.0, 12.0, 3.0)]
+    assert [a for a, _, _ in after] == [0.75, 0.0, 1.0, 0.0]
+    assert all((l, h) == (6.0, 10.0) for _, l, h in after)  # bounds frozen after the window
+    assert normalised_alpha(7.0, "warmup_minmax", False, 5.0, 5.0)[0] == 1.0  # a window of one rank
+    assert normalised_alpha(5.0, "warmup_minmax", False, 5.0, 5.0)[0] == 0.0
+    with pytest.raises(ValueError, match="^alpha_normalise:"):
+        normalised_alpha(5.0, "min_max", False, None, None)
+
+
+def test_warmup_minmax_alpha_is_zero_in_the_window_then_rises_with_the_rank():
+    objective = AdaDim(alpha_normalise="warmup_minmax", alpha_window=0.3, total_steps=10)
+    assert objective.alpha_window_steps == 3
+    alphas = []
+    for step, k in enumerate((8, 4, 6, 5, 7, 8)):
+        alphas.append(objective(*_rank_k_batch(k, seed=step), with_stats=False)[1]["adadim/alpha"])
+        objective.step()
+    assert alphas[:3] == [0.0, 0.0, 0.0]
+    assert alphas[3:] == pytest.approx([0.25, 0.75, 1.0], abs=1e-4)  # (k − 4) / (8 − 4)
+    assert objective.state.rank_min == pytest.approx(4.0, rel=1e-4)
+    assert objective.state.rank_max == pytest.approx(8.0, rel=1e-4)
+
+
+@pytest.mark.parametrize("compute", ["sharded", "replicated"])
+def test_running_max_alpha_against_the_rank_history(compute):
+    objective = AdaDim(alpha_normalise="running_max", compute=compute)
+    alphas = []
+    for step, k in enumerate((4, 8, 6)):
+        alphas.append(objective(*_rank_k_batch(k, seed=step), with_stats=False)[1]["adadim/alpha"])
+        objective.step()
+    assert alphas == pytest.approx([1.0, 1.0, 0.75], abs=1e-4)
+    # The default normalisation on the same batch: erank / min(N, D) = 6 / 16.
+    assert AdaDim(compute=compute)(*_rank_k_batch(6))[1]["adadim/alpha"] == pytest.approx(6 / 16, rel=1e-4)
+
+
+def test_rank_history_comes_from_the_synced_rank():
+    """Every worker derives α and the history from the rank ``sync`` returns (rank 0's), not its own estimate,
+    so they stay bit-identical."""
+    rank0 = torch.tensor(6.5, dtype=torch.float64)
+    objective = AdaDim(alpha_normalise="warmup_minmax", alpha_window=0.5, total_steps=4, sync=lambda t: rank0)
+    objective(*_rank_k_batch(3))
+    assert (objective.state.rank_min, objective.state.rank_max) == (6.5, 6.5)
+
+
+def test_rank_history_survives_a_state_round_trip_and_old_checkpoints_load():
+    objective = AdaDim(alpha_normalise="warmup_minmax", alpha_window=0.5, total_steps=6, alpha_ema=0.5)
+    for step, k in enumerate((8, 4, 6, 7)):
+        objective(*_rank_k_batch(k, seed=step), with_stats=False)
+        objective.step()
+    saved = objective.state_dict()
+    assert saved["rank_min"] == pytest.approx(4.0, rel=1e-4) and saved["rank_max"] == pytest.approx(8.0, rel=1e-4)
+    restored = AdaDim(alpha_normalise="warmup_minmax", alpha_window=0.5, total_steps=6, alpha_ema=0.5)
+    restored.load_state_dict(saved)
+    batch = _rank_k_batch(5, seed=9)
+    assert restored(*batch)[1]["adadim/alpha"] == objective(*batch)[1]["adadim/alpha"]
+    assert restored.state_dict() == objective.state_dict()
+
+    legacy = AdaDim()
+    legacy.load_state_dict({"step": 12, "alpha": 0.3})  # written before the rank history existed
+    state = legacy.state
+    assert (state.step, state.alpha, state.rank_min, state.rank_max) == (12, 0.3, None, None)
+
+
+def test_alpha_normalisation_config_is_validated_and_passed_through():
+    from adadim_dist.config import ConfigError, ObjectiveConfig, load_config
+
+    cfg = load_config(None, ["objective.alpha.normalise=warmup_minmax", "objective.alpha.window=0.25"])
+    objective = adadim_from_config(cfg.objective, total_steps=40)
+    assert (objective.alpha_normalise, objective.alpha_window_steps) == ("warmup_minmax", 10)
+    assert ObjectiveConfig().alpha.normalise == "min_n_d"
+    with pytest.raises(ConfigError, match=r"^objective\.alpha\.normalise: running_max applies to mode=adaptive"):
+        load_config(None, ["objective.alpha.mode=fixed", "objective.alpha.normalise=running_max"])
+    with pytest.raises(ConfigError, match=r"^objective\.alpha\.window"):
+        load_config(None, ["objective.alpha.window=1.0"])
+    with pytest.raises(ValueError, match="^alpha_window:"):
+        AdaDim(alpha_window=0.0)

@@ -22,12 +22,16 @@ def _write(tmp_path, **fields):
     return path
 
 
-def test_every_shipped_sweep_validates():
+def test_every_shipped_sweep_and_study_validates():
     sweeps = sorted((REPO / "configs/tune").glob("*.yaml"))
-    assert sweeps
+    studies = sorted((REPO / "configs/study").glob("*.yaml"))
+    assert sweeps and studies
     for path in sweeps:
         sweep, base = load_sweep(path)
         assert sweep.search_space and base.run.name
+    for path in studies:
+        sweep, base = load_sweep(path)
+        assert sweep.is_study and sweep.variants and sweep.seeds and base.run.name
 
 
 def test_a_bad_value_anywhere_in_a_list_is_refused_with_its_key(tmp_path):
@@ -80,3 +84,91 @@ def test_sampled_values_become_yaml_overrides():
     assert overrides_from_params({"model.projector_dims": [64, 32], "objective.mi_sign": "off",
                                   "optim.lr": 0.5}) == \
         ["model.projector_dims=[64, 32]", "objective.mi_sign='off'", "optim.lr=0.5"]
+
+
+# ---------------------------------------------------------------------------------------------------- studies
+STUDY = REPO / "configs/study/adadim_fmnist.yaml"
+
+
+def _study(tmp_path, **fields):
+    tree = {"base_config": str(REPO / "configs/fmnist_smoke.yaml"), "scheduler": {"name": "fifo"},
+            "seeds": [0, 1], "variants": {"base": [], "vicreg": ["objective.alpha.mode=fixed",
+                                                                   "objective.alpha.value=0.0"]}}
+    tree.update(fields)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+def test_the_shipped_study_expands_to_every_variant_times_every_seed_and_each_trial_validates():
+    from ray.tune.search.variant_generator import generate_variants
+
+    from adadim_dist.config import flatten
+    from adadim_dist.sweep import to_tune_space
+    from adadim_dist.tune import study_labels, trial_config
+
+    sweep, base = load_sweep(STUDY)
+    assert sweep.scheduler.name == "fifo" and sweep.num_samples == 1 and len(sweep.seeds) >= 3
+    assert len(sweep.variants) >= 8 and sweep.num_grid_trials == len(sweep.variants) * len(sweep.seeds)
+    assert base.data.subset is None and base.training.epochs >= 5  # the full training set, >= 5 epochs
+    trials = [params for _, params in generate_variants(to_tune_space(sweep))]
+    # Seed-major: all variants of the first seed run before any second seed (a stopped study stays balanced).
+    assert [(t["training.seed"], t["study.variant"]) for t in trials] == \
+        [(seed, name) for seed in sweep.seeds for name in sweep.variants]
+    configs = {}
+    for params in trials:
+        cfg = trial_config(base.model_dump(mode="json"), params, "trial", sweep)
+        assert cfg.training.seed == params["training.seed"]
+        assert study_labels(sweep, params, cfg) == {"study.name": sweep.name, "study.variant": params["study.variant"],
+                                                    "study.seed": str(params["training.seed"])}
+        configs[params["study.variant"], params["training.seed"]] = cfg
+    alpha = {name: configs[name, 0].objective.alpha for name in sweep.variants}
+    objective = {name: configs[name, 0].objective for name in sweep.variants}
+    assert (alpha["vicreg"].mode, alpha["vicreg"].value, objective["vicreg"].mi_sign) == ("fixed", 0.0, "off")
+    assert (alpha["ntxent"].mode, alpha["ntxent"].value, objective["ntxent"].mi_sign) == ("fixed", 1.0, "off")
+    assert (alpha["adadim"].mode, alpha["adadim"].normalise, objective["adadim"].mi_sign) == \
+        ("adaptive", "min_n_d", "maximize")
+    assert objective["adadim_no_mi"].mi_sign == "off" and objective["adadim_mi_min"].mi_sign == "minimize"
+    assert (alpha["fixed_half"].mode, alpha["fixed_half"].value) == ("fixed", 0.5)
+    assert (alpha["linear_ramp"].mode, alpha["linear_ramp"].start, alpha["linear_ramp"].end) == ("linear", 0.0, 1.0)
+    assert alpha["adadim_warmup_minmax"].normalise == "warmup_minmax"
+    # Equal budget: everything outside objective.* (and the seed) is the same in every trial.
+    shared = {key: {k: v for k, v in flatten(cfg).items() if not k.startswith("objective.") and k != "training.seed"}
+              for key, cfg in configs.items()}
+    assert all(s == shared["adadim", 0] for s in shared.values())
+
+
+def test_a_study_variant_must_validate_and_keep_the_budget(tmp_path):
+    with pytest.raises(ConfigError, match=r"^variants\.wide: model\.small_cnn_width is 32 but 16 in variant base;"):
+        load_sweep(_study(tmp_path, variants={"base": [], "wide": ["model.small_cnn_width=32"]}))
+    with pytest.raises(ConfigError, match=r"^variants\.bad\.objective\.alpha\.value: "):
+        load_sweep(_study(tmp_path, variants={"base": [], "bad": ["objective.alpha.value=2"]}))
+    with pytest.raises(ConfigError, match=r"^variants\.seeded: sets training\.seed"):
+        load_sweep(_study(tmp_path, variants={"seeded": ["training.seed=4"]}))
+    with pytest.raises(ConfigError, match=r"^variants\.typo: objective\.alpha\.mod: an override must look like"):
+        load_sweep(_study(tmp_path, variants={"typo": ["objective.alpha.mod"]}))
+
+
+def test_a_study_needs_fifo_one_sample_and_distinct_seeds(tmp_path):
+    with pytest.raises(ConfigError, match=r"^scheduler\.name: a study .* needs fifo"):
+        load_sweep(_study(tmp_path, scheduler={"name": "asha"}))
+    with pytest.raises(ConfigError, match=r"^num_samples: a study runs every variant × seed once, got 3"):
+        load_sweep(_study(tmp_path, num_samples=3))
+    with pytest.raises(ConfigError, match=r"^seeds: repeated seed"):
+        load_sweep(_study(tmp_path, seeds=[1, 1]))
+    with pytest.raises(ConfigError, match=r"^search_space: required \(or variants and seeds"):
+        load_sweep(_write(tmp_path, search_space={}))
+    with pytest.raises(ConfigError, match=r"^variants\.a b: a variant name is"):
+        load_sweep(_study(tmp_path, variants={"a b": []}))
+    sweep, _ = load_sweep(_study(tmp_path))
+    assert sweep.is_study and sweep.num_grid_trials == 4 and sweep.param_keys == ["study.variant", "training.seed"]
+
+
+def test_trial_overrides_put_the_variant_before_the_sampled_values():
+    from adadim_dist.sweep import SweepConfig, trial_overrides
+
+    half = ["objective.alpha.mode=fixed", "objective.alpha.value=0.5"]
+    sweep = SweepConfig.model_validate({"scheduler": {"name": "fifo"}, "seeds": [3], "variants": {"half": half}})
+    assert trial_overrides(sweep, {"study.variant": "half", "training.seed": 3}) == \
+        ["objective.alpha.mode=fixed", "objective.alpha.value=0.5", "training.seed=3"]
+    assert trial_overrides(sweep, {"training.seed": 3}) == ["training.seed=3"]
