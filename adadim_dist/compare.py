@@ -72,6 +72,16 @@ def varying_params(runs) -> list[str]:
     return sorted(k for k in keys if not k.startswith(ignore) and len({r.data.params.get(k) for r in runs}) > 1)
 
 
+def save_figure(fig, title: str, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def label(run) -> str:
     return run.info.run_name or run.info.run_id[:8]
 
@@ -96,12 +106,7 @@ def plot_trajectories(client, runs, out: Path) -> Path:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=7, loc="best")
-    fig.suptitle("AdaDim trajectories over training")
-    fig.tight_layout()
-    path = out / "trajectories.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, "AdaDim trajectories over training", out / "trajectories.png")
 
 
 def plot_information_plane(runs, accuracy_key: str, out: Path) -> Path:
@@ -323,12 +328,8 @@ def plot_group_trajectories(client, groups: dict[str, list], out: Path) -> Path:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, loc="best")
-    fig.suptitle("α, β and erank(Z) over training (mean ± std over seeds)")
-    fig.tight_layout()
-    path = out / "group_trajectories.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, "α, β and erank(Z) over training (mean ± std over seeds)",
+                       out / "group_trajectories.png")
 
 
 def compare(tracking_uri: str, experiment: str, run_ids: list[str] | None, out: Path,

@@ -319,6 +319,10 @@ class AdaDim:
                 return self._sharded(r_a, r_b, z_a, z_b, with_stats)
             return self._replicated(r_a, r_b, z_a, z_b, with_stats)
 
+    def _weighted_vicreg(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        return (self.invariance_weight * terms["invariance"] + self.variance_weight * terms["variance"]
+                + self.covariance_weight * terms["covariance"])
+
     def _replicated(self, r_a, r_b, z_a, z_b, with_stats):
         """Every worker computes the whole objective on the gathered batch."""
         z_a_global, z_b_global = self.gather(z_a), self.gather(z_b)
@@ -326,11 +330,7 @@ class AdaDim:
         beta = self.gamma * alpha
         if self.dim_loss == "vicreg":
             terms = vicreg_terms(z_a, z_b, z_a_global, z_b_global)
-            loss_dim = (
-                self.invariance_weight * terms["invariance"]
-                + self.variance_weight * terms["variance"]
-                + self.covariance_weight * terms["covariance"]
-            )
+            loss_dim = self._weighted_vicreg(terms)
         else:
             terms = {}
             loss_dim = barlow_twins_loss(z_a_global, z_b_global, self.barlow_lambda)
@@ -353,13 +353,7 @@ class AdaDim:
             with torch.no_grad():
                 stats.update(
                     {
-                        "loss/total": loss.detach(),
-                        "loss/dim": loss_dim.detach(),
-                        "loss/sample": loss_sample.detach(),
-                        **{f"loss/{k}": v.detach() for k, v in terms.items()},
-                        "info/mi_rz": mutual_info.detach(),
-                        "info/h_r": 0.5 * (info_a["h_x"] + info_b["h_x"]).detach(),
-                        "info/h_z": 0.5 * (info_a["h_y"] + info_b["h_y"]).detach(),
+                        **_loss_and_information_stats(loss, loss_dim, loss_sample, terms, info_a, info_b),
                         "info/erank_r": effective_rank(r_a_global.detach().float()),
                         "info/erank_z": effective_rank(z_a_global.detach().float()),
                         "info/uniformity": uniformity(z_a_global.detach()),
@@ -384,11 +378,7 @@ class AdaDim:
         beta = self.gamma * alpha
         if self.dim_loss == "vicreg":
             terms = vicreg_terms_sharded(z_a, z_b, self.all_reduce, num_global)
-            loss_dim = (
-                self.invariance_weight * terms["invariance"]
-                + self.variance_weight * terms["variance"]
-                + self.covariance_weight * terms["covariance"]
-            )
+            loss_dim = self._weighted_vicreg(terms)
         else:
             terms = {}
             loss_dim = barlow_twins_loss_sharded(z_a, z_b, self.all_reduce, num_global, self.barlow_lambda)
@@ -425,13 +415,7 @@ class AdaDim:
                                                                                     self.all_reduce)
                 stats.update(
                     {
-                        "loss/total": loss.detach(),
-                        "loss/dim": loss_dim.detach(),
-                        "loss/sample": loss_sample.detach(),
-                        **{f"loss/{k}": v.detach() for k, v in terms.items()},
-                        "info/mi_rz": mutual_info.detach(),
-                        "info/h_r": 0.5 * (info_a["h_x"] + info_b["h_x"]).detach(),
-                        "info/h_z": 0.5 * (info_a["h_y"] + info_b["h_y"]).detach(),
+                        **_loss_and_information_stats(loss, loss_dim, loss_sample, terms, info_a, info_b),
                         "info/erank_r": effective_rank_sharded(r_a, r_a_global, self.all_reduce),
                         "info/erank_z": erank_z,
                         "info/uniformity": uniformity_sharded(z_a.detach(), z_a_global.detach(), row_offset,
@@ -458,6 +442,19 @@ class AdaDim:
                 "that gather uses"
             )
         self._row_offset_checked = True
+
+
+def _loss_and_information_stats(loss, loss_dim, loss_sample, terms, info_a, info_b) -> dict[str, torch.Tensor]:
+    """The logged terms both forms share: the loss and its parts, and I(R;Z), H(R), H(Z) averaged over views."""
+    return {
+        "loss/total": loss.detach(),
+        "loss/dim": loss_dim.detach(),
+        "loss/sample": loss_sample.detach(),
+        **{f"loss/{k}": v.detach() for k, v in terms.items()},
+        "info/mi_rz": 0.5 * (info_a["mi"] + info_b["mi"]).detach(),
+        "info/h_r": 0.5 * (info_a["h_x"] + info_b["h_x"]).detach(),
+        "info/h_z": 0.5 * (info_a["h_y"] + info_b["h_y"]).detach(),
+    }
 
 
 def adadim_from_config(objective_cfg, total_steps: int, gather: Collective = _identity,
