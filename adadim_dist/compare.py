@@ -164,14 +164,30 @@ def plot_accuracy_vs_params(runs, params: list[str], accuracy_key: str, out: Pat
 def summary_table(runs, params: list[str], accuracy_key: str) -> str:
     metric_columns = [("adadim/alpha", "α"), ("info/h_r", "H(R)"), ("info/mi_rz", "I(R;Z)"),
                       ("info/erank_z", "erank(Z)"), (accuracy_key, accuracy_key), ("probe/top1", "probe top-1")]
+    # Params are the first start's; a resume that changed a key says so here rather than be misreported.
+    show_resumes = any(resume_changes(run) for run in runs)
     header = ["run", "run id", "status", *params, *(name for _, name in metric_columns)]
+    header += ["changed on resume"] if show_resumes else []
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for run in runs:
         values = [label(run), run.info.run_id[:8], run.info.status]
         values += [str(run.data.params.get(p, "")) for p in params]
         values += [f"{run.data.metrics[k]:.3f}" if k in run.data.metrics else "" for k, _ in metric_columns]
+        values += ["<br>".join(resume_changes(run)).replace("|", "\\|")] if show_resumes else []
         lines.append("| " + " | ".join(values) + " |")
     return "\n".join(lines) + "\n"
+
+
+def resume_changes(run) -> list[str]:
+    """``resume N (from epoch E): key: old -> new; ...`` for every resume of ``run`` that changed its config
+    (the ``resume.N.*`` tags the driver writes)."""
+    tags = run.data.tags
+    described = []
+    for number in range(1, int(tags.get("resume.count", "0") or 0) + 1):
+        changes = tags.get(f"resume.{number}.changes", "none")
+        if changes != "none":
+            described.append(f"resume {number} (from epoch {tags.get(f'resume.{number}.from_epoch', '?')}): {changes}")
+    return described
 
 
 # ------------------------------------------------------------------------------------------------ grouping

@@ -7,8 +7,9 @@ message naming the dotted key. The same spelling is used end to end: config key 
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -117,6 +118,7 @@ class ModelConfig(_Strict):
     backbone: Literal["small_cnn", "resnet18", "resnet50"] = "small_cnn"
     small_cnn_width: int = Field(32, ge=4)  # channels of the first small_cnn block (later blocks: 2×, 4×, 8×)
     small_cnn_downsample: Literal["maxpool", "stride"] = "maxpool"  # how blocks 2–4 halve the resolution
+    small_cnn_pool: int = Field(1, ge=1, le=4)  # representation = small_cnn_pool² average-pooled cells × 8·width
     cifar_stem: bool = True  # 3×3 stem without max-pool, for 28–64 px inputs
     projector_dims: tuple[int, ...] = (512, 512)
     num_classes: int = Field(10, ge=2)  # online linear probe
@@ -181,11 +183,17 @@ class TrainingConfig(_Strict):
 
 
 class EvalConfig(_Strict):
-    knn_k: tuple[int, ...] = (20, 200)
+    knn_k: tuple[Annotated[int, Field(ge=1)], ...] = Field((20, 200), min_length=1)  # the first is the headline
     bank_size: int | None = Field(None, ge=1)  # kNN bank: the first N training images (None = all)
     knn_temperature: float = Field(0.07, gt=0)
     every_epochs: int = Field(1, ge=1)
     baselines: bool = False  # also report kNN of a random encoder and of raw pixels
+
+    @model_validator(mode="after")
+    def _k_fits_the_bank(self) -> "EvalConfig":
+        if self.bank_size is not None and max(self.knn_k) > self.bank_size:
+            raise ValueError(f"knn_k: k={max(self.knn_k)} is larger than eval.bank_size={self.bank_size}")
+        return self
 
 
 class TrackingConfig(_Strict):
@@ -230,7 +238,7 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _remote_storage_needs_tracking_server(self) -> "Config":
-        if is_uri(self.run.storage_path) and self.tracking.uri is None:
+        if is_uri(self.run.storage_path) and self.tracking.uri is None and not os.environ.get("MLFLOW_TRACKING_URI"):
             raise ValueError("tracking.uri: must name an MLflow server when run.storage_path is a URI "
                              f"({self.run.storage_path}); the default sqlite file needs a local directory")
         return self
@@ -309,6 +317,15 @@ def config_with_overrides(tree: dict[str, Any], overrides: list[str]) -> Config:
     for key, value in parse_overrides(overrides):
         _set_dotted(tree, key, value)
     return config_from_dict(tree)
+
+
+def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A config saved by an earlier version, with keys added since filled in by their defaults (so they do
+    not read as changes); as saved where it no longer validates."""
+    try:
+        return Config.model_validate(saved).model_dump(mode="json")
+    except Exception:  # noqa: BLE001 - compared as it is
+        return saved
 
 
 def flatten(cfg: BaseModel | dict, prefix: str = "") -> dict[str, Any]:

@@ -14,7 +14,6 @@ import sys
 
 from .config import ConfigError, load_config
 
-USER_ERRORS = (ConfigError, FileNotFoundError, ValueError)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -28,12 +27,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[adadim] %(message)s")
+    from .data.sources import DataError
+    from .training.checkpoint import CheckpointError
     from .training.driver import TrackingUnavailableError, failure_reason, fit
+
+    # Errors meant for the user: one line, exit 2. Anything else is a bug and keeps its traceback (exit 1).
+    user_errors = (ConfigError, DataError, CheckpointError, FileNotFoundError, TrackingUnavailableError)
 
     try:
         cfg = load_config(args.config, args.overrides)
         summary = fit(cfg, fresh=args.fresh)
-    except USER_ERRORS + (TrackingUnavailableError,) as err:
+    except user_errors as err:
         print(f"adadim_dist: error: {err}", file=sys.stderr)
         return 2
     except Exception as err:  # a failed training job: the traceback is above, in the workers' output
@@ -48,14 +52,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_where_to_look(summary: dict) -> None:
     lines = ["", "=== adadim_dist run finished ==="]
+    k = summary["knn_k"]
     for label, key in (
-        ("kNN top-1 (k=20), trained encoder", "knn_top1"),
-        ("kNN top-1 (k=20), random encoder ", "knn_top1_random_encoder"),
-        ("kNN top-1 (k=20), raw pixels     ", "knn_top1_raw_pixels"),
-        ("online linear probe top-1        ", "probe_top1"),
+        (f"kNN top-1 (k={k}), trained encoder", "knn_top1"),
+        (f"kNN top-1 (k={k}), random encoder ", "knn_top1_random_encoder"),
+        (f"kNN top-1 (k={k}), raw pixels     ", "knn_top1_raw_pixels"),
+        ("online linear probe top-1" + " " * len(str(k)) + "        ", "probe_top1"),
     ):
         if summary.get(key) is not None:
             lines.append(f"{label}: {summary[key]:.2f}%")
+    if summary.get("tracking"):
+        lines.append(f"tracking: {summary['tracking']}")
     lines.append(f"checkpoint: {summary['checkpoint']}")
     uri = summary["tracking_uri"]
     lines.append(f"MLflow UI:  mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")

@@ -43,7 +43,7 @@ def run_trial(params: dict[str, Any], base: dict, sweep_dict: dict, parent_run_i
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from .training.driver import build_trainer, open_tracking
+    from .training.driver import build_trainer, open_tracking, unsent_metrics_path
 
     sweep = SweepConfig.model_validate(sweep_dict)
     trial_id = tune.get_context().get_trial_id()
@@ -58,7 +58,8 @@ def run_trial(params: dict[str, Any], base: dict, sweep_dict: dict, parent_run_i
         build_trainer(cfg, sink.run_id, callbacks=[TuneReportCallback()]).fit()
         status = "FINISHED"
     finally:
-        sink.close(status)
+        if not sink.close(status):
+            sink.spill(unsent_metrics_path(cfg))
 
 
 def study_labels(sweep: SweepConfig, params: dict[str, Any], cfg: Config) -> dict[str, str]:

@@ -7,16 +7,21 @@ from torch import nn
 
 
 class SmallCNN(nn.Module):
-    """A 4-block CNN for 28–32 px inputs: fast on CPU, 8·width features.
+    """A 4-block CNN for 28–32 px inputs: fast on CPU, pool²·8·width features.
 
     ``downsample="maxpool"`` convolves at full resolution, then max-pools (blocks 2–4); ``"stride"`` lets
     those convolutions stride by 2 instead, as ResNets do: 3.6× fewer FLOPs at the same width.
+    ``pool`` is the side of the average-pooled grid kept as the representation: 1 is the usual global
+    average; 2 keeps a coarse layout (top/bottom, left/right of a garment), which a small encoder cannot
+    otherwise encode in its channels.
     """
 
-    def __init__(self, in_channels: int = 3, width: int = 32, downsample: str = "maxpool") -> None:
+    def __init__(self, in_channels: int = 3, width: int = 32, downsample: str = "maxpool", pool: int = 1) -> None:
         super().__init__()
         if downsample not in ("maxpool", "stride"):
             raise ValueError(f"small_cnn_downsample: must be maxpool or stride, got {downsample!r}")
+        if pool < 1:
+            raise ValueError(f"small_cnn_pool: must be at least 1, got {pool!r}")
 
         def block(c_in: int, c_out: int, down: bool) -> list[nn.Module]:
             stride = 2 if down and downsample == "stride" else 1
@@ -29,10 +34,10 @@ class SmallCNN(nn.Module):
             *block(width, 2 * width, True),
             *block(2 * width, 4 * width, True),
             *block(4 * width, 8 * width, True),
-            nn.AdaptiveAvgPool2d(1),
+            nn.AdaptiveAvgPool2d(pool),
             nn.Flatten(),
         )
-        self.num_features = 8 * width
+        self.num_features = pool * pool * 8 * width
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
@@ -108,9 +113,9 @@ class ResNet(nn.Module):
 
 
 def build_backbone(name: str, cifar_stem: bool = True, small_cnn_width: int = 32,
-                   small_cnn_downsample: str = "maxpool") -> nn.Module:
+                   small_cnn_downsample: str = "maxpool", small_cnn_pool: int = 1) -> nn.Module:
     if name == "small_cnn":
-        return SmallCNN(width=small_cnn_width, downsample=small_cnn_downsample)
+        return SmallCNN(width=small_cnn_width, downsample=small_cnn_downsample, pool=small_cnn_pool)
     if name == "resnet18":
         return ResNet(BasicBlock, [2, 2, 2, 2], cifar_stem)
     if name == "resnet50":

@@ -25,9 +25,9 @@ class SSLModel(nn.Module):
     """forward(x) → (R, Z, probe logits). The probe sees detached R, so it never shapes the encoder."""
 
     def __init__(self, backbone: str, cifar_stem: bool, projector_dims: tuple[int, ...], num_classes: int,
-                 small_cnn_width: int = 32, small_cnn_downsample: str = "maxpool") -> None:
+                 small_cnn_width: int = 32, small_cnn_downsample: str = "maxpool", small_cnn_pool: int = 1) -> None:
         super().__init__()
-        self.encoder = build_backbone(backbone, cifar_stem, small_cnn_width, small_cnn_downsample)
+        self.encoder = build_backbone(backbone, cifar_stem, small_cnn_width, small_cnn_downsample, small_cnn_pool)
         self.projector = build_projector(self.encoder.num_features, tuple(projector_dims))
         self.probe = nn.Linear(self.encoder.num_features, num_classes)
 
@@ -43,4 +43,4 @@ class SSLModel(nn.Module):
 
 def build_model(model_cfg) -> SSLModel:
     return SSLModel(model_cfg.backbone, model_cfg.cifar_stem, model_cfg.projector_dims, model_cfg.num_classes,
-                    model_cfg.small_cnn_width, model_cfg.small_cnn_downsample)
+                    model_cfg.small_cnn_width, model_cfg.small_cnn_downsample, model_cfg.small_cnn_pool)

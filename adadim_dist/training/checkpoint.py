@@ -49,7 +49,9 @@ def _lookup(tree: dict, dotted: str):
 
 
 def check_compatible(saved_config: dict, cfg) -> None:
-    current = cfg.model_dump(mode="json")
+    from ..config import with_defaults
+
+    saved_config, current = with_defaults(saved_config), cfg.model_dump(mode="json")
     for key in STRUCTURAL_KEYS:
         before, now = _lookup(saved_config, key), _lookup(current, key)
         if before != now:

@@ -17,12 +17,15 @@ from typing import Any
 
 import yaml
 
-from ..config import Config, ConfigError, flatten, is_uri
+from ..config import Config, ConfigError, flatten, is_uri, with_defaults
 from .checkpoint import check_compatible, latest_complete_checkpoint, load_state
-from .tracking import MLflowSink, check_reachable, resolve_tracking_uri
+from .tracking import MLflowSink, check_reachable, mask_credentials, network_sqlite_store, resolve_tracking_uri
 
 logger = logging.getLogger(__name__)
 RUN_ID_FILE = "mlflow_run.json"
+# One quick retry and a 10 s timeout per MLflow request: while the server is down, logging buffers instead of
+# stalling the job in MLflow's default retry loop (minutes per call).
+WORKER_MLFLOW_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
 class TrackingUnavailableError(RuntimeError):
@@ -110,11 +113,14 @@ def open_tracking(cfg: Config, parent_run_id: str | None = None, extra_params: d
         sink = MLflowSink(uri, cfg.tracking.experiment, cfg.run.name, cfg.run.storage_path, run_id=previous,
                           parent_run_id=parent_run_id)
     except ConnectionError as err:
-        raise TrackingUnavailableError(f"tracking.uri: {err}") from None
+        raise TrackingUnavailableError(mask_credentials(f"tracking.uri: {err}")) from None
     except Exception as err:
-        raise TrackingUnavailableError(f"tracking.uri: cannot use MLflow at {uri} ({type(err).__name__}: {err})") from None
+        raise TrackingUnavailableError(
+            mask_credentials(f"tracking.uri: cannot use MLflow at {uri} ({type(err).__name__}: {err})")) from None
     if previous is None:
-        sink.log_params({**flatten(cfg), **(extra_params or {})})
+        params = {**flatten(cfg), **(extra_params or {})}
+        sink.log_params({key: mask_credentials(value) if isinstance(value, str) else value
+                         for key, value in params.items()})
         write_run_file(cfg, RUN_ID_FILE, json.dumps({"run_id": sink.run_id, "tracking_uri": uri}))
     return sink
 
@@ -144,6 +150,12 @@ def check_dataset_fits(cfg: Config, train_info) -> None:
         )
 
 
+def check_knn_bank(cfg: Config, train_info) -> None:
+    bank = min(train_info.num_samples, cfg.data.subset or train_info.num_samples, cfg.eval.bank_size or 10**12)
+    if max(cfg.eval.knn_k) > bank:
+        raise ConfigError(f"eval.knn_k: k={max(cfg.eval.knn_k)} is larger than the kNN bank ({bank} training images)")
+
+
 def check_resumable(cfg: Config) -> None:
     """Refuse, before any work, to resume a run whose checkpoints were written by an incompatible config."""
     previous = read_run_file(cfg, "config.yaml")
@@ -157,21 +169,107 @@ def fit(cfg: Config, fresh: bool = False) -> dict[str, Any]:
     cfg = resolve_paths(cfg)
     train_info, _ = prepare_datasets(cfg.data, progress=True)
     check_dataset_fits(cfg, train_info)
+    check_knn_bank(cfg, train_info)
     if fresh:
         start_fresh(cfg)
     check_resumable(cfg)
+    changes = resume_changes(cfg)
+    check_tracking_store(cfg)
+    fail_fast_http()
     sink = open_tracking(cfg)
+    if changes is not None:
+        record_resume(sink, cfg, changes)
     write_run_file(cfg, "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
-    status = "FAILED"
+    status, result = "FAILED", None
     try:
         init_ray(cfg)
+        warn_if_sqlite_across_nodes(cfg)
         result = build_trainer(cfg, sink.run_id, resume_from=local_resume_checkpoint(cfg)).fit()
         status = "FINISHED"
     finally:
-        sink.close(status)
+        if not sink.close(status):  # MLflow down at the end: the status waits in the file with the metrics
+            sink.spill(unsent_metrics_path(cfg))
         shutdown_ray()  # flushes the workers' forwarded output, so the summary is the last thing printed
     return summarise(cfg, sink, result)
+
+
+def unsent_metrics_path(cfg: Config) -> Path:
+    """Where metric values and a final status that MLflow could not take wait for ``replay``."""
+    root = Path.home() / ".adadim" if is_uri(cfg.run.storage_path) else Path(cfg.run.storage_path)
+    return root / cfg.run.name / "unsent_metrics.jsonl"
+
+
+def fail_fast_http() -> None:
+    """The driver's own MLflow calls (end of run, summary) fail in seconds rather than after MLflow's
+    minutes of retries when the server is down; the workers get the same through their runtime env."""
+    for key, value in WORKER_MLFLOW_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def check_tracking_store(cfg: Config) -> None:
+    uri = resolve_tracking_uri(cfg.tracking.uri, cfg.run.storage_path)
+    unsafe = network_sqlite_store(uri)
+    if unsafe:
+        raise ConfigError(
+            f"tracking.uri: {unsafe}; SQLite's locking is not safe there when the driver and rank 0 write from "
+            "different nodes. Name an MLflow server instead (tracking.uri=http://HOST:5000 or MLFLOW_TRACKING_URI; "
+            "cluster/README.md shows one)"
+        )
+
+
+def warn_if_sqlite_across_nodes(cfg: Config) -> None:
+    import ray
+
+    uri = resolve_tracking_uri(cfg.tracking.uri, cfg.run.storage_path)
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    if uri.startswith("sqlite:") and len(nodes) > 1:
+        logger.warning("tracking: a SQLite store (%s) on a cluster of %d nodes: rank 0 may run on another node, "
+                       "which must see this very file; name an MLflow server (tracking.uri) for multi-node jobs",
+                       uri, len(nodes))
+
+
+def resume_changes(cfg: Config) -> list[tuple[str, Any, Any]] | None:
+    """What this start changes in a run that started before: [(key, was, now)], [] for an unchanged resume,
+    None on a first start. A *finished* job with changes is refused: it would not be trained again, so the
+    changes would be silently ignored and the old result reported as if it were theirs."""
+    previous = read_run_file(cfg, "config.yaml")
+    if not previous:
+        return None
+    was, now = flatten(with_defaults(yaml.safe_load(previous))), flatten(cfg)
+    changes = [(key, was.get(key), now.get(key)) for key in sorted(set(was) | set(now)) if was.get(key) != now.get(key)]
+    checkpoint = local_resume_checkpoint(cfg)
+    done = load_state(checkpoint)["epoch"] if checkpoint is not None else 0
+    if changes and done >= cfg.training.epochs:
+        listed = "; ".join(f"{key} was {mask_credentials(repr(old))}, now {mask_credentials(repr(new))}"
+                           for key, old, new in changes[:5])
+        more = f" (and {len(changes) - 5} more)" if len(changes) > 5 else ""
+        raise ConfigError(
+            f"run.name: {cfg.run.name} has finished ({done} of {cfg.training.epochs} epochs), so this start would not "
+            f"train and would report the old result, ignoring what changed: {listed}{more}. Start a new job with "
+            "another run.name, or add --fresh to redo this one (the old run directory is kept aside)"
+        )
+    return changes
+
+
+def record_resume(sink: MLflowSink, cfg: Config, changes: list[tuple[str, Any, Any]]) -> None:
+    """Params are written once, on the first start (MLflow params are immutable); every later start of the
+    run is recorded as tags ``resume.N.*`` instead: the epoch it resumes from and each key it changed."""
+    checkpoint = local_resume_checkpoint(cfg)
+    epoch = load_state(checkpoint)["epoch"] if checkpoint is not None else 0
+    try:
+        tags = sink.client.get_run(sink.run_id).data.tags
+        number = int(tags.get("resume.count", "0")) + 1
+        described = "; ".join(f"{key}: {mask_credentials(json.dumps(old))} -> {mask_credentials(json.dumps(new))}"
+                              for key, old, new in changes) or "none"
+        for key, value in {"resume.count": str(number), f"resume.{number}.from_epoch": str(epoch),
+                           f"resume.{number}.changes": described[:7900]}.items():
+            sink.client.set_tag(sink.run_id, key, value)
+    except Exception as err:  # noqa: BLE001 - the record is worth a warning, not a lost job
+        logger.warning("tracking: could not record this resume in MLflow (%s: %s)", type(err).__name__, err)
+        return
+    if changes:
+        logger.info("resume %d of run %s (from epoch %d) changes: %s", number, cfg.run.name, epoch, described)
 
 
 def shutdown_ray() -> None:
@@ -198,6 +296,7 @@ def build_trainer(cfg: Config, run_id: str | None, callbacks: list | None = None
         # Ray 2.60 deprecates resume_from_checkpoint: the worker weighs this path against get_checkpoint().
         train_loop_config={"config": cfg.model_dump(mode="json"), "mlflow_run_id": run_id,
                            "resume_dir": str(resume_from) if resume_from else None,
+                           "tracking_uri": resolve_tracking_uri(cfg.tracking.uri, cfg.run.storage_path),
                            "run_dir": None if is_uri(cfg.run.storage_path)
                            else str(Path(cfg.run.storage_path) / cfg.run.name)},
         scaling_config=ScalingConfig(
@@ -213,16 +312,22 @@ def build_trainer(cfg: Config, run_id: str | None, callbacks: list | None = None
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.checkpoints_to_keep),
             callbacks=callbacks or None,
             # Rank 0 must not stall for minutes in MLflow's retry loop when the server is down: it buffers.
-            worker_runtime_env={"env_vars": {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-                                             "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}},
+            worker_runtime_env={"env_vars": dict(WORKER_MLFLOW_ENV)},
         ),
     )
 
 
 def summarise(cfg: Config, sink: MLflowSink, result) -> dict[str, Any]:
-    """The final JSON line: read back from MLflow, so it shows what was recorded, not what was meant."""
-    run = sink.client.get_run(sink.run_id)
-    metrics = run.data.metrics
+    """The final JSON line: read back from MLflow, so it shows what was recorded, not what was meant; while
+    MLflow is unreachable, from the workers' last report (and it says so)."""
+    tracking_note = None
+    try:
+        metrics = sink.client.get_run(sink.run_id).data.metrics
+    except Exception as err:  # noqa: BLE001
+        metrics = dict(result.metrics or {})
+        tracking_note = (f"MLflow unreachable at the end ({type(err).__name__}): figures from the workers' last "
+                         f"report; unsent values and the run status are in {unsent_metrics_path(cfg)} (replay with "
+                         "python -m adadim_dist.training.tracking replay FILE)")
     first_k = cfg.eval.knn_k[0]
     epochs = int(result.metrics.get("epoch", 0)) if result.metrics else 0
     checkpoint = result.checkpoint.path if result.checkpoint else None
@@ -237,13 +342,16 @@ def summarise(cfg: Config, sink: MLflowSink, result) -> dict[str, Any]:
         "experiment": cfg.tracking.experiment,
         "run_name": cfg.run.name,
         "epochs": epochs,
+        "knn_k": first_k,
         "knn_top1": metrics.get(f"knn/top1_k{first_k}"),
         "probe_top1": metrics.get("probe/top1"),
         "final_alpha": metrics.get("adadim/alpha"),
         "resumed_from_epoch": int(result.metrics.get("resumed_from_epoch", 0)) if result.metrics else 0,
         "checkpoint": checkpoint,
-        "tracking_uri": resolve_tracking_uri(cfg.tracking.uri, cfg.run.storage_path),
+        "tracking_uri": mask_credentials(resolve_tracking_uri(cfg.tracking.uri, cfg.run.storage_path)),
     }
+    if tracking_note:
+        summary["tracking"] = tracking_note
     for name in ("random", "pixels"):
         key = f"baseline/knn_{name}_top1"
         if key in metrics:

@@ -7,11 +7,22 @@ stored in each checkpoint), ended FINISHED or FAILED.
 from __future__ import annotations
 
 import logging
+import os
+import re
 import time
 from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
+
+# scheme://user:password@host -> scheme://***@host; also ?password=... / &token=... in query strings.
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+_SECRET_QUERY = re.compile(r"(?P<key>[?&](?:password|passwd|pwd|token|secret|access_key|api_key)=)[^&\s]+", re.I)
+
+
+def mask_credentials(text: str) -> str:
+    """``text`` with the credentials a URI can carry replaced by ``***``: safe to log, print or store."""
+    return _SECRET_QUERY.sub(r"\g<key>***", _USERINFO.sub(r"\g<scheme>***@", str(text)))
 
 
 def default_tracking_uri(storage_path: Path) -> str:
@@ -19,7 +30,53 @@ def default_tracking_uri(storage_path: Path) -> str:
 
 
 def resolve_tracking_uri(tracking_uri: str | None, storage_path: Path) -> str:
-    return tracking_uri or default_tracking_uri(storage_path)
+    """``tracking.uri``, else the ``MLFLOW_TRACKING_URI`` environment variable (what docker/compose.yaml and
+    the KubeRay manifests set), else a SQLite file under ``run.storage_path``."""
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(storage_path)
+
+
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI; None for any other store."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return Path(tracking_uri[len("sqlite:///"):].split("?", 1)[0])
+
+
+NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "glusterfs", "ceph", "9p",
+                       "fuse.s3fs", "fuse.gcsfuse", "fuse.sshfs", "fuse.juicefs", "fuse.mountpoint-s3", "efs")
+
+
+def filesystem_of(path: Path, mounts_text: str | None = None) -> tuple[str, str]:
+    """(mount point, file-system type) of the mount holding ``path``: the longest matching mount point in
+    ``/proc/mounts`` (or ``mounts_text``, for tests). ("", "") where that table is not available."""
+    if mounts_text is None:
+        try:
+            mounts_text = Path("/proc/mounts").read_text()
+        except OSError:
+            return "", ""
+    path = str(Path(path).resolve())
+    best = ("", "")
+    for line in mounts_text.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        mount_point = fields[1].replace("\\040", " ")
+        inside = path == mount_point or path.startswith(mount_point.rstrip("/") + "/")
+        if inside and len(mount_point) > len(best[0]):
+            best = (mount_point, fields[2])
+    return best
+
+
+def network_sqlite_store(tracking_uri: str, mounts_text: str | None = None) -> str | None:
+    """Why a SQLite tracking store is unsafe here, or None: SQLite's file locking is unreliable over network
+    file systems, where the driver and rank 0 (on different nodes) would both write the file."""
+    db = sqlite_path(tracking_uri)
+    if db is None:
+        return None
+    mount_point, fs_type = filesystem_of(db.parent if not db.exists() else db, mounts_text)
+    if fs_type in NETWORK_FILESYSTEMS:
+        return f"the SQLite file {db} is on a network file system ({fs_type} mounted at {mount_point})"
+    return None
 
 
 def get_or_create_experiment(client, name: str, storage_path: Path, local_store: bool) -> str:
@@ -63,17 +120,23 @@ class MLflowSink(MetricsSink):
 
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self._pending: list = []
+        self._pending_status: str | None = None
         self._outage_reported = False
-        local = tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
-        self.experiment_id = get_or_create_experiment(self.client, experiment, storage_path, local)
         if run_id is not None:
-            self.client.update_run(run_id, status="RUNNING")
             self.run_id = run_id
+            try:
+                self.client.update_run(run_id, status="RUNNING")
+            except Exception as err:  # noqa: BLE001 - a worker restarted during an outage keeps training
+                logger.warning("MLflow unreachable (%s): run %s stays as it was, metrics are buffered",
+                               type(err).__name__, run_id)
+                self._outage_reported = True
         else:
+            local = tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
+            experiment_id = get_or_create_experiment(self.client, experiment, storage_path, local)
             all_tags = dict(tags or {})
             if parent_run_id:
                 all_tags["mlflow.parentRunId"] = parent_run_id
-            run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
+            run = self.client.create_run(experiment_id, run_name=run_name, tags=all_tags)
             self.run_id = run.info.run_id
 
     def log(self, metrics: dict[str, float], step: int) -> None:
@@ -104,8 +167,9 @@ class MLflowSink(MetricsSink):
         return True
 
     def spill(self, path: Path) -> int:
-        """Write still-unsent metrics as JSON lines (key, value, timestamp, step); returns how many."""
-        if not self._pending:
+        """Write still-unsent metrics as JSON lines (key, value, timestamp, step), and the run's final status
+        if ``close`` could not set it; returns how many metric values."""
+        if not self._pending and self._pending_status is None:
             return 0
         import json
 
@@ -114,10 +178,15 @@ class MLflowSink(MetricsSink):
             for m in self._pending:
                 handle.write(json.dumps({"run_id": self.run_id, "key": m.key, "value": m.value,
                                          "timestamp": m.timestamp, "step": m.step}) + "\n")
+            if self._pending_status is not None:
+                handle.write(json.dumps({"run_id": self.run_id, "status": self._pending_status,
+                                         "end_time": int(time.time() * 1000)}) + "\n")
         count = len(self._pending)
-        logger.warning("MLflow still unreachable: %d metric values written to %s (replay with "
-                       "python -m adadim_dist.training.tracking replay %s)", count, path, path)
+        logger.warning("MLflow still unreachable: %d metric values%s written to %s (replay with "
+                       "python -m adadim_dist.training.tracking replay %s)", count,
+                       f" and the run's status {self._pending_status}" if self._pending_status else "", path, path)
         self._pending.clear()
+        self._pending_status = None
         return count
 
     def log_params(self, params: dict[str, Any]) -> None:
@@ -130,9 +199,17 @@ class MLflowSink(MetricsSink):
     def log_artifacts(self, directory: Path, artifact_path: str) -> None:
         self.client.log_artifacts(self.run_id, str(directory), artifact_path)
 
-    def close(self, status: str = "FINISHED") -> None:
-        self.flush()
-        self.client.set_terminated(self.run_id, status=status)
+    def close(self, status: str = "FINISHED") -> bool:
+        """End the run with ``status``; False (status kept for ``spill``) while MLflow is unreachable."""
+        if self.flush():
+            try:
+                self.client.set_terminated(self.run_id, status=status)
+                return True
+            except Exception as err:  # noqa: BLE001 - the job's outcome must not depend on the tracking server
+                logger.warning("MLflow unreachable (%s): cannot mark run %s %s", type(err).__name__, self.run_id,
+                               status)
+        self._pending_status = status
+        return False
 
 
 def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
@@ -149,7 +226,8 @@ def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
 
 
 def replay(path: Path, tracking_uri: str | None = None) -> int:
-    """Send metrics spilled by ``MLflowSink.spill`` to their runs; returns how many were sent."""
+    """Send what ``MLflowSink.spill`` wrote to its runs: the metrics in order, then each run's final status;
+    returns how many metric values were sent."""
     import json
 
     from mlflow.entities import Metric
@@ -157,9 +235,13 @@ def replay(path: Path, tracking_uri: str | None = None) -> int:
 
     client = MlflowClient(tracking_uri=tracking_uri)
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    for row in rows:
+    metrics = [row for row in rows if "key" in row]
+    for row in metrics:
         client.log_batch(row["run_id"], metrics=[Metric(row["key"], row["value"], row["timestamp"], row["step"])])
-    return len(rows)
+    for row in rows:
+        if "status" in row:
+            client.set_terminated(row["run_id"], status=row["status"], end_time=row["end_time"])
+    return len(metrics)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import Config, config_from_dict, is_uri
+from ..config import Config, config_from_dict
 from ..distributed import (
     all_gather_with_grad, all_reduce_mean, all_reduce_with_grad, broadcast_from, broadcast_from_rank0,
 )
@@ -27,6 +27,7 @@ from .checkpoint import (STATE_FILE, check_compatible, checkpoint_files, is_comp
                          load_state, save_state)
 from .evaluation import accuracy, extract, knn_top1
 from .optim import build_optimizer, build_scheduler
+from .driver import unsent_metrics_path
 from .tracking import MetricsSink, MLflowSink, resolve_tracking_uri
 
 logger = logging.getLogger(__name__)
@@ -113,7 +114,8 @@ def train_loop_per_worker(config_dict: dict) -> None:
     sink: MetricsSink = MetricsSink()
     if rank == 0 and run_id is not None:
         sink = MLflowSink(
-            resolve_tracking_uri(cfg.tracking.uri, cfg.run.storage_path), cfg.tracking.experiment,
+            config_dict.get("tracking_uri") or resolve_tracking_uri(cfg.tracking.uri, cfg.run.storage_path),
+            cfg.tracking.experiment,
             cfg.run.name, cfg.run.storage_path, run_id=run_id,
         )
 
@@ -168,6 +170,10 @@ def train_loop_per_worker(config_dict: dict) -> None:
                     sink.log(epoch_metrics, step=epoch + 1)
                     _say(rank, f"epoch {epoch + 1}/{cfg.training.epochs} done in {epoch_seconds:.0f}s "
                          + " ".join(f"{k}={v:.2f}" for k, v in epoch_metrics.items() if k != "train/epoch_seconds"))
+                    if isinstance(sink, MLflowSink) and not sink.flush():
+                        # MLflow down: what is buffered goes to disk with the checkpoint, so a worker killed
+                        # during the outage loses no more than the epoch it was in (which it trains again).
+                        sink.spill(unsent_metrics_path(cfg))
                 if rank == 0:
                     save_state(
                         directory,
@@ -192,14 +198,14 @@ def train_loop_per_worker(config_dict: dict) -> None:
             # The metrics this checkpoint was reported with: a restored Tune trial still has its score.
             ray.train.report({**saved_metrics, "epoch": start_epoch, "resumed_from_epoch": start_epoch})
         elif rank == 0:
-            log_encoder(sink, evaluation_copy(final_state, cfg, device), cfg.data.image_size)
+            log_encoder(sink, evaluation_copy(final_state, cfg, device), cfg.data.image_size,
+                        keep_dir=unsent_metrics_path(cfg).parent)
     finally:
         train_loader.close()
         for loader in eval_loaders or ():
             loader.close()
         if isinstance(sink, MLflowSink) and not sink.flush():
-            local_dir = Path(cfg.run.storage_path) if not is_uri(cfg.run.storage_path) else Path.home() / ".adadim"
-            sink.spill(local_dir / cfg.run.name / "unsent_metrics.jsonl")
+            sink.spill(unsent_metrics_path(cfg))
 
 
 def build_objective(cfg: Config, total_steps: int, rank: int):
@@ -389,9 +395,9 @@ def first_channel(flat_rgb: torch.Tensor) -> torch.Tensor:
     return flat_rgb.view(flat_rgb.shape[0], 3, -1)[:, 0]
 
 
-def log_encoder(sink: MetricsSink, model, image_size: int) -> None:
+def log_encoder(sink: MetricsSink, model, image_size: int, keep_dir: Path | None = None) -> None:
     """The trained encoder as an MLflow PyTorch model (artifact path ``encoder``), in the ``pt2``
-    (torch.export) format, which loads without unpickling code."""
+    (torch.export) format, which loads without unpickling code; into ``keep_dir`` when MLflow is down."""
     if sink.run_id is None:
         return
     import copy
@@ -405,4 +411,15 @@ def log_encoder(sink: MetricsSink, model, image_size: int) -> None:
         target = Path(directory) / "encoder"
         mlflow.pytorch.save_model(encoder, str(target), input_example=example,
                                   pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
-        sink.log_artifacts(target, "encoder")
+        try:
+            sink.log_artifacts(target, "encoder")
+        except Exception as err:  # noqa: BLE001 - MLflow down at the end must not fail a trained job
+            if keep_dir is None:
+                raise
+            import shutil
+
+            shutil.rmtree(keep_dir / "encoder", ignore_errors=True)
+            shutil.copytree(target, keep_dir / "encoder")
+            logger.warning("MLflow unreachable (%s): the encoder is saved in %s instead; log it later with "
+                           "mlflow artifacts log-artifacts --local-dir %s --run-id %s --artifact-path encoder",
+                           type(err).__name__, keep_dir / "encoder", keep_dir / "encoder", sink.run_id)

@@ -86,9 +86,22 @@ def test_token_authentication_on_every_node(raw, prepared):
 def test_dashboard_is_not_exposed(raw):
     """The head's dashboard (job submission API) listens on loopback only; users reach it through the SSH
     tunnel of `ray dashboard`. Catches --dashboard-host=0.0.0.0 on a host with a public IP."""
-    start = " ".join(raw["head_start_ray_commands"])
-    assert "--dashboard-host=127.0.0.1" in start
-    assert "0.0.0.0" not in start
+    ray_start = " ".join(c for c in raw["head_start_ray_commands"] if "ray start" in c)
+    assert "--dashboard-host=127.0.0.1" in ray_start
+    assert "0.0.0.0" not in ray_start
+
+
+def test_tracking_server_on_the_head_with_authentication_and_a_local_store(raw):
+    """The head runs MLflow behind basic authentication (the one entry script of every deployment) with its
+    SQLite store on the head's local disk, and every node's Ray processes get its address and credentials
+    from the mounted env file. Catches a SQLite store on EFS (NFS) or an open tracking server."""
+    (server,) = [c for c in raw["head_start_ray_commands"] if "mlflow-server.sh" in c]
+    assert "--backend-store-uri sqlite:////mnt/local/" in server and ". ~/.ray/mlflow.env" in server
+    assert raw["file_mounts"]["/home/ray/.ray/mlflow.env"].startswith("~/.ray/")
+    for commands, address in ((raw["head_start_ray_commands"], "127.0.0.1"),
+                              (raw["worker_start_ray_commands"], "$RAY_HEAD_IP")):
+        (start,) = [c for c in commands if "ray start" in c]
+        assert f"MLFLOW_TRACKING_URI=http://{address}:5000" in start and "MLFLOW_TRACKING_PASSWORD=$" in start
 
 
 def test_shared_storage_mounted_into_every_container(raw):

@@ -93,7 +93,7 @@ def test_mlflow_server_uses_database_and_proxied_artifact_volume(services):
     re-creation) or artifacts written to paths only one container can see."""
     mlflow = services["mlflow"]
     words = command_words(mlflow)
-    assert words[:2] == ["mlflow", "server"]
+    assert words[:2] == ["sh", "/app/docker/mlflow-server.sh"]  # `mlflow server --app-name basic-auth`
     assert "--serve-artifacts" in words
     destination = words[words.index("--artifacts-destination") + 1]
     mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in mlflow["volumes"]}
@@ -130,3 +130,19 @@ def test_gpu_override_reserves_nvidia_devices():
     assert set(gpu["services"]) == {"ray-worker"}
     devices = gpu["services"]["ray-worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+
+
+def test_mlflow_asks_for_authentication_and_the_ray_nodes_log_in(services):
+    """The tracking server runs MLflow's basic-auth app with the admin account and CSRF key from docker/.env,
+    keeps its users on a volume, and the Ray nodes (the job driver and rank 0) get the same account as
+    MLFLOW_TRACKING_USERNAME / _PASSWORD. Catches an open server or nodes that cannot log in."""
+    env = compose_env(services["mlflow"])
+    for key in ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        assert env[key].startswith("${") and ":?" in env[key], key
+    mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in services["mlflow"]["volumes"]}
+    assert env["MLFLOW_AUTH_DIR"] in mounts
+    for name in ("ray-head", "ray-worker"):
+        node = compose_env(services[name])
+        assert node["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+        assert node["MLFLOW_TRACKING_USERNAME"] == env["MLFLOW_AUTH_ADMIN_USERNAME"]
+        assert node["MLFLOW_TRACKING_PASSWORD"] == env["MLFLOW_AUTH_ADMIN_PASSWORD"]

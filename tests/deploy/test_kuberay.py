@@ -32,6 +32,7 @@ API_VERSIONS = {
     "Service": "v1",
     "PersistentVolumeClaim": "v1",
     "Kustomization": "kustomize.config.k8s.io/v1beta1",
+    "NetworkPolicy": "networking.k8s.io/v1",
 }
 
 
@@ -210,7 +211,7 @@ def test_mlflow_server_deployment_and_service():
     pod = deployment["spec"]["template"]
     (container,) = containers(pod)
     command = container["command"]
-    assert command[:2] == ["mlflow", "server"] and "--serve-artifacts" in command
+    assert command[:2] == ["sh", "/app/docker/mlflow-server.sh"] and "--serve-artifacts" in command
     destination = next(a.split("=", 1)[1] for a in command if a.startswith("--artifacts-destination="))
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
@@ -235,3 +236,39 @@ def test_no_inline_credentials_in_manifests():
                     assert "value" not in env and "secretKeyRef" in env["valueFrom"], env["name"]
     for _, doc in kuberay_documents():
         assert doc["kind"] != "Secret", "Secrets are created out of band, never committed"
+
+
+def test_mlflow_asks_for_authentication_and_the_ray_pods_log_in():
+    """The MLflow pod gets its admin account and CSRF key from the mlflow-auth Secret, and every Ray pod
+    logs in with that account. Catches an open tracking server or Ray pods that cannot log in."""
+    (deployment,) = documents_of_kind("Deployment")
+    (container,) = containers(deployment["spec"]["template"])
+    env = {e["name"]: e for e in container["env"]}
+    for key in ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        assert env[key]["valueFrom"]["secretKeyRef"]["name"] == "mlflow-auth", key
+    for spec in ray_cluster_specs().values():
+        for pod in pod_templates(spec):
+            pod_env = {e["name"]: e for c in containers(pod) for e in c.get("env", [])}
+            assert pod_env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"] == \
+                env["MLFLOW_AUTH_ADMIN_PASSWORD"]["valueFrom"]["secretKeyRef"]
+
+
+def test_network_policy_denies_by_default_and_opens_mlflow_to_ray_pods_only():
+    """Ingress is denied to every pod of the namespace unless a policy allows it; MLflow's port 5000 is open
+    to the Ray pods alone, which every RayCluster / RayJob pod template is labelled as. Catches an MLflow
+    server (or Ray's job API) reachable from any pod in the cluster."""
+    policies = {doc["metadata"]["name"]: doc["spec"] for doc in documents_of_kind("NetworkPolicy")}
+    deny = [p for p in policies.values() if p["podSelector"] == {} and "ingress" not in p]
+    assert deny and deny[0]["policyTypes"] == ["Ingress"]
+    (deployment,) = documents_of_kind("Deployment")
+    mlflow_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    (mlflow,) = [p for p in policies.values()
+                 if p["podSelector"].get("matchLabels", {}).items() <= mlflow_labels.items() and p["podSelector"]]
+    (rule,) = mlflow["ingress"]
+    assert [port["port"] for port in rule["ports"]] == [5000]
+    (source,) = rule["from"]
+    ray_selector = source["podSelector"]["matchLabels"]
+    for spec in ray_cluster_specs().values():
+        for pod in pod_templates(spec):
+            assert ray_selector.items() <= pod["metadata"]["labels"].items()
+    assert not ray_selector.items() <= mlflow_labels.items()

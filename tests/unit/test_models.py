@@ -25,3 +25,22 @@ def test_strided_small_cnn_has_no_pooling_and_convolves_at_lower_resolution():
 def test_unknown_downsample_is_named():
     with pytest.raises(ValueError, match="small_cnn_downsample"):
         build_backbone("small_cnn", small_cnn_downsample="avgpool")
+
+
+def test_pooled_grid_keeps_each_cell_of_the_last_feature_map():
+    encoder = SmallCNN(width=4, downsample="stride", pool=2).eval()
+    x = torch.randn(3, 3, 32, 32)
+    assert encoder.num_features == 4 * 32 and encoder(x).shape == (3, 128)
+    # The cells are the 2×2 averages of the 4×4 map that the global average would collapse into one value.
+    feature_map = encoder.features[:-2](x)
+    assert feature_map.shape[-2:] == (4, 4)
+    cells = feature_map.unflatten(-1, (2, 2)).unflatten(-3, (2, 2)).mean(dim=(-1, -3))
+    torch.testing.assert_close(encoder(x), cells.flatten(1))
+    torch.testing.assert_close(encoder(x).unflatten(1, (32, 4)).mean(-1), feature_map.mean(dim=(-2, -1)))
+
+
+def test_pool_reaches_the_model_from_the_config():
+    from adadim_dist.config import ModelConfig
+    from adadim_dist.models import build_model
+    model = build_model(ModelConfig(small_cnn_width=4, small_cnn_downsample="stride", small_cnn_pool=2))
+    assert model.projector[0].in_features == 128 and model.probe.in_features == 128
