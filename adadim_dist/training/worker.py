@@ -144,7 +144,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
             # The consolidated state (every rank calls it: a collective under ZeRO-3, where each rank's module
             # holds only shards) is what is checked, evaluated and exported.
             final_state = engine.full_state_dict()
-            if not all(torch.isfinite(v).all() for v in final_state.values() if v.is_floating_point()):
+            if not state_is_finite(final_state):
                 raise NonFiniteLossError(f"non-finite parameters or BatchNorm statistics after epoch {epoch + 1}: "
                                          "checkpoint not written")
             _say(rank, f"epoch {epoch + 1} parameter fingerprint {parameter_fingerprint(final_state)}")
@@ -316,6 +316,11 @@ def train_epoch(engine, objective, loader, num_steps, epoch, cfg: Config, sink, 
                  f"{logged['train/images_per_s']:.0f} img/s")
             window_start, window_images = time.perf_counter(), 0
     return logged
+
+
+def state_is_finite(state: dict[str, torch.Tensor]) -> bool:
+    """Parameters *and* buffers: a diverged forward pass moves BatchNorm's running statistics too."""
+    return all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point())
 
 
 def parameter_fingerprint(state: dict[str, torch.Tensor]) -> str:

@@ -177,3 +177,27 @@ def test_group_by_errors(store, study_store, tmp_path, capsys):
     assert main(["--experiment", "study", "--out", str(tmp_path / "x"), "--tracking-uri", study_uri,
                  "--group-by", "variant"]) == 0
     assert "| adadim |" in capsys.readouterr().out
+
+
+def test_changes_made_on_resume_are_recorded_and_shown_next_to_the_first_starts_params(tmp_path):
+    """Params are immutable in MLflow and logged on the first start; each later start records what it
+    changed as resume.N tags, and compare shows them in the run's row instead of misreporting the params."""
+    from mlflow.entities import Metric
+
+    from adadim_dist.config import load_config
+    from adadim_dist.training.driver import open_tracking, record_resume, resolve_paths
+
+    cfg = resolve_paths(load_config(None, [f"run.storage_path={tmp_path}", "run.name=job",
+                                           "tracking.experiment=resumed"]))
+    sink = open_tracking(cfg)
+    sink.client.log_batch(sink.run_id, metrics=[Metric("info/h_r", 1.0, 0, 1), Metric("knn/top1_k20", 80.0, 0, 1)])
+    record_resume(sink, cfg, [("optim.lr", 0.3, 0.1), ("training.epochs", 3, 5)])
+    record_resume(sink, cfg, [])  # a plain resume: counted, nothing to show
+    tags = sink.client.get_run(sink.run_id).data.tags
+    assert tags["resume.count"] == "2" and tags["resume.2.changes"] == "none"
+    assert tags["resume.1.changes"] == "optim.lr: 0.3 -> 0.1; training.epochs: 3 -> 5"
+    assert sink.client.get_run(sink.run_id).data.params["optim.lr"] == "0.3"  # the first start's, as MLflow keeps it
+    table, _, _ = compare(cfg.tracking.uri or f"sqlite:///{tmp_path / 'mlflow.db'}", "resumed", None, tmp_path / "out")
+    header, _, row = table.splitlines()[:3]
+    assert header.endswith("| changed on resume |")
+    assert row.endswith("| resume 1 (from epoch 0): optim.lr: 0.3 -> 0.1; training.epochs: 3 -> 5 |")

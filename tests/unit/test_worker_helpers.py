@@ -41,3 +41,25 @@ def test_grey_pixels_keep_their_knn_on_one_channel_and_colour_pixels_are_left_wh
     colour = grey.clone()
     colour[7, 64] += 1.0  # one pixel of one image's second channel differs
     assert not is_grey(colour)
+
+
+def test_a_skipped_step_leaves_batchnorm_statistics_and_the_checkpoint_check_sees_them():
+    """The forward pass of a diverged batch moves BatchNorm's running statistics before any gradient is
+    seen; StepBuffers puts them back on a skip, and the check before a checkpoint looks at buffers too."""
+    import torch
+
+    from adadim_dist.distributed.engine import StepBuffers
+    from adadim_dist.training.worker import state_is_finite
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3)).train()
+    model(torch.randn(8, 4))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    buffers = StepBuffers(model)
+    buffers.remember()
+    model(torch.full((8, 4), float("nan")))
+    assert not state_is_finite(model.state_dict())  # only the running statistics are NaN here
+    assert state_is_finite({k: v for k, v in model.state_dict().items() if "running" not in k})
+    buffers.restore()
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)
+    assert state_is_finite(model.state_dict())
