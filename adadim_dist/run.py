@@ -15,7 +15,6 @@ import sys
 from .config import ConfigError, load_config
 
 
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m adadim_dist.run", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="YAML config (defaults are embedded; see configs/)")
@@ -65,7 +64,10 @@ def print_where_to_look(summary: dict) -> None:
         lines.append(f"tracking: {summary['tracking']}")
     lines.append(f"checkpoint: {summary['checkpoint']}")
     uri = summary["tracking_uri"]
-    lines.append(f"MLflow UI:  mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+    if uri.startswith(("http://", "https://")):
+        lines.append(f"MLflow UI:  {uri}")
+    else:
+        lines.append(f"MLflow UI:  mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
     print("\n".join(lines), flush=True)
 
 

@@ -213,8 +213,8 @@ def check_tracking_store(cfg: Config) -> None:
     if unsafe:
         raise ConfigError(
             f"tracking.uri: {unsafe}; SQLite's locking is not safe there when the driver and rank 0 write from "
-            "different nodes. Name an MLflow server instead (tracking.uri=http://HOST:5000 or MLFLOW_TRACKING_URI; "
-            "cluster/README.md shows one)"
+            "different nodes. Name an MLflow server instead (tracking.uri=http://HOST:5000 or MLFLOW_TRACKING_URI; the "
+            "README's \"From laptop to cluster\" shows one per deployment)"
         )
 
 

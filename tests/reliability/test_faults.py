@@ -178,7 +178,11 @@ def mlflow_server(tmp_path_factory):
 
     def stop():
         os.killpg(state["process"].pid, signal.SIGTERM)
-        state["process"].wait(timeout=30)
+        try:
+            state["process"].wait(timeout=15)
+        except subprocess.TimeoutExpired:  # uvicorn drains open connections first; an outage does not wait
+            os.killpg(state["process"].pid, signal.SIGKILL)
+            state["process"].wait(timeout=30)
 
     start()
     yield {"uri": f"http://127.0.0.1:{port}", "start": start, "stop": stop}
