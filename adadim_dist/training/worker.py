@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -156,7 +157,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
                            **train_metrics}
                 is_last_epoch = epoch + 1 == cfg.training.epochs
                 is_eval_epoch = (epoch + 1) % cfg.eval.every_epochs == 0 or is_last_epoch
-                baselines = baseline_knn(eval_loaders, cfg, device) \
+                baselines = cached_baseline_knn(eval_loaders, cfg, device) \
                     if is_last_epoch and cfg.eval.baselines and rank == baseline_rank else {}
                 if rank == 0 and is_eval_epoch:
                     metrics.update(evaluate(evaluation_copy(final_state, cfg, device), eval_loaders, cfg, device))
@@ -369,6 +370,58 @@ def share_from(values: dict[str, float], keys: tuple[str, ...], src: int, device
     """Rank ``src``'s scalar ``values`` on every rank (a collective: every rank calls it)."""
     packed = torch.tensor([values.get(key, float("nan")) for key in keys], dtype=torch.float64, device=device)
     return dict(zip(keys, broadcast_from(packed, src).tolist()))
+
+
+def baseline_cache_key(cfg: Config) -> str:
+    """What the baselines depend on, and nothing else: the data files (path, size, modification time), how
+    images are prepared, the bank, k and temperature, the random encoder's architecture and seed, and torch."""
+    import hashlib
+    import json
+
+    files = []
+    for path in (cfg.data.train_path, cfg.data.test_path):
+        stat = Path(path).stat()
+        files.append([str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns])
+    # The training views and where loaders run do not change the evaluation's images.
+    data = cfg.data.model_dump(mode="json", exclude={"view_a", "view_b", "num_loader_workers", "cache_dir",
+                                                     "train_path", "test_path"})
+    described = {
+        "files": files, "data": data,
+        "bank_size": cfg.eval.bank_size, "k": cfg.eval.knn_k[0], "temperature": cfg.eval.knn_temperature,
+        "model": cfg.model.model_dump(mode="json"), "seed": cfg.training.seed,
+        "channels_last": cfg.training.channels_last, "torch": torch.__version__,
+    }
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def baseline_cache_dir(cfg: Config) -> Path | None:
+    from ..config import is_uri
+
+    return None if is_uri(cfg.run.storage_path) else Path(cfg.run.storage_path) / "baseline_cache"
+
+
+def cached_baseline_knn(eval_loaders, cfg: Config, device) -> dict[str, float]:
+    """``baseline_knn``, computed once per data, bank, k and architecture: the baselines do not depend on
+    training, so every later job (a re-run, each trial of a sweep) reads them back instead (seconds saved
+    from the evaluation tail). Kept as JSON under ``<run.storage_path>/baseline_cache/``."""
+    import json
+
+    directory = baseline_cache_dir(cfg)
+    path = directory / f"{baseline_cache_key(cfg)}.json" if directory is not None else None
+    if path is not None and path.is_file():
+        try:
+            cached = json.loads(path.read_text())
+            if set(cached) == set(BASELINE_KEYS):
+                return cached
+        except (OSError, ValueError):
+            pass  # unreadable: compute again and rewrite
+    results = baseline_knn(eval_loaders, cfg, device)
+    if path is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".tmp{os.getpid()}")
+        partial.write_text(json.dumps(results))
+        os.replace(partial, path)  # concurrent trials: whole files only
+    return results
 
 
 def baseline_knn(eval_loaders, cfg: Config, device) -> dict[str, float]:

@@ -63,3 +63,35 @@ def test_a_skipped_step_leaves_batchnorm_statistics_and_the_checkpoint_check_see
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, before[key], rtol=0, atol=0)
     assert state_is_finite(model.state_dict())
+
+
+def test_baselines_are_cached_by_what_they_depend_on_only(tmp_path, monkeypatch):
+    """The random-encoder and raw-pixel kNN do not depend on training: the second job with the same data,
+    bank, k and architecture reads them back; a different bank or encoder computes them again."""
+    from adadim_dist.config import load_config
+    from adadim_dist.training import worker
+
+    for name in ("train.beton", "test.beton"):
+        (tmp_path / name).write_bytes(b"x" * 10)
+    base = [f"data.train_path={tmp_path / 'train.beton'}", f"data.test_path={tmp_path / 'test.beton'}",
+            f"run.storage_path={tmp_path / 'runs'}", "eval.bank_size=100", "eval.knn_k=[20]"]
+    cfg = load_config(None, base)
+    key = worker.baseline_cache_key(cfg)
+    assert worker.baseline_cache_key(load_config(None, base + ["optim.lr=0.1", "objective.gamma=3",
+                                                               "data.view_a.crop_scale=[0.5, 1.0]"])) == key
+    for change in ("eval.bank_size=200", "eval.knn_k=[5]", "model.small_cnn_width=8", "training.seed=1"):
+        assert worker.baseline_cache_key(load_config(None, base + [change])) != key, change
+
+    calls = []
+
+    def compute(eval_loaders, cfg, device):
+        calls.append(cfg.eval.bank_size)
+        return {"baseline/knn_random_top1": 70.0 + len(calls), "baseline/knn_pixels_top1": 80.0}
+
+    monkeypatch.setattr(worker, "baseline_knn", compute)
+    first = worker.cached_baseline_knn(None, cfg, "cpu")
+    assert worker.cached_baseline_knn(None, cfg, "cpu") == first and calls == [100]
+    worker.cached_baseline_knn(None, load_config(None, base + ["eval.bank_size=200"]), "cpu")
+    assert calls == [100, 200]
+    (tmp_path / "train.beton").write_bytes(b"y" * 11)  # the data changed: its size and time differ
+    assert worker.cached_baseline_knn(None, cfg, "cpu") != first and calls == [100, 200, 100]
