@@ -1,0 +1,74 @@
+"""Offline evaluation of a checkpoint on real .beton files (FFCV loaders, a SQLite MLflow store; no Ray):
+what it reports equals the same kNN and linear evaluation computed here from the source images."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from adadim_dist.config import load_config
+from adadim_dist.models import build_model
+from adadim_dist.training.checkpoint import save_state
+
+pytestmark = [pytest.mark.integration]
+
+
+def _source_images(split: str, limit: int, cfg):
+    """The centre view the evaluation loader builds, computed here from the source (32×32 padded RGB)."""
+    from adadim_dist.data.sources import read_source
+    from adadim_dist.data.writer import to_rgb
+
+    source = read_source("fashion_mnist", split)
+    images = np.stack([to_rgb(source.images[i], pad_to=32) for i in range(limit)]).astype(np.float32) / 255
+    images = (images - np.array(cfg.data.mean, np.float32)) / np.array(cfg.data.std, np.float32)
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(source.labels[:limit])
+
+
+def test_offline_evaluation_of_a_checkpoint_matches_a_direct_computation(tiny_betons, tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from adadim_dist.evaluate import main
+    from adadim_dist.training.evaluation import knn_top1
+    from adadim_dist.training.linear_eval import linear_probe_top1
+
+    cfg = load_config(None, [f"data.train_path={tiny_betons['train']}", f"data.test_path={tiny_betons['test']}",
+                             f"run.storage_path={tmp_path}", "run.name=offline", "model.small_cnn_width=8",
+                             "model.small_cnn_downsample=stride", "model.small_cnn_pool=2", "eval.knn_k=[5, 20]"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model).eval()
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = client.create_run(client.create_experiment("offline")).info.run_id
+    checkpoint = tmp_path / "offline" / "epoch_0001"
+    checkpoint.mkdir(parents=True)
+    torch.save(model.state_dict(), checkpoint / "model.pt")
+    save_state(checkpoint, {"epoch": 1, "config": cfg.model_dump(mode="json"), "mlflow_run_id": run_id})
+
+    assert main(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "report")]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(printed.strip().splitlines()[-1])
+    assert result["logged_to_mlflow"] and result["eval_offline/bank_images"] == 1024
+    assert "eval_offline/knn_top1_k20" in printed and (tmp_path / "report" / "embeddings_map.png").stat().st_size > 5000
+
+    bank, bank_labels = _source_images("train", 1024, cfg)
+    test, test_labels = _source_images("test", 512, cfg)
+    with torch.no_grad():
+        bank_features, test_features = model.encoder(bank), model.encoder(test)
+    for k in (5, 20):
+        expected = knn_top1(bank_features, bank_labels, test_features, test_labels, k, 0.07, 10)
+        assert abs(result[f"eval_offline/knn_top1_k{k}"] - expected) <= 0.4, (k, result, expected)
+    expected_linear = linear_probe_top1(bank_features, bank_labels, test_features, test_labels, 10)
+    assert abs(result["eval_offline/linear_top1_raw"] - expected_linear) <= 1.0
+    logged = client.get_run(run_id)
+    assert logged.data.metrics["eval_offline/knn_top1_k20"] == result["eval_offline/knn_top1_k20"]
+    assert "eval_offline/embeddings_map.png" in [a.path for a in client.list_artifacts(run_id, "eval_offline")]
+
+
+def test_offline_evaluation_errors_are_one_line(tmp_path, capsys):
+    from adadim_dist.evaluate import main
+
+    assert main(["--checkpoint", str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"adadim_dist.evaluate: error: --checkpoint: {tmp_path / 'nowhere'} is not a directory")
