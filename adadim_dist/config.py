@@ -58,7 +58,8 @@ class DataConfig(_Strict):
 
     source: str = "fashion_mnist"  # what `prepare` writes when the .beton files are absent
     train_path: Path = Path("data/fashion_mnist_train.beton")
-    test_path: Path = Path("data/fashion_mnist_test.beton")
+    # None: no labelled test set (e.g. a folder of your own images); evaluation is then label-free.
+    test_path: Path | None = Path("data/fashion_mnist_test.beton")
     image_size: int = Field(32, ge=8)
     num_loader_workers: int = Field(2, ge=1)
     subset: int | None = Field(None, ge=1)  # use only the first N training images (sweeps, tests)

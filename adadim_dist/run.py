@@ -60,6 +60,11 @@ def print_where_to_look(summary: dict) -> None:
     ):
         if summary.get(key) is not None:
             lines.append(f"{label}: {summary[key]:.2f}%")
+    if summary.get("evaluation"):
+        lines.append(f"evaluation: {summary['evaluation']}")
+        lines += [f"  {name:<10}: {summary[key]:.3f}" for name, key in
+                  (("RankMe", "eval_rankme"), ("H(R)", "eval_h_r"), ("I(R;Z)", "eval_mi_rz"),
+                   ("uniformity", "eval_uniformity")) if summary.get(key) is not None]
     if summary.get("tracking"):
         lines.append(f"tracking: {summary['tracking']}")
     lines.append(f"checkpoint: {summary['checkpoint']}")

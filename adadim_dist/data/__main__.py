@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     write.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     write.add_argument("--limit", type=int, help="write only the first N images")
     write.add_argument("--num-workers", type=int, default=2, help="writer processes (default 2)")
-    write.add_argument("--max-resolution", type=int, help="imagefolder: longest side after resizing (default 256)")
+    write.add_argument("--max-resolution", type=int, help="imagefolder, folder: longest side after resizing (default 256)")
     write.add_argument("--quiet", action="store_true", help="no progress bar")
 
     check = commands.add_parser("check", help="validate a .beton file and print what it holds")

@@ -193,7 +193,7 @@ class EvalLoader(_FFCVBatches):
         from .views import LABEL, VIEW_A
 
         for batch in self._batches():
-            yield batch[VIEW_A], batch[LABEL]
+            yield batch[VIEW_A], batch.get(LABEL)
 
 
 # -------------------------------------------------------------------------------------------- factories
@@ -318,8 +318,10 @@ def build_eval_loader(
     world_size: int,
     distributed: bool,
     device: torch.device | str | None = None,
+    labels: bool = True,
 ) -> EvalLoader:
-    """A deterministic loader over ``path`` (train or test file): centre view, labels, file order, no drop.
+    """A deterministic loader over ``path`` (train or test file): centre view, labels (None with
+    ``labels=False``, for unlabelled files), file order, no drop.
 
     With ``distributed=True`` ranks read interleaved shards (padded with repeats to equal length, as
     ``DistributedSampler`` does); with ``distributed=False`` every rank reads the whole file.
@@ -328,8 +330,10 @@ def build_eval_loader(
     from .views import LABEL, VIEW_A, build_eval_spec, build_label_pipeline
 
     _check_common(batch_size, rank, world_size, distributed)
-    path, info = _open_checked(Path(path), data_cfg.cache_dir, need_labels=True)
-    pipelines = {VIEW_A: build_eval_spec(data_cfg, device), LABEL: build_label_pipeline(device)}
+    path, info = _open_checked(Path(path), data_cfg.cache_dir, need_labels=labels)
+    pipelines = {VIEW_A: build_eval_spec(data_cfg, device)}
+    if labels:
+        pipelines[LABEL] = build_label_pipeline(device)
     loader = _build_loader(path, info, pipelines, batch_size=batch_size, num_workers=data_cfg.num_loader_workers,
                            order_name="SEQUENTIAL", seed=0, distributed=distributed, drop_last=False,
                            indices=None)  # fmt: skip

@@ -11,6 +11,8 @@ Sources (``--source`` of ``python -m adadim_dist.data write``):
   ``cifar-100-python`` under ``root`` (or ``root`` itself being that directory).
 - ``stl10``: torchvision's ``stl10_binary`` layout under ``root`` (``train_X.bin`` / ``train_y.bin`` …).
 - ``imagefolder``: ImageNet style, ``root/<split>/<class>/<image>``; ``split=test`` also accepts ``val``.
+- ``folder``: your own unlabelled images anywhere below ``root`` (no class subfolders), any sizes (resized when
+  written); ``train`` only: jobs on it set ``data.test_path=null`` and are evaluated without labels.
 - ``npz``: a ``.npz`` file with ``images`` (N×H×W or N×H×W×3 uint8) and optional ``labels``; ``root`` is the
   file, or a directory holding ``<split>.npz``.
 """
@@ -50,6 +52,7 @@ class ImageSet:
     images: np.ndarray | Sequence[np.ndarray]
     labels: np.ndarray | None
     class_names: tuple[str, ...] | None = None
+    skipped: int = 0  # unreadable files left out by the reader
 
     def __post_init__(self) -> None:
         if self.labels is not None and len(self.labels) != len(self.images):
@@ -74,7 +77,7 @@ class ImageSet:
         if limit is None or limit >= len(self):
             return self
         labels = None if self.labels is None else self.labels[:limit]
-        return ImageSet(self.name, self.images[:limit], labels, self.class_names)
+        return ImageSet(self.name, self.images[:limit], labels, self.class_names, self.skipped)
 
 
 # ---------------------------------------------------------------------------------------------- IDX (MNIST)
@@ -259,6 +262,42 @@ def read_imagefolder(root: Path | None, split: str) -> ImageSet:
     return ImageSet("imagefolder", ImageFiles(paths), np.asarray(labels, dtype=np.int64), tuple(classes))
 
 
+# ------------------------------------------------------------------------------------------------- folder
+#: Above this fraction of unreadable files a folder is refused rather than written without them.
+MAX_UNREADABLE_FRACTION = 0.01
+
+
+def read_folder(root: Path | None, split: str) -> ImageSet:
+    """Unlabelled images found recursively under ``root`` (common formats, any sizes); unreadable files are
+    skipped and counted, or the folder is refused when they are more than 1 % of it."""
+    import logging
+
+    from PIL import Image
+
+    root = _existing_dir(_require_root(root, "folder"), "folder")
+    if split != "train":
+        raise DataError(f"folder: {root} is a folder of unlabelled images and has no {split} split; write it with "
+                        "--split train and train with data.test_path=null (evaluation without labels)")
+    paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not paths:
+        raise DataError(f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in it or below it")
+    readable, unreadable = [], []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image.verify()  # reads the headers and checks the data's structure without decoding all of it
+            readable.append(path)
+        except Exception:  # noqa: BLE001 - PIL raises many types for broken files
+            unreadable.append(path)
+    if len(unreadable) > MAX_UNREADABLE_FRACTION * len(paths):
+        raise DataError(f"{root}: {len(unreadable)} of {len(paths)} image files cannot be read (more than "
+                        f"{MAX_UNREADABLE_FRACTION:.0%}), e.g. {unreadable[0]}; fix or remove them")
+    if unreadable:
+        logging.getLogger(__name__).warning("%s: skipped %d unreadable image file(s) of %d, e.g. %s", root,
+                                            len(unreadable), len(paths), unreadable[0])
+    return ImageSet("folder", ImageFiles(readable), None, skipped=len(unreadable))
+
+
 # ---------------------------------------------------------------------------------------------------- npz
 def read_npz(root: Path | None, split: str) -> ImageSet:
     """``images`` (N×H×W or N×H×W×3 uint8) and optional ``labels`` from ``root`` or ``root/<split>.npz``."""
@@ -295,6 +334,7 @@ SOURCES: dict[str, Callable[[Path | None, str], ImageSet]] = {
     "cifar100": read_cifar100,
     "stl10": read_stl10,
     "imagefolder": read_imagefolder,
+    "folder": read_folder,
     "npz": read_npz,
 }
 #: Sources installed with the project, which :func:`adadim_dist.data.writer.ensure_beton` writes on demand.

@@ -156,12 +156,14 @@ class WriteSummary:
     image_shape: tuple[int, int, int] | None  # None when sizes vary (image folders)
     num_bytes: int
     seconds: float
+    skipped: int = 0  # unreadable source files left out
 
     def line(self) -> str:
         classes = "no labels" if self.num_classes is None else f"{self.num_classes} classes"
         shape = "×".join(map(str, self.image_shape)) if self.image_shape else "varying size"
+        skipped = f", {self.skipped} unreadable file(s) skipped" if self.skipped else ""
         return (f"wrote {self.path}: {self.num_images} images, {classes}, {shape}, "
-                f"{self.num_bytes / 2**20:.1f} MiB, {self.seconds:.1f} s")  # fmt: skip
+                f"{self.num_bytes / 2**20:.1f} MiB, {self.seconds:.1f} s{skipped}")  # fmt: skip
 
 
 def write_beton(
@@ -234,6 +236,7 @@ def write_beton(
         image_shape=fixed_shape,  # type: ignore[arg-type]
         num_bytes=out.stat().st_size,
         seconds=time.perf_counter() - started,
+        skipped=image_set.skipped,
     )
 
 
@@ -278,8 +281,11 @@ def ensure_beton(
 def prepare_datasets(data_cfg, *, progress: bool = False) -> tuple:
     """Make sure ``data_cfg.train_path`` and ``data_cfg.test_path`` exist (written from ``data_cfg.source``).
 
-    Returns the two :class:`~adadim_dist.data.beton.BetonInfo` (train, test). Cheap when both exist.
+    Returns the two :class:`~adadim_dist.data.beton.BetonInfo` (train, test; test None without a labelled
+    test set). Cheap when both exist.
     """
-    train = ensure_beton(data_cfg.source, "train", data_cfg.train_path, progress=progress)
-    test = ensure_beton(data_cfg.source, "test", data_cfg.test_path, progress=progress)
+    # Without a labelled test set (data.test_path=null) the training file may be unlabelled too.
+    labelled = data_cfg.test_path is not None
+    train = ensure_beton(data_cfg.source, "train", data_cfg.train_path, need_labels=labelled, progress=progress)
+    test = ensure_beton(data_cfg.source, "test", data_cfg.test_path, progress=progress) if labelled else None
     return train, test

@@ -52,7 +52,7 @@ def resolve_paths(cfg: Config) -> Config:
     data = cfg.data.model_copy(
         update={
             "train_path": cfg.data.train_path.resolve(),
-            "test_path": cfg.data.test_path.resolve(),
+            "test_path": cfg.data.test_path.resolve() if cfg.data.test_path else None,
             "cache_dir": cfg.data.cache_dir.resolve() if cfg.data.cache_dir else None,
         }
     )
@@ -151,6 +151,8 @@ def check_dataset_fits(cfg: Config, train_info) -> None:
 
 
 def check_knn_bank(cfg: Config, train_info) -> None:
+    if cfg.data.test_path is None:
+        return  # label-free evaluation: no kNN
     bank = min(train_info.num_samples, cfg.data.subset or train_info.num_samples, cfg.eval.bank_size or 10**12)
     if max(cfg.eval.knn_k) > bank:
         raise ConfigError(f"eval.knn_k: k={max(cfg.eval.knn_k)} is larger than the kNN bank ({bank} training images)")
@@ -352,6 +354,11 @@ def summarise(cfg: Config, sink: MLflowSink, result) -> dict[str, Any]:
     }
     if tracking_note:
         summary["tracking"] = tracking_note
+    if cfg.data.test_path is None:
+        summary["evaluation"] = ("label-free (data.test_path=null: no labelled test set, so no kNN, probe or "
+                                 "baselines): RankMe, H(R), I(R;Z) and uniformity of the first 2048 training images")
+        for key in ("rankme", "h_r", "mi_rz", "uniformity"):
+            summary[f"eval_{key}"] = metrics.get(f"eval/{key}")
     for name in ("random", "pixels"):
         key = f"baseline/knn_{name}_top1"
         if key in metrics:

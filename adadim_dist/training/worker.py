@@ -123,12 +123,15 @@ def train_loop_per_worker(config_dict: dict) -> None:
     # The random-encoder and raw-pixel baselines do not depend on training: with several workers the last
     # rank computes them while rank 0 evaluates the trained encoder, instead of after it.
     baseline_rank = world_size - 1
+    # Without a labelled test set (data.test_path=null) evaluation is label-free: no kNN, probe or baselines.
+    label_free = cfg.data.test_path is None
+    with_baselines = cfg.eval.baselines and not label_free
     eval_loaders = None
-    if rank == 0 or (cfg.eval.baselines and rank == baseline_rank):
+    if rank == 0 or (with_baselines and rank == baseline_rank):
         eval_loaders = tuple(
             build_eval_loader(cfg.data, path, 512, rank=0, world_size=1, distributed=False,
-                              device=device if device.type == "cuda" else None)
-            for path in (cfg.data.train_path, cfg.data.test_path)
+                              device=device if device.type == "cuda" else None, labels=not label_free)
+            for path in ((cfg.data.train_path,) if label_free else (cfg.data.train_path, cfg.data.test_path))
         )
 
     try:
@@ -158,15 +161,16 @@ def train_loop_per_worker(config_dict: dict) -> None:
                 is_last_epoch = epoch + 1 == cfg.training.epochs
                 is_eval_epoch = (epoch + 1) % cfg.eval.every_epochs == 0 or is_last_epoch
                 baselines = cached_baseline_knn(eval_loaders, cfg, device) \
-                    if is_last_epoch and cfg.eval.baselines and rank == baseline_rank else {}
+                    if is_last_epoch and with_baselines and rank == baseline_rank else {}
                 if rank == 0 and is_eval_epoch:
-                    metrics.update(evaluate(evaluation_copy(final_state, cfg, device), eval_loaders, cfg, device))
-                if is_last_epoch and cfg.eval.baselines:
+                    evaluate_fn = evaluate_label_free if label_free else evaluate
+                    metrics.update(evaluate_fn(evaluation_copy(final_state, cfg, device), eval_loaders, cfg, device))
+                if is_last_epoch and with_baselines:
                     baselines = share_from(baselines, BASELINE_KEYS, baseline_rank, device)
                     sink.log(baselines, step=cfg.training.epochs)
                 metrics.update(sweep_metrics(metrics, cfg))
                 if rank == 0:
-                    epoch_metrics = {k: v for k, v in metrics.items() if k.startswith(("knn/", "probe/"))}
+                    epoch_metrics = {k: v for k, v in metrics.items() if k.startswith(("knn/", "probe/", "eval/"))}
                     epoch_metrics["train/epoch_seconds"] = epoch_seconds
                     sink.log(epoch_metrics, step=epoch + 1)
                     _say(rank, f"epoch {epoch + 1}/{cfg.training.epochs} done in {epoch_seconds:.0f}s "
@@ -279,7 +283,8 @@ def train_epoch(engine, objective, loader, num_steps, epoch, cfg: Config, sink, 
             labels = labels.reshape(-1).long().to(device, non_blocking=True)
             probe_loss = torch.nn.functional.cross_entropy(logits_a, labels)
         else:
-            probe_loss = torch.zeros((), device=device)
+            # Still part of the graph (zero gradient): DDP expects a gradient for every parameter it holds.
+            probe_loss = 0.0 * logits_a.sum()
         engine.backward(loss + probe_loss)
 
         # Called on every rank whatever the loss: under ZeRO 1-3 the gradient check is itself a collective.
@@ -361,6 +366,34 @@ def evaluate(model, eval_loaders, cfg: Config, device) -> dict[str, float]:
     }
     results["probe/top1"] = accuracy(test_logits, test_labels)
     return results
+
+
+#: Images of the training file (its first ones, centre view) that label-free evaluation embeds.
+LABEL_FREE_IMAGES = 2048
+
+
+@torch.no_grad()
+def evaluate_label_free(model, eval_loaders, cfg: Config, device) -> dict[str, float]:
+    """What can be measured without labels, on the first LABEL_FREE_IMAGES training images (rank 0): RankMe
+    (the effective rank of R, Garrido et al. 2023), H(R) and I(R;Z) with the objective's estimator, and the
+    uniformity of Z (Wang and Isola 2020; lower is more uniform)."""
+    from ..objectives.information import effective_rank, information_terms, uniformity
+
+    model.eval()
+    rs, zs, seen = [], [], 0
+    for images, _ in eval_loaders[0]:
+        r, z, _ = model(images.to(device, non_blocking=True))
+        rs.append(r.detach().to("cpu", torch.float64, copy=True))
+        zs.append(z.detach().to("cpu", torch.float64, copy=True))
+        seen += images.shape[0]
+        if seen >= LABEL_FREE_IMAGES:
+            break
+    model.train()
+    r, z = torch.cat(rs)[:LABEL_FREE_IMAGES], torch.cat(zs)[:LABEL_FREE_IMAGES]
+    terms = information_terms(r, z, cfg.objective.mi_order, cfg.objective.kernel, cfg.objective.kernel_sigma)
+    return {"eval/rankme": float(effective_rank(r)), "eval/h_r": float(terms["h_x"]),
+            "eval/mi_rz": float(terms["mi"]), "eval/uniformity": float(uniformity(z)),
+            "eval/images": float(r.shape[0])}
 
 
 BASELINE_KEYS = ("baseline/knn_random_top1", "baseline/knn_pixels_top1")

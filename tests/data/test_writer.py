@@ -168,5 +168,5 @@ def test_module_entry_point_exits_2_with_one_line(tmp_path):
     )  # fmt: skip
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.strip().splitlines() == ["adadim_dist.data: error: unknown source 'svhn' (choose from "
-                                                  "fashion_mnist, mnist, cifar10, cifar100, stl10, imagefolder, npz)"]
+                                                  "fashion_mnist, mnist, cifar10, cifar100, stl10, imagefolder, folder, npz)"]
     assert not out.exists()
