@@ -19,6 +19,7 @@ import yaml
 
 from ..config import Config, ConfigError, flatten, is_uri, with_defaults
 from .checkpoint import check_compatible, latest_complete_checkpoint, load_state
+from .progress import ProgressBoard, ProgressPrinter
 from .tracking import MLflowSink, check_reachable, mask_credentials, network_sqlite_store, resolve_tracking_uri
 
 logger = logging.getLogger(__name__)
@@ -187,13 +188,23 @@ def fit(cfg: Config, fresh: bool = False) -> dict[str, Any]:
     try:
         init_ray(cfg)
         warn_if_sqlite_across_nodes(cfg)
-        result = build_trainer(cfg, sink.run_id, resume_from=local_resume_checkpoint(cfg)).fit()
+        board = progress_board()
+        with ProgressPrinter(board):
+            result = build_trainer(cfg, sink.run_id, resume_from=local_resume_checkpoint(cfg),
+                                   progress=board).fit()
         status = "FINISHED"
     finally:
         if not sink.close(status):  # MLflow down at the end: the status waits in the file with the metrics
             sink.spill(unsent_metrics_path(cfg))
         shutdown_ray()  # flushes the workers' forwarded output, so the summary is the last thing printed
     return summarise(cfg, sink, result)
+
+
+def progress_board():
+    """The actor rank 0 posts its progress to (0 CPUs: it must not take a worker's place)."""
+    import ray
+
+    return ray.remote(num_cpus=0)(ProgressBoard).remote()
 
 
 def unsent_metrics_path(cfg: Config) -> Path:
@@ -287,7 +298,8 @@ def local_resume_checkpoint(cfg: Config) -> Path | None:
     return latest_complete_checkpoint(Path(cfg.run.storage_path) / cfg.run.name, cfg.training.strategy)
 
 
-def build_trainer(cfg: Config, run_id: str | None, callbacks: list | None = None, resume_from: Path | None = None):
+def build_trainer(cfg: Config, run_id: str | None, callbacks: list | None = None, resume_from: Path | None = None,
+                  progress=None):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -299,6 +311,7 @@ def build_trainer(cfg: Config, run_id: str | None, callbacks: list | None = None
         train_loop_config={"config": cfg.model_dump(mode="json"), "mlflow_run_id": run_id,
                            "resume_dir": str(resume_from) if resume_from else None,
                            "tracking_uri": resolve_tracking_uri(cfg.tracking.uri, cfg.run.storage_path),
+                           "progress_board": progress,
                            "run_dir": None if is_uri(cfg.run.storage_path)
                            else str(Path(cfg.run.storage_path) / cfg.run.name)},
         scaling_config=ScalingConfig(

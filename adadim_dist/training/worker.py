@@ -141,7 +141,8 @@ def train_loop_per_worker(config_dict: dict) -> None:
             train_loader.set_epoch(epoch)
             epoch_start = time.perf_counter()
             train_metrics = train_epoch(
-                engine, objective, train_loader, steps_per_epoch, epoch, cfg, sink, rank, world_size, device
+                engine, objective, train_loader, steps_per_epoch, epoch, cfg, sink, rank, world_size, device,
+                progress_board=config_dict.get("progress_board") if rank == 0 else None,
             )
             epoch_seconds = time.perf_counter() - epoch_start
 
@@ -260,9 +261,10 @@ def evaluation_copy(state: dict[str, torch.Tensor], cfg: Config, device):
     return to_memory_format(model.to(device), cfg.training.channels_last)
 
 
-def train_epoch(engine, objective, loader, num_steps, epoch, cfg: Config, sink, rank, world_size, device
-                ) -> dict[str, float]:
-    """One pass over the training loader; returns the last logged step metrics."""
+def train_epoch(engine, objective, loader, num_steps, epoch, cfg: Config, sink, rank, world_size, device,
+                progress_board=None) -> dict[str, float]:
+    """One pass over the training loader; returns the last logged step metrics. Rank 0 posts its progress
+    to the driver's ``progress_board`` (a Ray actor) at every logged step."""
     engine.module.train()
     log_every = cfg.training.log_every
     window_start, window_images = time.perf_counter(), 0
@@ -320,6 +322,13 @@ def train_epoch(engine, objective, loader, num_steps, epoch, cfg: Config, sink, 
             _say(rank, f"epoch {epoch + 1} step {step_in_epoch + 1}/{num_steps} loss {logged['loss/total']:.3f} "
                  f"α {logged['adadim/alpha']:.3f} erank(Z) {logged['info/erank_z']:.1f} "
                  f"{logged['train/images_per_s']:.0f} img/s")
+            if progress_board is not None:
+                progress_board.post.remote({
+                    "epoch": epoch + 1, "epochs": cfg.training.epochs, "step": global_step + 1,
+                    "total_steps": num_steps * cfg.training.epochs, "images_per_s": logged["train/images_per_s"],
+                    "steps_per_s": window_images / max(elapsed, 1e-9) / (view_a.shape[0] * world_size),
+                    "loss": logged["loss/total"], "alpha": logged["adadim/alpha"], "time": time.time(),
+                })
             window_start, window_images = time.perf_counter(), 0
     return logged
 

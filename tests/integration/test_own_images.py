@@ -61,6 +61,8 @@ def test_a_folder_of_unlabelled_images_trains_and_is_evaluated_without_labels(tm
     assert summary["evaluation"].startswith("label-free")
     assert 1.0 < summary["eval_rankme"] <= 256 and summary["eval_h_r"] > 0 and summary["eval_mi_rz"] >= 0
     assert "evaluation: label-free" in out.stdout and "RankMe" in out.stdout
+    # The driver's progress line (not a terminal: plain lines, the last one at the end of training).
+    assert "[progress] epoch 1/1 step 3/3 (100%)" in out.stderr, out.stderr[-2000:]
 
 
 def test_folder_errors_are_one_line(tmp_path, capsys):

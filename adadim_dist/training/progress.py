@@ -1,0 +1,83 @@
+"""A live progress bar in the driver (epoch, step, images/s, loss, α, ETA) while the workers train.
+
+Rank 0 posts its latest step to a small Ray actor (``ProgressBoard``, 0 CPUs, fire-and-forget calls); a
+thread in the driver reads it and draws. On a terminal the bar redraws in place every second; elsewhere (a
+log file, ``ray job logs``, CI) it prints one plain line at most every ``quiet_interval_s`` seconds, so logs
+are not flooded.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+
+class ProgressBoard:
+    """The latest progress rank 0 posted: a dict, or None before the first step."""
+
+    def __init__(self) -> None:
+        self.latest: dict | None = None
+
+    def post(self, progress: dict) -> None:
+        self.latest = progress
+
+    def read(self) -> dict | None:
+        return self.latest
+
+
+def describe(progress: dict, now: float) -> str:
+    """One line: where training is and how long is left at the recent rate."""
+    done, total = progress["step"], progress["total_steps"]
+    rate = progress.get("steps_per_s") or 0.0
+    eta = (total - done) / rate if rate > 0 else float("nan")
+    eta_text = "?" if eta != eta else time.strftime("%H:%M:%S", time.gmtime(max(eta - (now - progress["time"]), 0)))
+    return (f"epoch {progress['epoch']}/{progress['epochs']} step {done}/{total} "
+            f"({100.0 * done / max(total, 1):.0f}%) {progress['images_per_s']:.0f} img/s "
+            f"loss {progress['loss']:.3f} α {progress['alpha']:.3f} ETA {eta_text}")
+
+
+class ProgressPrinter:
+    """Polls a ``ProgressBoard`` actor from a daemon thread and draws what it holds on ``stream``."""
+
+    def __init__(self, board, stream=None, interval_s: float = 1.0, quiet_interval_s: float = 60.0) -> None:
+        self.board = board
+        self.stream = stream or sys.stderr
+        self.interactive = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.interval_s = interval_s if self.interactive else quiet_interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="adadim-progress", daemon=True)
+        self._last_drawn: tuple | None = None
+
+    def __enter__(self) -> "ProgressPrinter":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._draw()  # where training ended, once, even in a log whose interval had not come round
+        if self.interactive and self._last_drawn is not None:
+            self.stream.write("\n")
+            self.stream.flush()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._draw()
+
+    def _draw(self) -> None:
+        import ray
+
+        try:
+            progress = ray.get(self.board.read.remote(), timeout=5)
+        except Exception:  # noqa: BLE001 - the bar must never disturb the job
+            return
+        if progress is None:
+            return
+        key = (progress["epoch"], progress["step"])
+        if key == self._last_drawn and not self.interactive:
+            return  # nothing new: no repeated line in a log
+        self._last_drawn = key
+        line = describe(progress, time.time())
+        self.stream.write(f"\r\033[K[progress] {line}" if self.interactive else f"[progress] {line}\n")
+        self.stream.flush()

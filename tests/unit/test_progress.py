@@ -1,0 +1,41 @@
+"""The driver's progress bar: what one line says, and how often it is drawn on a terminal and in a log."""
+
+import io
+
+from adadim_dist.training.progress import ProgressBoard, ProgressPrinter, describe
+
+PROGRESS = {"epoch": 2, "epochs": 4, "step": 300, "total_steps": 936, "images_per_s": 1100.0,
+            "steps_per_s": 4.0, "loss": 12.3456, "alpha": 0.3333, "time": 1000.0}
+
+
+def test_one_line_names_epoch_step_rate_loss_alpha_and_eta():
+    # 636 steps left at 4 steps/s = 159 s, 9 s of which already passed since the post.
+    assert describe(PROGRESS, now=1009.0) == ("epoch 2/4 step 300/936 (32%) 1100 img/s loss 12.346 α 0.333 "
+                                              "ETA 00:02:30")
+    assert describe({**PROGRESS, "steps_per_s": 0.0}, now=1009.0).endswith("ETA ?")
+
+
+class _Remote:
+    """A local stand-in for the actor handle: ``.read.remote()`` returns what ray.get then unwraps."""
+
+    def __init__(self, board):
+        self.read = type("Method", (), {"remote": staticmethod(lambda: board.read())})
+
+
+def test_a_log_gets_a_line_only_when_something_changed(monkeypatch):
+    import ray
+
+    monkeypatch.setattr(ray, "get", lambda value, timeout=None: value)
+    board, log = ProgressBoard(), io.StringIO()
+    printer = ProgressPrinter(_Remote(board), stream=log, quiet_interval_s=0.01)
+    assert not printer.interactive and printer.interval_s == 0.01
+    with printer:
+        board.post(PROGRESS)
+        import time
+
+        time.sleep(0.2)  # ~20 polls of an unchanged board
+        board.post({**PROGRESS, "step": 301})
+        time.sleep(0.2)
+    lines = log.getvalue().splitlines()
+    assert [line.split(" step ")[1].split(" ")[0] for line in lines] == ["300/936", "301/936"]
+    assert all(line.startswith("[progress] epoch 2/4") and "\r" not in line for line in lines)
