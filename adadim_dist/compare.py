@@ -93,6 +93,48 @@ def _as_number(value: str | None):
         return value
 
 
+def plot_spectra(curves: dict[str, list[float]], path: Path, title: str) -> Path:
+    """Sorted singular values (log scale, each normalised by its largest) of one or more embeddings."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, values in curves.items():
+        top = values[0] if values and values[0] > 0 else 1.0
+        ax.semilogy(range(1, len(values) + 1), [max(v / top, 1e-12) for v in values], label=name, lw=1.2)
+    ax.axhline(1e-3, color="grey", ls="--", lw=0.8, label="collapse threshold (1e-3 · σ₁)")
+    ax.set(xlabel="index i (sorted)", ylabel="σ_i / σ_1", ylim=(1e-8, 2))
+    ax.legend(fontsize=7)
+    return save_figure(fig, title, path)
+
+
+def final_spectra(client, runs, tracking_uri: str) -> dict[str, dict[str, list[float]]]:
+    """Each run's spectra at its last evaluation (artifact ``spectrum/epoch_NNNN.json``), by run label."""
+    import json
+
+    from mlflow.artifacts import download_artifacts
+
+    found = {}
+    for run in runs:
+        try:
+            files = sorted(a.path for a in client.list_artifacts(run.info.run_id, "spectrum") if a.path.endswith(".json"))
+            if files:
+                local = download_artifacts(run_id=run.info.run_id, artifact_path=files[-1],
+                                           tracking_uri=tracking_uri)
+                found[label(run)] = json.loads(Path(local).read_text())
+        except Exception:  # noqa: BLE001 - a run without spectra (older runs) is simply not overlaid
+            continue
+    return found
+
+
+def plot_final_spectra(client, runs, out: Path, tracking_uri: str) -> list[Path]:
+    spectra = final_spectra(client, runs, tracking_uri)
+    if not spectra:
+        return []
+    return [plot_spectra({name: s[key] for name, s in spectra.items() if key in s}, out / f"spectra_{key}.png",
+                         f"final spectrum of {key.upper()} (held-out test embeddings), per run")
+            for key in ("r", "z")]
+
+
 def plot_trajectories(client, runs, out: Path) -> Path:
     import matplotlib.pyplot as plt
 
@@ -361,6 +403,7 @@ def compare(tracking_uri: str, experiment: str, run_ids: list[str] | None, out: 
     params = varying_params(runs)
     plots = [plot_trajectories(client, runs, out), plot_information_plane(runs, accuracy_key, out)]
     plots += plot_accuracy_vs_params(runs, params, accuracy_key, out)
+    plots += plot_final_spectra(client, runs, out, tracking_uri)
     table = summary_table(runs, params, accuracy_key)
     report = f"# Comparison of {len(runs)} runs in {experiment}\n\n{table}"
     if group_by is not None:

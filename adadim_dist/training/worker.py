@@ -164,18 +164,26 @@ def train_loop_per_worker(config_dict: dict) -> None:
                 baselines = cached_baseline_knn(eval_loaders, cfg, device) \
                     if is_last_epoch and with_baselines and rank == baseline_rank else {}
                 if rank == 0 and is_eval_epoch:
-                    evaluate_fn = evaluate_label_free if label_free else evaluate
-                    metrics.update(evaluate_fn(evaluation_copy(final_state, cfg, device), eval_loaders, cfg, device))
+                    if label_free:
+                        metrics.update(evaluate_label_free(evaluation_copy(final_state, cfg, device), eval_loaders,
+                                                           cfg, device))
+                    else:
+                        spectra: dict = {}
+                        metrics.update(evaluate(evaluation_copy(final_state, cfg, device), eval_loaders, cfg, device,
+                                                spectra))
+                        log_spectra(sink, spectra, epoch + 1)
                 if is_last_epoch and with_baselines:
                     baselines = share_from(baselines, BASELINE_KEYS, baseline_rank, device)
                     sink.log(baselines, step=cfg.training.epochs)
                 metrics.update(sweep_metrics(metrics, cfg))
                 if rank == 0:
-                    epoch_metrics = {k: v for k, v in metrics.items() if k.startswith(("knn/", "probe/", "eval/"))}
+                    epoch_metrics = {k: v for k, v in metrics.items()
+                                     if k.startswith(("knn/", "probe/", "eval/", "spectrum/"))}
                     epoch_metrics["train/epoch_seconds"] = epoch_seconds
                     sink.log(epoch_metrics, step=epoch + 1)
                     _say(rank, f"epoch {epoch + 1}/{cfg.training.epochs} done in {epoch_seconds:.0f}s "
-                         + " ".join(f"{k}={v:.2f}" for k, v in epoch_metrics.items() if k != "train/epoch_seconds"))
+                         + " ".join(f"{k}={v:.2f}" for k, v in epoch_metrics.items()
+                                    if k != "train/epoch_seconds" and not k.startswith("spectrum/dim")))
                     if isinstance(sink, MLflowSink) and not sink.flush():
                         # MLflow down: what is buffered goes to disk with the checkpoint, so a worker killed
                         # during the outage loses no more than the epoch it was in (which it trains again).
@@ -361,20 +369,60 @@ def _scalar_stats(objective, r_a, r_b, z_a, z_b) -> dict[str, float]:
     return {k: float(v) for k, v in stats.items()}
 
 
-def evaluate(model, eval_loaders, cfg: Config, device) -> dict[str, float]:
-    """kNN top-1 for each k and online-probe top-1 on the test split (rank 0)."""
+def evaluate(model, eval_loaders, cfg: Config, device, spectra: dict | None = None) -> dict[str, float]:
+    """kNN top-1 for each k and online-probe top-1 on the test split (rank 0); the spectra of the test
+    embeddings R and Z and their collapsed dimensions too (filled into ``spectra`` when given)."""
     model.eval()
     bank_loader, test_loader = eval_loaders
     train_features, train_labels, _ = extract(model, bank_loader, device, cfg.eval.bank_size)
     test_features, test_labels, test_logits = extract(model, test_loader, device)
+    dtype = next(model.projector.parameters()).dtype
+    with torch.no_grad():
+        test_z = torch.cat([model.projector(chunk.to(device, dtype)).float().cpu()
+                            for chunk in test_features.split(2048)])
     model.train()
-    results = {
+    results = spectrum_metrics(test_features, test_z, spectra)
+    results |= {
         f"knn/top1_k{k}": knn_top1(train_features, train_labels, test_features, test_labels, k,
                                    cfg.eval.knn_temperature, cfg.model.num_classes)
         for k in cfg.eval.knn_k
     }
     results["probe/top1"] = accuracy(test_logits, test_labels)
     return results
+
+
+def spectrum_metrics(r: torch.Tensor, z: torch.Tensor, spectra: dict | None = None) -> dict[str, float]:
+    """Collapsed dimensions of held-out R and Z (``adadim_dist.objectives.spectrum``), and their spectra."""
+    from ..objectives.spectrum import collapsed_dimensions, singular_spectrum
+
+    results = {}
+    for name, x in (("r", r), ("z", z)):
+        spectrum = singular_spectrum(x)
+        results[f"spectrum/collapsed_{name}"] = float(collapsed_dimensions(spectrum, x.shape[1]))
+        results[f"spectrum/dim_{name}"] = float(x.shape[1])
+        if spectra is not None:
+            spectra[name] = spectrum.tolist()
+    return results
+
+
+def log_spectra(sink: MetricsSink, spectra: dict, epoch: int) -> None:
+    """The spectra of an evaluation as ``spectrum/epoch_NNNN.json`` and ``.png`` artifacts (rank 0)."""
+    import json
+
+    from ..compare import plot_spectra
+
+    if sink.run_id is None or not spectra:
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        stem = Path(directory) / f"epoch_{epoch:04d}"
+        stem.with_suffix(".json").write_text(json.dumps(spectra))
+        plot_spectra({f"{k.upper()} (test embeddings)": v for k, v in spectra.items()}, stem.with_suffix(".png"),
+                     f"singular values after epoch {epoch}")
+        try:
+            sink.log_artifacts(Path(directory), "spectrum")
+        except Exception as err:  # noqa: BLE001 - MLflow down: the metrics are buffered, the figure is skipped
+            logger.warning("MLflow unreachable (%s): spectrum artifacts of epoch %d not logged", type(err).__name__,
+                           epoch)
 
 
 #: Images of the training file (its first ones, centre view) that label-free evaluation embeds.

@@ -21,7 +21,8 @@ from ..conftest import REPO, record_fault, run_cli, steps_done_before
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-EPOCH_METRICS = ["knn/top1_k20", "knn/top1_k200", "probe/top1", "train/epoch_seconds"]
+EPOCH_METRICS = ["knn/top1_k20", "knn/top1_k200", "probe/top1", "train/epoch_seconds", "spectrum/collapsed_r",
+                 "spectrum/collapsed_z"]
 STEP_METRICS = ["loss/total", "loss/dim", "loss/sample", "loss/invariance", "loss/variance", "loss/covariance",
                 "adadim/alpha", "adadim/beta", "info/h_r", "info/mi_rz", "info/erank_r", "info/erank_z",
                 "info/uniformity", "info/alignment", "train/lr", "train/images_per_s"]
@@ -111,6 +112,10 @@ def test_ddp_run_logs_every_metric_and_checkpoints(job):
     assert run.data.params["training.strategy"] == "ddp" and run.data.params["training.num_workers"] == "2"
     assert 0.0 <= summary["final_alpha"] <= 1.0
     assert "encoder" in [a.path for a in client.list_artifacts(summary["run_id"])]
+    # Dimensional-collapse diagnostics of every evaluation: spectra as JSON and a figure per epoch.
+    spectra = sorted(a.path for a in client.list_artifacts(summary["run_id"], "spectrum"))
+    assert spectra == [f"spectrum/epoch_000{e}.{ext}" for e in (1, 2) for ext in ("json", "png")]
+    assert 0 <= run.data.metrics["spectrum/collapsed_z"] <= run.data.metrics["spectrum/dim_z"] == 512
 
 
 def test_baselines_reach_rank0_and_match_a_direct_computation(job):

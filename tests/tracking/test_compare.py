@@ -201,3 +201,26 @@ def test_changes_made_on_resume_are_recorded_and_shown_next_to_the_first_starts_
     header, _, row = table.splitlines()[:3]
     assert header.endswith("| changed on resume |")
     assert row.endswith("| resume 1 (from epoch 0): optim.lr: 0.3 -> 0.1; training.epochs: 3 -> 5 |")
+
+
+def test_compare_overlays_the_final_spectra_of_the_runs(store, tmp_path):
+    """Runs that logged spectrum/epoch_NNNN.json get their last one overlaid, for R and for Z."""
+    import json
+
+    uri, client, runs = store
+    run_ids = list(runs)
+    for index, run_id in enumerate(run_ids[:2]):
+        for epoch in (1, 2):
+            path = tmp_path / f"epoch_000{epoch}.json"
+            path.write_text(json.dumps({"r": [10.0 / (i + 1) ** (epoch + index) for i in range(16)],
+                                        "z": [5.0, 1.0, 1e-6]}))
+            client.log_artifact(run_id, str(path), "spectrum")
+    from adadim_dist.compare import final_spectra
+
+    spectra = final_spectra(client, [client.get_run(r) for r in run_ids], uri)
+    assert len(spectra) == 2  # the third run logged none
+    assert [s["r"][1] for s in spectra.values()] == [10.0 / 2 ** 2, 10.0 / 2 ** 3]  # epoch 2, the last
+    _, plots, _ = compare(uri, "cmp", None, tmp_path / "out")
+    spectrum_plots = [p for p in plots if p.name.startswith("spectra_")]
+    assert sorted(p.name for p in spectrum_plots) == ["spectra_r.png", "spectra_z.png"]
+    assert all(p.stat().st_size > 5000 for p in spectrum_plots)

@@ -95,3 +95,28 @@ def test_baselines_are_cached_by_what_they_depend_on_only(tmp_path, monkeypatch)
     assert calls == [100, 200]
     (tmp_path / "train.beton").write_bytes(b"y" * 11)  # the data changed: its size and time differ
     assert worker.cached_baseline_knn(None, cfg, "cpu") != first and calls == [100, 200, 100]
+
+
+def test_evaluation_reports_collapsed_dimensions_of_the_held_out_embeddings():
+    """evaluate() measures the spectra of the test embeddings R and Z next to kNN and the probe; a projector
+    whose last layer is rank 3 leaves all but 3 dimensions of Z collapsed."""
+    import torch
+
+    from adadim_dist.config import load_config
+    from adadim_dist.models import build_model
+    from adadim_dist.training.worker import evaluate
+
+    cfg = load_config(None, ["model.small_cnn_width=4", "model.projector_dims=[32, 16]", "eval.knn_k=[5]"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    with torch.no_grad():
+        last = model.projector[-1]
+        last.weight.copy_(torch.randn(16, 3) @ torch.randn(3, 32))
+        last.bias.zero_()
+    batches = [(torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))) for _ in range(3)]
+    spectra: dict = {}
+    results = evaluate(model, (batches[:2], batches[2:]), cfg, torch.device("cpu"), spectra)
+    assert results["spectrum/dim_r"] == 32 and results["spectrum/dim_z"] == 16
+    assert results["spectrum/collapsed_z"] == 13 and results["spectrum/collapsed_r"] < 32
+    assert len(spectra["z"]) == 16 and spectra["z"][0] >= spectra["z"][-1]
+    assert {"knn/top1_k5", "probe/top1"} <= set(results)
