@@ -72,3 +72,34 @@ def test_offline_evaluation_errors_are_one_line(tmp_path, capsys):
     assert main(["--checkpoint", str(tmp_path / "nowhere")]) == 2
     assert capsys.readouterr().err.strip() == (
         f"adadim_dist.evaluate: error: --checkpoint: {tmp_path / 'nowhere'} is not a directory")
+
+
+def test_offline_evaluation_of_a_runs_mlflow_encoder_with_the_runs_params(tiny_betons, tmp_path, capsys):
+    """--run-id: the encoder a job logged to MLflow (the torch.export program) and the config rebuilt from
+    the run's params give the same kNN as evaluating the checkpoint's weights."""
+    from adadim_dist.config import flatten
+    from adadim_dist.evaluate import main
+    from adadim_dist.training.tracking import MLflowSink
+    from adadim_dist.training.worker import log_encoder
+
+    cfg = load_config(None, [f"data.train_path={tiny_betons['train']}", f"data.test_path={tiny_betons['test']}",
+                             f"run.storage_path={tmp_path}", "run.name=logged", "model.small_cnn_width=8",
+                             "model.small_cnn_downsample=stride", "eval.knn_k=[20]"])
+    torch.manual_seed(1)
+    model = build_model(cfg.model).eval()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sink = MLflowSink(uri, "logged", "logged", tmp_path)
+    sink.log_params({k: v for k, v in flatten(cfg).items()})
+    log_encoder(sink, model, 32)
+    sink.close()
+
+    assert main(["--run-id", sink.run_id, "--tracking-uri", uri, "--out", str(tmp_path / "by-run")]) == 0
+    by_run = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    checkpoint = tmp_path / "logged" / "epoch_0001"
+    checkpoint.mkdir(parents=True)
+    torch.save(model.state_dict(), checkpoint / "model.pt")
+    save_state(checkpoint, {"epoch": 1, "config": cfg.model_dump(mode="json"), "mlflow_run_id": None})
+    assert main(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "by-checkpoint")]) == 0
+    by_checkpoint = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert by_run["eval_offline/knn_top1_k20"] == pytest.approx(by_checkpoint["eval_offline/knn_top1_k20"], abs=0.2)
+    assert by_run["logged_to_mlflow"] and not by_checkpoint["logged_to_mlflow"]
