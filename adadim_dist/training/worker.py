@@ -26,9 +26,9 @@ from ..models import build_model
 from ..objectives import adadim_from_config
 from .checkpoint import (STATE_FILE, check_compatible, checkpoint_files, is_complete, latest_complete_checkpoint,
                          load_state, save_state)
+from .driver import unsent_metrics_path
 from .evaluation import accuracy, extract, knn_top1
 from .optim import build_optimizer, build_scheduler
-from .driver import unsent_metrics_path
 from .tracking import MetricsSink, MLflowSink, resolve_tracking_uri
 
 logger = logging.getLogger(__name__)
