@@ -122,21 +122,23 @@ class MLflowSink(MetricsSink):
         self._pending: list = []
         self._pending_status: str | None = None
         self._outage_reported = False
+        local = tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
+        self.experiment_id: str | None = None
         if run_id is not None:
             self.run_id = run_id
             try:
+                self.experiment_id = get_or_create_experiment(self.client, experiment, storage_path, local)
                 self.client.update_run(run_id, status="RUNNING")
             except Exception as err:  # noqa: BLE001 - a worker restarted during an outage keeps training
                 logger.warning("MLflow unreachable (%s): run %s stays as it was, metrics are buffered",
                                type(err).__name__, run_id)
                 self._outage_reported = True
         else:
-            local = tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
-            experiment_id = get_or_create_experiment(self.client, experiment, storage_path, local)
+            self.experiment_id = get_or_create_experiment(self.client, experiment, storage_path, local)
             all_tags = dict(tags or {})
             if parent_run_id:
                 all_tags["mlflow.parentRunId"] = parent_run_id
-            run = self.client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+            run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
             self.run_id = run.info.run_id
 
     def log(self, metrics: dict[str, float], step: int) -> None:
