@@ -42,25 +42,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def config_from_params(params: dict[str, str]):
-    """The Config a run was trained with, rebuilt from its MLflow params (flattened, stringified)."""
+    """The config tree a run was trained with, rebuilt from its MLflow params (flattened, stringified)."""
     import yaml
 
-    from .config import Config, _set_dotted
+    from .config import Config, _set_dotted, flatten
 
-    known = set(_flat_keys(Config().model_dump(mode="json")))
+    known = set(flatten(Config()))
     tree: dict = {}
     for key, text in params.items():
         if key in known:
             _set_dotted(tree, key, yaml.safe_load(text) if text != "None" else None)
     return tree
-
-
-def _flat_keys(tree: dict, prefix: str = ""):
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            yield from _flat_keys(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}"
 
 
 def load_encoder_and_config(args):
