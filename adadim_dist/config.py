@@ -63,6 +63,9 @@ class DataConfig(_Strict):
     image_size: int = Field(32, ge=8)
     num_loader_workers: int = Field(2, ge=1)
     subset: int | None = Field(None, ge=1)  # use only the first N training images (sweeps, tests)
+    # Write the training file (when absent, from a built-in source) as a long-tailed subset: class c keeps
+    # n_max * R^(-c/(C-1)) images (`python -m adadim_dist.data write --imbalance-ratio R` does the same).
+    train_imbalance_ratio: float | None = Field(None, ge=1)
     cache_dir: Path | None = None  # copy .beton files to node-local disk before opening them
     # Fashion-MNIST padded to 32×32 (what `prepare` writes); other datasets set their own in their configs.
     mean: tuple[float, float, float] = (0.2190, 0.2190, 0.2190)

@@ -1,7 +1,7 @@
 """``python -m adadim_dist.data {write,check,preview}``: write, validate and look at ``.beton`` files.
 
     write    --source SOURCE --split train|test --out PATH.beton [--root DIR] [--as-rgb32] [--overwrite]
-             [--limit N] [--num-workers K] [--max-resolution PX] [--quiet]
+             [--limit N] [--imbalance-ratio R] [--num-workers K] [--max-resolution PX] [--quiet]
     check    PATH.beton [--no-labels]
     preview  PATH.beton --out views.png [--num 8] [--seed 0] [--config CONFIG.yaml] [data.key=value ...]
 
@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     write.add_argument("--as-rgb32", action="store_true", help="pad small images to 32×32 (grey is always RGB)")
     write.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     write.add_argument("--limit", type=int, help="write only the first N images")
+    write.add_argument("--imbalance-ratio", type=float,
+                       help="long-tailed subset: class c keeps n_max * R^(-c/(C-1)) of its images (R >= 1)")
     write.add_argument("--num-workers", type=int, default=2, help="writer processes (default 2)")
     write.add_argument("--max-resolution", type=int, help="imagefolder, folder: longest side after resizing (default 256)")
     write.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -63,7 +65,11 @@ def _write(args: argparse.Namespace) -> int:
         raise FileExistsError(f"{args.out}: already exists (pass --overwrite to replace it)")
     if args.limit is not None and args.limit < 1:
         raise DataError(f"--limit must be at least 1, got {args.limit}")
+    if args.imbalance_ratio is not None and not args.imbalance_ratio >= 1:
+        raise DataError(f"--imbalance-ratio must be at least 1, got {args.imbalance_ratio}")
     image_set = read_source(args.source, args.split, args.root)
+    if args.imbalance_ratio is not None:
+        image_set = image_set.long_tailed(args.imbalance_ratio)
     summary = write_beton(image_set, args.out, as_rgb32=args.as_rgb32, limit=args.limit, overwrite=args.overwrite,
                           num_workers=args.num_workers, max_resolution=args.max_resolution,
                           progress=not args.quiet)  # fmt: skip

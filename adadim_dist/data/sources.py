@@ -79,6 +79,37 @@ class ImageSet:
         labels = None if self.labels is None else self.labels[:limit]
         return ImageSet(self.name, self.images[:limit], labels, self.class_names, self.skipped)
 
+    def long_tailed(self, imbalance_ratio: float) -> "ImageSet":
+        """A long-tailed subset: class c (by frequency rank) keeps ``n_max * ratio ** (-rank / (C - 1))`` images.
+
+        The exponential profile of Cui et al. (2019), the usual CIFAR-LT construction: the most frequent class
+        keeps all its images, the rarest ``1 / ratio`` of them. Classes are ranked by label (class 0 is the
+        head), and each keeps its *first* images, so the subset is reproducible and keeps the source's order.
+        """
+        if self.labels is None:
+            raise DataError(f"{self.name}: --imbalance-ratio needs labels, and this source has none")
+        if not imbalance_ratio >= 1:
+            raise DataError(f"--imbalance-ratio must be at least 1, got {imbalance_ratio}")
+        num_classes = self.num_classes or 1
+        per_class = np.bincount(self.labels, minlength=num_classes)
+        head = int(per_class.max())
+        keep_counts = [
+            min(int(per_class[c]), int(head * imbalance_ratio ** (-c / max(num_classes - 1, 1))))
+            for c in range(num_classes)
+        ]
+        keep = np.zeros(len(self), dtype=bool)
+        for c, count in enumerate(keep_counts):
+            keep[np.flatnonzero(self.labels == c)[:count]] = True
+        indices = np.flatnonzero(keep)
+        if isinstance(self.images, np.ndarray):
+            images = self.images[indices]
+        elif isinstance(self.images, ImageFiles):  # stays lazy: files are read by the writer processes
+            images = ImageFiles([self.images.paths[i] for i in indices])
+        else:
+            images = [self.images[i] for i in indices]
+        return ImageSet(f"{self.name}-lt{imbalance_ratio:g}", images, self.labels[indices], self.class_names,
+                        self.skipped)
+
 
 # ---------------------------------------------------------------------------------------------- IDX (MNIST)
 def read_idx(path: Path) -> np.ndarray:

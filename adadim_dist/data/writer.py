@@ -256,12 +256,14 @@ def ensure_beton(
     as_rgb32: bool = True,
     need_labels: bool = True,
     progress: bool = False,
+    imbalance_ratio: float | None = None,
 ):
     """Return the checked ``.beton`` at ``path``, writing it first from a built-in source if it is absent.
 
     Only the sources installed with the project (``fashion_mnist``, ``mnist``) are written on demand; for any
     other source a missing file is an error that names the ``write`` command to run. Call this once (from the
-    driver or rank 0), not from every worker at once. Returns :class:`~adadim_dist.data.beton.BetonInfo`.
+    driver or rank 0), not from every worker at once. ``imbalance_ratio`` writes a long-tailed subset
+    (``ImageSet.long_tailed``) when the file is absent; an existing file is used as it is. Returns :class:`~adadim_dist.data.beton.BetonInfo`.
     """
     from .beton import check_beton
 
@@ -273,7 +275,10 @@ def ensure_beton(
                 f"{path}: no such .beton file, and source {source!r} is not written automatically; run "
                 f"python -m adadim_dist.data write --source {source} --split {split} --root DIR{rgb_flag} --out {path}"
             )
-        summary = write_beton(read_source(source, split, root), path, as_rgb32=as_rgb32, progress=progress)
+        image_set = read_source(source, split, root)
+        if imbalance_ratio is not None:
+            image_set = image_set.long_tailed(imbalance_ratio)
+        summary = write_beton(image_set, path, as_rgb32=as_rgb32, progress=progress)
         logger.info("%s", summary.line())
     return check_beton(path, need_labels=need_labels)
 
@@ -286,6 +291,7 @@ def prepare_datasets(data_cfg, *, progress: bool = False) -> tuple:
     """
     # Without a labelled test set (data.test_path=null) the training file may be unlabelled too.
     labelled = data_cfg.test_path is not None
-    train = ensure_beton(data_cfg.source, "train", data_cfg.train_path, need_labels=labelled, progress=progress)
+    train = ensure_beton(data_cfg.source, "train", data_cfg.train_path, need_labels=labelled, progress=progress,
+                         imbalance_ratio=data_cfg.train_imbalance_ratio)
     test = ensure_beton(data_cfg.source, "test", data_cfg.test_path, progress=progress) if labelled else None
     return train, test

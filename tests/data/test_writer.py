@@ -74,6 +74,16 @@ def test_cli_write_prints_summary_and_refuses_to_overwrite(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.beton"]  # no temporary file left
 
 
+def test_cli_writes_a_long_tailed_training_set(tmp_path, capsys):
+    out = tmp_path / "lt.beton"
+    argv = ["write", "--source", "mnist", "--split", "test", "--out", str(out), "--imbalance-ratio", "10", "--quiet"]
+    assert main(argv) == 0
+    labels = read_source("mnist", "test").labels
+    expected = [min(int((labels == c).sum()), int(np.bincount(labels).max() * 10 ** (-c / 9))) for c in range(10)]
+    assert f"wrote {out}: {sum(expected)} images, 10 classes" in capsys.readouterr().out
+    assert check_beton(out).num_samples == sum(expected)
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -81,6 +91,7 @@ def test_cli_write_prints_summary_and_refuses_to_overwrite(tmp_path, capsys):
         (["--source", "mnist", "--split", "val"], "unknown split 'val'"),
         (["--source", "cifar10", "--split", "train", "--root", "{tmp}"], "no cifar-10-batches-py/ directory"),
         (["--source", "mnist", "--split", "test", "--limit", "0"], "--limit must be at least 1"),
+        (["--source", "mnist", "--split", "test", "--imbalance-ratio", "0.5"], "--imbalance-ratio must be at least 1"),
     ],
 )
 def test_cli_user_errors_are_one_line_exit_2_and_leave_nothing(tmp_path, capsys, extra, message):
@@ -154,6 +165,14 @@ def test_ensure_beton_writes_builtin_sources_and_names_the_command_for_others(tm
     assert test.num_samples == 10000 and test.max_size == (32, 32)  # written as RGB 32×32
     with pytest.raises(FileNotFoundError, match="python -m adadim_dist.data write --source cifar10 --split test"):
         ensure_beton("cifar10", "test", tmp_path / "c.beton")
+
+
+def test_prepare_writes_a_long_tailed_training_file_from_the_config(tmp_path):
+    cfg = DataConfig(source="mnist", train_path=tmp_path / "lt.beton", test_path=tmp_path / "t.beton",
+                     train_imbalance_ratio=100)
+    train, test = prepare_datasets(cfg)
+    expected = len(read_source("mnist", "train").long_tailed(100))
+    assert train.num_samples == expected < 60000 // 3 and test.num_samples == 10000  # the test set stays whole
 
 
 def test_module_entry_point_exits_2_with_one_line(tmp_path):
