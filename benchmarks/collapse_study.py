@@ -20,13 +20,17 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+try:
+    from _common import emit
+except ImportError:  # run as a module
+    from benchmarks._common import emit
 
 STUDIES = [
     "configs/study/collapse_fmnist_weak.yaml",
@@ -60,8 +64,158 @@ def main(argv: list[str] | None = None) -> int:
     return report(args)
 
 
+OBJECTIVES = ["vicreg", "ntxent", "adadim"]
+VIEWS = {"collapse-weak": "weak", "collapse-strong": "strong"}
+ACCURACY = "knn/top1_k20"
+
+
+def finished_runs(client, experiment: str) -> list:
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    runs = client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'", max_results=1000)
+    return [r for r in runs if ACCURACY in r.data.metrics and r.data.params.get("study.variant")]
+
+
+def collapse_rows(runs) -> list[dict]:
+    rows = []
+    for run in runs:
+        params, metrics = run.data.params, run.data.metrics
+        if params.get("study.name") not in VIEWS:
+            continue
+        rows.append({
+            "views": VIEWS[params["study.name"]], "objective": params["study.variant"],
+            "weight_decay": float(params["optim.weight_decay"]), "knn": metrics[ACCURACY],
+            "collapsed_r": metrics.get("spectrum/collapsed_r"), "collapsed_z": metrics.get("spectrum/collapsed_z"),
+            "erank_r": metrics.get("info/erank_r"), "erank_z": metrics.get("info/erank_z"), "run": run,
+        })
+    return sorted(rows, key=lambda r: (r["views"] != "weak", OBJECTIVES.index(r["objective"]), r["weight_decay"]))
+
+
+def collapse_table(rows: list[dict]) -> str:
+    decays = sorted({r["weight_decay"] for r in rows})
+    header = ["views", "objective", *(f"wd {d:g}: kNN · collapsed Z · erank Z" for d in decays)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for views in ("weak", "strong"):
+        for objective in OBJECTIVES:
+            cells = []
+            for decay in decays:
+                row = next((r for r in rows if (r["views"], r["objective"], r["weight_decay"])
+                            == (views, objective, decay)), None)
+                cells.append("–" if row is None else
+                             f"{row['knn']:.2f} · {row['collapsed_z']:.0f} · {row['erank_z']:.0f}")
+            lines.append("| " + " | ".join([views, objective, *cells]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_collapse_spectra(client, rows: list[dict], tracking_uri: str, path: Path) -> Path | None:
+    """Final test-set spectra of Z: one panel per views × objective, one curve per weight decay."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from adadim_dist.compare import final_spectra, label
+
+    spectra = final_spectra(client, [r["run"] for r in rows], tracking_uri)
+    if not spectra:
+        return None
+    fig, axes = plt.subplots(2, len(OBJECTIVES), figsize=(4 * len(OBJECTIVES), 6.5), sharex=True, sharey=True)
+    for i, views in enumerate(("weak", "strong")):
+        for j, objective in enumerate(OBJECTIVES):
+            ax = axes[i, j]
+            for row in (r for r in rows if r["views"] == views and r["objective"] == objective):
+                values = spectra.get(label(row["run"]), {}).get("z")
+                if values:
+                    top = values[0] or 1.0
+                    ax.semilogy([max(v / top, 1e-12) for v in values], lw=1.2,
+                                label=f"wd {row['weight_decay']:g} (kNN {row['knn']:.1f})")
+            ax.axhline(1e-3, color="grey", ls="--", lw=0.8)
+            ax.set_title(f"{objective}, {views} views", fontsize=9)
+            ax.set_ylim(1e-8, 2)
+            if ax.get_lines()[:-1]:  # the threshold line has no label
+                ax.legend(fontsize=7)
+    for ax in axes[-1]:
+        ax.set_xlabel("index i (sorted)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("σ_i / σ_1 of Z (test set)")
+    fig.suptitle("Final spectra of Z; dashed: collapse threshold 1e-3 · σ₁", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def longtail_table(runs) -> tuple[str, dict]:
+    from adadim_dist.compare import describe
+
+    groups: dict[tuple[str, str], list] = {}
+    for run in runs:
+        name = run.data.params.get("study.name")
+        if name in ("longtail", "longtail-balanced"):
+            groups.setdefault((run.data.params["study.variant"], name), []).append(run)
+    header = ["objective", "balanced kNN", "long-tailed kNN", "drop (points)", "collapsed Z bal. / LT",
+              "erank Z bal. / LT", "seeds"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    summary = {}
+    for objective in OBJECTIVES:
+        balanced = groups.get((objective, "longtail-balanced"), [])
+        longtail = groups.get((objective, "longtail"), [])
+        if not balanced and not longtail:
+            continue
+
+        def stat(group, key):
+            return describe([r.data.metrics.get(key) for r in group])
+
+        bal, lt = stat(balanced, ACCURACY), stat(longtail, ACCURACY)
+        pairs = {r.data.params.get("study.seed"): r.data.metrics[ACCURACY] for r in balanced}
+        drops = [pairs[r.data.params.get("study.seed")] - r.data.metrics[ACCURACY] for r in longtail
+                 if r.data.params.get("study.seed") in pairs]
+        drop = describe(drops)
+        summary[objective] = {"balanced": bal, "longtail": lt, "drop": drop}
+        lines.append("| " + " | ".join([
+            objective, _mean_std(bal), _mean_std(lt), _mean_std(drop),
+            f"{stat(balanced, 'spectrum/collapsed_z')[0]:.0f} / {stat(longtail, 'spectrum/collapsed_z')[0]:.0f}",
+            f"{stat(balanced, 'info/erank_z')[0]:.0f} / {stat(longtail, 'info/erank_z')[0]:.0f}",
+            f"{bal[2]} / {lt[2]}",
+        ]) + " |")
+    return "\n".join(lines) + "\n", summary
+
+
+def _mean_std(stat) -> str:
+    mean, std, n = stat
+    if n == 0:
+        return "–"
+    return f"{mean:.2f} ± {std:.2f}" if not math.isnan(std) else f"{mean:.2f} ± –"
+
+
 def report(args) -> int:
-    raise NotImplementedError
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from adadim_dist.training.tracking import resolve_tracking_uri
+
+    tracking_uri = resolve_tracking_uri(args.tracking_uri, Path(args.storage_path))
+    client = MlflowClient(tracking_uri)
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = collapse_rows(finished_runs(client, "collapse-study"))
+    longtail, summary = longtail_table(finished_runs(client, "longtail-study"))
+    text = ["# Collapse grid (experiment collapse-study)", "",
+            "Each cell: kNN top-1 (k = 20) · collapsed dimensions of Z (of 512; σ_i < 1e-3 σ_1 on the test set) · "
+            "effective rank of Z (training batch, last logged step).", "", collapse_table(rows),
+            "# Imbalance (experiment longtail-study)", "",
+            "kNN top-1 on the balanced test set, mean ± std over seeds; drop = balanced − long-tailed, per seed.",
+            "", longtail]
+    (args.out / "report.md").write_text("\n".join(text))
+    (args.out / "collapse_grid.json").write_text(json.dumps(
+        [{k: v for k, v in r.items() if k != "run"} for r in rows], indent=1) + "\n")
+    figure = plot_collapse_spectra(client, rows, tracking_uri, args.out / "spectra_z.png") if rows else None
+    print("\n".join(text))
+    emit({"collapse_runs": len(rows), "longtail_objectives": {k: {n: [round(x, 3) for x in v[:2]] + [v[2]]
+                                                               for n, v in s.items()} for k, s in summary.items()},
+          "figure": str(figure) if figure else None, "out": str(args.out)})
+    return 0
 
 
 if __name__ == "__main__":

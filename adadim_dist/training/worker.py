@@ -140,9 +140,13 @@ def train_loop_per_worker(config_dict: dict) -> None:
         for epoch in range(start_epoch, cfg.training.epochs):
             train_loader.set_epoch(epoch)
             epoch_start = time.perf_counter()
+            is_last_epoch = epoch + 1 == cfg.training.epochs
+            is_eval_epoch = (epoch + 1) % cfg.eval.every_epochs == 0 or is_last_epoch
+            spectra: dict = {}  # filled with the last global training batch's, then the test embeddings'
             train_metrics = train_epoch(
                 engine, objective, train_loader, steps_per_epoch, epoch, cfg, sink, rank, world_size, device,
                 progress_board=config_dict.get("progress_board") if rank == 0 else None,
+                batch_spectra=spectra if is_eval_epoch else None,
             )
             epoch_seconds = time.perf_counter() - epoch_start
 
@@ -159,8 +163,6 @@ def train_loop_per_worker(config_dict: dict) -> None:
                 shard_files = union_over_ranks(checkpoint_files(directory), world_size)
                 metrics = {"epoch": epoch + 1, "epoch_seconds": epoch_seconds, "resumed_from_epoch": start_epoch,
                            **train_metrics}
-                is_last_epoch = epoch + 1 == cfg.training.epochs
-                is_eval_epoch = (epoch + 1) % cfg.eval.every_epochs == 0 or is_last_epoch
                 baselines = cached_baseline_knn(eval_loaders, cfg, device) \
                     if is_last_epoch and with_baselines and rank == baseline_rank else {}
                 if rank == 0 and is_eval_epoch:
@@ -168,10 +170,9 @@ def train_loop_per_worker(config_dict: dict) -> None:
                         metrics.update(evaluate_label_free(evaluation_copy(final_state, cfg, device), eval_loaders,
                                                            cfg, device))
                     else:
-                        spectra: dict = {}
                         metrics.update(evaluate(evaluation_copy(final_state, cfg, device), eval_loaders, cfg, device,
                                                 spectra))
-                        log_spectra(sink, spectra, epoch + 1)
+                    log_spectra(sink, spectra, epoch + 1)
                 if is_last_epoch and with_baselines:
                     baselines = share_from(baselines, BASELINE_KEYS, baseline_rank, device)
                     sink.log(baselines, step=cfg.training.epochs)
@@ -270,9 +271,11 @@ def evaluation_copy(state: dict[str, torch.Tensor], cfg: Config, device):
 
 
 def train_epoch(engine, objective, loader, num_steps, epoch, cfg: Config, sink, rank, world_size, device,
-                progress_board=None) -> dict[str, float]:
+                progress_board=None, batch_spectra: dict | None = None) -> dict[str, float]:
     """One pass over the training loader; returns the last logged step metrics. Rank 0 posts its progress
-    to the driver's ``progress_board`` (a Ray actor) at every logged step."""
+    to the driver's ``progress_board`` (a Ray actor) at every logged step. With ``batch_spectra`` (a dict),
+    the spectra of R and Z on the last step's global batch go into it (``r_batch``, ``z_batch``) and their
+    collapsed dimensions into the returned metrics (``spectrum/batch_collapsed_*``)."""
     engine.module.train()
     log_every = cfg.training.log_every
     window_start, window_images = time.perf_counter(), 0
@@ -313,6 +316,12 @@ def train_epoch(engine, objective, loader, num_steps, epoch, cfg: Config, sink, 
         engine.step()
         objective.step()
         window_images += view_a.shape[0] * world_size
+        batch_metrics = {}
+        if batch_spectra is not None and step_in_epoch + 1 == num_steps:
+            # Every rank gathers (a collective); the statistic is the global batch's, as the objective sees it.
+            with torch.no_grad():
+                batch_metrics = spectrum_metrics(objective.gather(r_a.detach()), objective.gather(z_a.detach()),
+                                                 batch_spectra, suffix="_batch")
 
         if is_log_step:
             elapsed = time.perf_counter() - window_start
@@ -338,6 +347,7 @@ def train_epoch(engine, objective, loader, num_steps, epoch, cfg: Config, sink, 
                     "loss": logged["loss/total"], "alpha": logged["adadim/alpha"], "time": time.time(),
                 })
             window_start, window_images = time.perf_counter(), 0
+        logged.update(batch_metrics)  # after sink.log: logged once, with the epoch's evaluation
     return logged
 
 
@@ -391,22 +401,28 @@ def evaluate(model, eval_loaders, cfg: Config, device, spectra: dict | None = No
     return results
 
 
-def spectrum_metrics(r: torch.Tensor, z: torch.Tensor, spectra: dict | None = None) -> dict[str, float]:
-    """Collapsed dimensions of held-out R and Z (``adadim_dist.objectives.spectrum``), and their spectra."""
+def spectrum_metrics(r: torch.Tensor, z: torch.Tensor, spectra: dict | None = None,
+                     suffix: str = "") -> dict[str, float]:
+    """Collapsed dimensions of R and Z (``adadim_dist.objectives.spectrum``), and their spectra: held-out
+    embeddings without ``suffix``, the global training batch with ``suffix="_batch"``."""
     from ..objectives.spectrum import collapsed_dimensions, singular_spectrum
 
     results = {}
     for name, x in (("r", r), ("z", z)):
         spectrum = singular_spectrum(x)
-        results[f"spectrum/collapsed_{name}"] = float(collapsed_dimensions(spectrum, x.shape[1]))
-        results[f"spectrum/dim_{name}"] = float(x.shape[1])
+        if suffix:
+            results[f"spectrum/batch_collapsed_{name}"] = float(collapsed_dimensions(spectrum, x.shape[1]))
+        else:
+            results[f"spectrum/collapsed_{name}"] = float(collapsed_dimensions(spectrum, x.shape[1]))
+            results[f"spectrum/dim_{name}"] = float(x.shape[1])
         if spectra is not None:
-            spectra[name] = spectrum.tolist()
+            spectra[name + suffix] = spectrum.tolist()
     return results
 
 
 def log_spectra(sink: MetricsSink, spectra: dict, epoch: int) -> None:
-    """The spectra of an evaluation as ``spectrum/epoch_NNNN.json`` and ``.png`` artifacts (rank 0)."""
+    """The spectra of an evaluation (test embeddings ``r``, ``z``; last global training batch ``r_batch``,
+    ``z_batch``) as ``spectrum/epoch_NNNN.json`` and ``.png`` artifacts (rank 0)."""
     import json
 
     from ..compare import plot_spectra
@@ -416,7 +432,9 @@ def log_spectra(sink: MetricsSink, spectra: dict, epoch: int) -> None:
     with tempfile.TemporaryDirectory() as directory:
         stem = Path(directory) / f"epoch_{epoch:04d}"
         stem.with_suffix(".json").write_text(json.dumps(spectra))
-        plot_spectra({f"{k.upper()} (test embeddings)": v for k, v in spectra.items()}, stem.with_suffix(".png"),
+        labels = {name: f"{name[0].upper()} ({'global training batch' if name.endswith('_batch') else 'test embeddings'})"
+                  for name in spectra}
+        plot_spectra({labels[k]: v for k, v in spectra.items()}, stem.with_suffix(".png"),
                      f"singular values after epoch {epoch}")
         try:
             sink.log_artifacts(Path(directory), "spectrum")

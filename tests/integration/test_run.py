@@ -22,7 +22,7 @@ from ..conftest import REPO, record_fault, run_cli, steps_done_before
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 EPOCH_METRICS = ["knn/top1_k20", "knn/top1_k200", "probe/top1", "train/epoch_seconds", "spectrum/collapsed_r",
-                 "spectrum/collapsed_z"]
+                 "spectrum/collapsed_z", "spectrum/batch_collapsed_r", "spectrum/batch_collapsed_z"]
 STEP_METRICS = ["loss/total", "loss/dim", "loss/sample", "loss/invariance", "loss/variance", "loss/covariance",
                 "adadim/alpha", "adadim/beta", "info/h_r", "info/mi_rz", "info/erank_r", "info/erank_z",
                 "info/uniformity", "info/alignment", "train/lr", "train/images_per_s"]
@@ -98,7 +98,7 @@ def job(tiny_betons, tmp_path_factory, ray_cluster):
             "second": second, "summary": final_json(second.stdout)}
 
 
-def test_ddp_run_logs_every_metric_and_checkpoints(job):
+def test_ddp_run_logs_every_metric_and_checkpoints(job, tmp_path):
     """A 2-worker DDP run produces one MLflow run with every documented metric, the encoder and a checkpoint."""
     summary = job["summary"]
     assert summary["epochs"] == 2 and Path(summary["checkpoint"]).name == "epoch_0002"
@@ -116,6 +116,13 @@ def test_ddp_run_logs_every_metric_and_checkpoints(job):
     spectra = sorted(a.path for a in client.list_artifacts(summary["run_id"], "spectrum"))
     assert spectra == [f"spectrum/epoch_000{e}.{ext}" for e in (1, 2) for ext in ("json", "png")]
     assert 0 <= run.data.metrics["spectrum/collapsed_z"] <= run.data.metrics["spectrum/dim_z"] == 512
+    last = json.loads(Path(client.download_artifacts(summary["run_id"], "spectrum/epoch_0002.json", str(tmp_path)))
+                      .read_text())
+    assert sorted(last) == ["r", "r_batch", "z", "z_batch"]
+    # The global training batch (2 workers' rows): N rows span at most N − 1 centred directions of Z's 512.
+    global_batch = int(run.data.params["training.global_batch_size"])
+    assert len(last["z_batch"]) == min(global_batch, 512)  # min(N, D) singular values
+    assert run.data.metrics["spectrum/batch_collapsed_z"] >= 512 - (global_batch - 1)
 
 
 def test_baselines_reach_rank0_and_match_a_direct_computation(job):

@@ -120,3 +120,15 @@ def test_evaluation_reports_collapsed_dimensions_of_the_held_out_embeddings():
     assert results["spectrum/collapsed_z"] == 13 and results["spectrum/collapsed_r"] < 32
     assert len(spectra["z"]) == 16 and spectra["z"][0] >= spectra["z"][-1]
     assert {"knn/top1_k5", "probe/top1"} <= set(results)
+
+
+def test_batch_spectrum_metrics_have_their_own_names():
+    """The global training batch's spectra sit beside the test embeddings', under ``*_batch`` names."""
+    from adadim_dist.training.worker import spectrum_metrics
+
+    torch.manual_seed(0)
+    r, z = torch.randn(64, 32), torch.randn(64, 4) @ torch.randn(4, 16)  # Z spans 4 of its 16 dimensions
+    spectra: dict = {"z": [1.0]}
+    results = spectrum_metrics(r, z, spectra, suffix="_batch")
+    assert results == {"spectrum/batch_collapsed_r": 0.0, "spectrum/batch_collapsed_z": 12.0}
+    assert sorted(spectra) == ["r_batch", "z", "z_batch"] and len(spectra["z_batch"]) == 16
