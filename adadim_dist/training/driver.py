@@ -20,6 +20,7 @@ import yaml
 from ..config import Config, ConfigError, flatten, is_uri, with_defaults
 from .checkpoint import check_compatible, latest_complete_checkpoint, load_state
 from .progress import ProgressBoard, ProgressPrinter
+from .timing import describe_startup, process_started_at
 from .tracking import MLflowSink, check_reachable, mask_credentials, network_sqlite_store, resolve_tracking_uri
 
 logger = logging.getLogger(__name__)
@@ -169,6 +170,7 @@ def check_resumable(cfg: Config) -> None:
 def fit(cfg: Config, fresh: bool = False) -> dict[str, Any]:
     from ..data import prepare_datasets
 
+    stamps = {"command_started_at": process_started_at()}
     cfg = resolve_paths(cfg)
     train_info, _ = prepare_datasets(cfg.data, progress=True)
     check_dataset_fits(cfg, train_info)
@@ -187,17 +189,33 @@ def fit(cfg: Config, fresh: bool = False) -> dict[str, Any]:
     status, result = "FAILED", None
     try:
         init_ray(cfg)
+        stamps["ray_ready_at"] = time.time()
         warn_if_sqlite_across_nodes(cfg)
         board = progress_board()
         with ProgressPrinter(board):
             result = build_trainer(cfg, sink.run_id, resume_from=local_resume_checkpoint(cfg),
-                                   progress=board).fit()
+                                   progress=board, stamps=stamps).fit()
         status = "FINISHED"
+        log_tail(sink, board, cfg.training.epochs)
     finally:
         if not sink.close(status):  # MLflow down at the end: the status waits in the file with the metrics
             sink.spill(unsent_metrics_path(cfg))
         shutdown_ray()  # flushes the workers' forwarded output, so the summary is the last thing printed
     return summarise(cfg, sink, result)
+
+
+def log_tail(sink: MLflowSink, board, epochs: int) -> None:
+    """``time/tail_s``: from the last training step (rank 0's last progress post) until the driver has the
+    result: evaluation, baselines, checkpoint, export and the worker group's shut-down."""
+    import ray
+
+    try:
+        latest = ray.get(board.read.remote(), timeout=10)
+    except Exception as err:  # noqa: BLE001 - a missing figure must never fail a finished job
+        logger.warning("no tail timing (%s)", type(err).__name__)
+        return
+    if latest is not None and latest.get("step") == latest.get("total_steps"):
+        sink.log({"time/tail_s": max(time.time() - latest["time"], 0.0)}, step=epochs)
 
 
 def progress_board():
@@ -299,7 +317,7 @@ def local_resume_checkpoint(cfg: Config) -> Path | None:
 
 
 def build_trainer(cfg: Config, run_id: str | None, callbacks: list | None = None, resume_from: Path | None = None,
-                  progress=None):
+                  progress=None, stamps: dict[str, float] | None = None):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -312,6 +330,7 @@ def build_trainer(cfg: Config, run_id: str | None, callbacks: list | None = None
                            "resume_dir": str(resume_from) if resume_from else None,
                            "tracking_uri": resolve_tracking_uri(cfg.tracking.uri, cfg.run.storage_path),
                            "progress_board": progress,
+                           "stamps": stamps or {},  # start-up timeline (training/timing.py)
                            "run_dir": None if is_uri(cfg.run.storage_path)
                            else str(Path(cfg.run.storage_path) / cfg.run.name)},
         scaling_config=ScalingConfig(
@@ -365,6 +384,11 @@ def summarise(cfg: Config, sink: MLflowSink, result) -> dict[str, Any]:
         "checkpoint": checkpoint,
         "tracking_uri": mask_credentials(resolve_tracking_uri(cfg.tracking.uri, cfg.run.storage_path)),
     }
+    startup = describe_startup(metrics)
+    if startup is not None:
+        summary["startup"] = startup
+    if "time/tail_s" in metrics:
+        summary["tail_s"] = round(metrics["time/tail_s"], 1)
     if tracking_note:
         summary["tracking"] = tracking_note
     if cfg.data.test_path is None:

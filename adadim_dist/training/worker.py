@@ -29,6 +29,7 @@ from .checkpoint import (STATE_FILE, check_compatible, checkpoint_files, is_comp
 from .driver import unsent_metrics_path
 from .evaluation import accuracy, extract, knn_top1
 from .optim import build_optimizer, build_scheduler
+from .timing import describe_startup, startup_phases
 from .tracking import MetricsSink, MLflowSink, resolve_tracking_uri
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,10 @@ def train_loop_per_worker(config_dict: dict) -> None:
 
     cfg: Config = config_from_dict(config_dict["config"])
     run_id: str | None = config_dict.get("mlflow_run_id")
+    # The driver's stamps describe the first worker group; a group Ray restarts after a failure (it then has a
+    # checkpoint from this driver) reports its own phases only.
+    stamps = {} if ray.train.get_checkpoint() is not None else dict(config_dict.get("stamps") or {})
+    stamps["worker_started_at"] = time.time()
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device() if cfg.training.use_gpu else torch.device("cpu")
@@ -74,6 +79,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
             f"({cfg.data.train_path}) gives {world_size} workers"
         )
     total_steps = steps_per_epoch * cfg.training.epochs
+    stamps["loaders_ready_at"] = time.time()
 
     model = build_model(cfg.model)
     if cfg.model.sync_batchnorm and world_size > 1:
@@ -90,6 +96,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
         use_amp=cfg.training.mixed_precision and device.type == "cuda", channels_last=cfg.training.channels_last,
     )
     objective = build_objective(cfg, total_steps, rank)
+    stamps["engine_ready_at"] = time.time()
 
     start_epoch = 0
     saved_metrics: dict[str, float] = {}
@@ -147,8 +154,11 @@ def train_loop_per_worker(config_dict: dict) -> None:
                 engine, objective, train_loader, steps_per_epoch, epoch, cfg, sink, rank, world_size, device,
                 progress_board=config_dict.get("progress_board") if rank == 0 else None,
                 batch_spectra=spectra if is_eval_epoch else None,
+                stamps=stamps if epoch == start_epoch else None,
             )
             epoch_seconds = time.perf_counter() - epoch_start
+            if epoch == start_epoch:
+                train_metrics.update(startup_phases(stamps))
 
             # The consolidated state (every rank calls it: a collective under ZeRO-3, where each rank's module
             # holds only shards) is what is checked, evaluated and exported.
@@ -166,6 +176,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
                 baselines = cached_baseline_knn(eval_loaders, cfg, device) \
                     if is_last_epoch and with_baselines and rank == baseline_rank else {}
                 if rank == 0 and is_eval_epoch:
+                    eval_start = time.perf_counter()
                     if label_free:
                         metrics.update(evaluate_label_free(evaluation_copy(final_state, cfg, device), eval_loaders,
                                                            cfg, device))
@@ -173,18 +184,21 @@ def train_loop_per_worker(config_dict: dict) -> None:
                         metrics.update(evaluate(evaluation_copy(final_state, cfg, device), eval_loaders, cfg, device,
                                                 spectra))
                     log_spectra(sink, spectra, epoch + 1)
+                    metrics["time/eval_s"] = time.perf_counter() - eval_start
                 if is_last_epoch and with_baselines:
                     baselines = share_from(baselines, BASELINE_KEYS, baseline_rank, device)
                     sink.log(baselines, step=cfg.training.epochs)
                 metrics.update(sweep_metrics(metrics, cfg))
                 if rank == 0:
                     epoch_metrics = {k: v for k, v in metrics.items()
-                                     if k.startswith(("knn/", "probe/", "eval/", "spectrum/"))}
+                                     if k.startswith(("knn/", "probe/", "eval/", "spectrum/", "time/"))}
                     epoch_metrics["train/epoch_seconds"] = epoch_seconds
                     sink.log(epoch_metrics, step=epoch + 1)
                     _say(rank, f"epoch {epoch + 1}/{cfg.training.epochs} done in {epoch_seconds:.0f}s "
                          + " ".join(f"{k}={v:.2f}" for k, v in epoch_metrics.items()
-                                    if k != "train/epoch_seconds" and not k.startswith("spectrum/dim")))
+                                    if k != "train/epoch_seconds" and not k.startswith(("spectrum/dim", "time/"))))
+                    if epoch == start_epoch and describe_startup(epoch_metrics):
+                        _say(rank, describe_startup(epoch_metrics))
                     if isinstance(sink, MLflowSink) and not sink.flush():
                         # MLflow down: what is buffered goes to disk with the checkpoint, so a worker killed
                         # during the outage loses no more than the epoch it was in (which it trains again).
@@ -271,11 +285,13 @@ def evaluation_copy(state: dict[str, torch.Tensor], cfg: Config, device):
 
 
 def train_epoch(engine, objective, loader, num_steps, epoch, cfg: Config, sink, rank, world_size, device,
-                progress_board=None, batch_spectra: dict | None = None) -> dict[str, float]:
+                progress_board=None, batch_spectra: dict | None = None,
+                stamps: dict | None = None) -> dict[str, float]:
     """One pass over the training loader; returns the last logged step metrics. Rank 0 posts its progress
     to the driver's ``progress_board`` (a Ray actor) at every logged step. With ``batch_spectra`` (a dict),
     the spectra of R and Z on the last step's global batch go into it (``r_batch``, ``z_batch``) and their
-    collapsed dimensions into the returned metrics (``spectrum/batch_collapsed_*``)."""
+    collapsed dimensions into the returned metrics (``spectrum/batch_collapsed_*``). With ``stamps``, the
+    time the first step finished goes into it (``first_step_done_at``)."""
     engine.module.train()
     log_every = cfg.training.log_every
     window_start, window_images = time.perf_counter(), 0
@@ -316,6 +332,8 @@ def train_epoch(engine, objective, loader, num_steps, epoch, cfg: Config, sink, 
         engine.step()
         objective.step()
         window_images += view_a.shape[0] * world_size
+        if stamps is not None and "first_step_done_at" not in stamps:
+            stamps["first_step_done_at"] = time.time()
         batch_metrics = {}
         if batch_spectra is not None and step_in_epoch + 1 == num_steps:
             # Every rank gathers (a collective); the statistic is the global batch's, as the objective sees it.
@@ -383,6 +401,7 @@ def evaluate(model, eval_loaders, cfg: Config, device, spectra: dict | None = No
     """kNN top-1 for each k and online-probe top-1 on the test split (rank 0); the spectra of the test
     embeddings R and Z and their collapsed dimensions too (filled into ``spectra`` when given)."""
     model.eval()
+    started = time.perf_counter()
     bank_loader, test_loader = eval_loaders
     train_features, train_labels, _ = extract(model, bank_loader, device, cfg.eval.bank_size)
     test_features, test_labels, test_logits = extract(model, test_loader, device)
@@ -391,6 +410,7 @@ def evaluate(model, eval_loaders, cfg: Config, device, spectra: dict | None = No
         test_z = torch.cat([model.projector(chunk.to(device, dtype)).float().cpu()
                             for chunk in test_features.split(2048)])
     model.train()
+    extracted = time.perf_counter()
     results = spectrum_metrics(test_features, test_z, spectra)
     results |= {
         f"knn/top1_k{k}": knn_top1(train_features, train_labels, test_features, test_labels, k,
@@ -398,6 +418,8 @@ def evaluate(model, eval_loaders, cfg: Config, device, spectra: dict | None = No
         for k in cfg.eval.knn_k
     }
     results["probe/top1"] = accuracy(test_logits, test_labels)
+    results["time/eval_extract_s"] = extracted - started
+    results["time/eval_knn_s"] = time.perf_counter() - extracted  # with the spectra's SVDs
     return results
 
 

@@ -1,0 +1,63 @@
+"""Where a job's wall time goes before its first step and after its last one.
+
+The driver and rank 0 stamp wall-clock times (``time.time()``: the phases cross processes, and on a cluster
+machines, so a per-process monotonic clock cannot be used) into one ``Timeline``; ``startup_phases`` turns
+them into durations logged as ``time/*`` metrics and printed in the job's summary:
+
+    command → ray ready → worker started → loaders built → model and engine built → first step done
+    (``time/ray_s``, ``time/workers_s``, ``time/loaders_s``, ``time/model_s``, ``time/first_step_s``; their
+    sum is ``time/to_first_step_s``), and after the last step ``time/tail_s`` (evaluation, baselines,
+    checkpoint, export, shut-down) until the driver has the result.
+
+The first step includes FFCV's compilation of the loader pipeline (its generated code is compiled by numba
+at the first batch, in every process) and, under DDP, the first gradient all-reduce.
+"""
+
+from __future__ import annotations
+
+import time
+
+PHASES = [  # (metric, stamp at which the phase starts, stamp at which it ends)
+    ("time/ray_s", "command_started_at", "ray_ready_at"),
+    ("time/workers_s", "ray_ready_at", "worker_started_at"),
+    ("time/loaders_s", "worker_started_at", "loaders_ready_at"),
+    ("time/model_s", "loaders_ready_at", "engine_ready_at"),
+    ("time/first_step_s", "engine_ready_at", "first_step_done_at"),
+]
+
+
+def process_started_at() -> float:
+    """Wall-clock time this process started (its interpreter start-up and imports count as start-up too)."""
+    try:
+        import psutil  # a Ray dependency
+
+        return float(psutil.Process().create_time())
+    except Exception:  # noqa: BLE001 - no psutil or no /proc: from here on is the best we know
+        return time.time()
+
+
+def startup_phases(stamps: dict[str, float | None]) -> dict[str, float]:
+    """``time/*_s`` durations of the phases whose two stamps are both known, and their total to the first step.
+
+    A restarted worker group has no command or Ray stamps of its own (they belong to the first start), so only
+    its own phases are reported then.
+    """
+    phases = {}
+    for metric, start, end in PHASES:
+        if stamps.get(start) is not None and stamps.get(end) is not None:
+            phases[metric] = max(stamps[end] - stamps[start], 0.0)
+    first = next((stamps[start] for _, start, _ in PHASES if stamps.get(start) is not None), None)
+    if first is not None and stamps.get("first_step_done_at") is not None:
+        phases["time/to_first_step_s"] = max(stamps["first_step_done_at"] - first, 0.0)
+    return phases
+
+
+def describe_startup(metrics: dict[str, float]) -> str | None:
+    """One line for the summary: ``63 s to the first step (Ray 9 s, workers 6 s, ...)``."""
+    total = metrics.get("time/to_first_step_s")
+    if total is None:
+        return None
+    names = {"time/ray_s": "Ray", "time/workers_s": "workers", "time/loaders_s": "loaders",
+             "time/model_s": "model", "time/first_step_s": "first step"}
+    parts = ", ".join(f"{name} {metrics[key]:.0f} s" for key, name in names.items() if key in metrics)
+    return f"{total:.0f} s to the first step ({parts})"

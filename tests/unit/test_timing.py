@@ -1,0 +1,35 @@
+"""Start-up phases from the driver's and rank 0's wall-clock stamps (``adadim_dist.training.timing``)."""
+
+import time
+
+import pytest
+
+from adadim_dist.training.timing import describe_startup, process_started_at, startup_phases
+
+STAMPS = {"command_started_at": 100.0, "ray_ready_at": 109.5, "worker_started_at": 115.0,
+          "loaders_ready_at": 118.0, "engine_ready_at": 119.0, "first_step_done_at": 131.0}
+
+
+def test_phases_are_the_gaps_between_stamps_and_add_up_to_the_total():
+    phases = startup_phases(STAMPS)
+    assert phases == pytest.approx({"time/ray_s": 9.5, "time/workers_s": 5.5, "time/loaders_s": 3.0,
+                                    "time/model_s": 1.0, "time/first_step_s": 12.0, "time/to_first_step_s": 31.0})
+    assert describe_startup(phases) == ("31 s to the first step (Ray 10 s, workers 6 s, loaders 3 s, model 1 s, "
+                                        "first step 12 s)")
+
+
+def test_a_restarted_worker_group_reports_its_own_phases_only():
+    own = {k: v for k, v in STAMPS.items() if k not in ("command_started_at", "ray_ready_at")}
+    phases = startup_phases(own)
+    assert set(phases) == {"time/loaders_s", "time/model_s", "time/first_step_s", "time/to_first_step_s"}
+    assert phases["time/to_first_step_s"] == pytest.approx(16.0)  # from the worker's own start
+
+
+def test_no_first_step_yet_means_no_total_and_no_summary_line():
+    stamps = {k: v for k, v in STAMPS.items() if k != "first_step_done_at"}
+    assert "time/to_first_step_s" not in startup_phases(stamps)
+    assert describe_startup(startup_phases(stamps)) is None
+
+
+def test_this_process_started_before_now():
+    assert 0 <= time.time() - process_started_at() < 24 * 3600
