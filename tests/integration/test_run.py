@@ -123,6 +123,13 @@ def test_ddp_run_logs_every_metric_and_checkpoints(job, tmp_path):
     global_batch = int(run.data.params["training.global_batch_size"])
     assert len(last["z_batch"]) == min(global_batch, 512)  # min(N, D) singular values
     assert run.data.metrics["spectrum/batch_collapsed_z"] >= 512 - (global_batch - 1)
+    # Where the (resumed) job's time went: the start-up phases add up to the time to the first step.
+    phases = ["time/ray_s", "time/workers_s", "time/loaders_s", "time/model_s", "time/first_step_s"]
+    assert sum(run.data.metrics[k] for k in phases) == pytest.approx(run.data.metrics["time/to_first_step_s"],
+                                                                     abs=0.01)
+    assert summary["startup"].startswith(f"{run.data.metrics['time/to_first_step_s']:.0f} s to the first step (Ray")
+    assert 0 < summary["tail_s"] == pytest.approx(run.data.metrics["time/tail_s"], abs=0.1)
+    assert run.data.metrics["time/eval_s"] >= run.data.metrics["time/eval_extract_s"] > 0
 
 
 def test_baselines_reach_rank0_and_match_a_direct_computation(job):
