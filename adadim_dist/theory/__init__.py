@@ -4,6 +4,9 @@
 setting of Ziyin, Lubana, Ueda & Tanaka, "What shapes the loss landscape of self-supervised learning?"
 (ICLR 2023, arXiv:2210.00638). See that module's docstring for what is derived here and what is taken from
 the paper.
+
+``synthetic`` (torch): the same linear model trained by SGD on Gaussian views, with the theory's losses or
+the project's objectives, to check the predictions (``benchmarks/theory_phase_diagram.py``).
 """
 
 from .linear_ssl import (
