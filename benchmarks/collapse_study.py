@@ -94,7 +94,7 @@ def collapse_rows(runs) -> list[dict]:
 
 def collapse_table(rows: list[dict]) -> str:
     decays = sorted({r["weight_decay"] for r in rows})
-    header = ["views", "objective", *(f"wd {d:g}: kNN · collapsed Z · erank Z" for d in decays)]
+    header = ["views", "objective", *(f"wd {d:g}: kNN · collapsed R · collapsed Z · erank Z" for d in decays)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for views in ("weak", "strong"):
         for objective in OBJECTIVES:
@@ -103,7 +103,8 @@ def collapse_table(rows: list[dict]) -> str:
                 row = next((r for r in rows if (r["views"], r["objective"], r["weight_decay"])
                             == (views, objective, decay)), None)
                 cells.append("–" if row is None else
-                             f"{row['knn']:.2f} · {row['collapsed_z']:.0f} · {row['erank_z']:.0f}")
+                             f"{row['knn']:.2f} · {row['collapsed_r']:.0f} · {row['collapsed_z']:.0f} · "
+                             f"{row['erank_z']:.0f}")
             lines.append("| " + " | ".join([views, objective, *cells]) + " |")
     return "\n".join(lines) + "\n"
 
@@ -202,8 +203,8 @@ def report(args) -> int:
     rows = collapse_rows(finished_runs(client, "collapse-study"))
     longtail, summary = longtail_table(finished_runs(client, "longtail-study"))
     text = ["# Collapse grid (experiment collapse-study)", "",
-            "Each cell: kNN top-1 (k = 20) · collapsed dimensions of Z (of 512; σ_i < 1e-3 σ_1 on the test set) · "
-            "effective rank of Z (training batch, last logged step).", "", collapse_table(rows),
+            "Each cell: kNN top-1 (k = 20) · collapsed dimensions of R and of Z (each of 512; σ_i < 1e-3 σ_1 on "
+            "the test set) · effective rank of Z (training batch, last logged step).", "", collapse_table(rows),
             "# Imbalance (experiment longtail-study)", "",
             "kNN top-1 on the balanced test set, mean ± std over seeds; drop = balanced − long-tailed, per seed.",
             "", longtail]
