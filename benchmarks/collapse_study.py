@@ -176,11 +176,15 @@ def longtail_table(runs) -> tuple[str, dict]:
         summary[objective] = {"balanced": bal, "longtail": lt, "drop": drop}
         lines.append("| " + " | ".join([
             objective, _mean_std(bal), _mean_std(lt), _mean_std(drop),
-            f"{stat(balanced, 'spectrum/collapsed_z')[0]:.0f} / {stat(longtail, 'spectrum/collapsed_z')[0]:.0f}",
-            f"{stat(balanced, 'info/erank_z')[0]:.0f} / {stat(longtail, 'info/erank_z')[0]:.0f}",
+            f"{_mean(stat(balanced, 'spectrum/collapsed_z'))} / {_mean(stat(longtail, 'spectrum/collapsed_z'))}",
+            f"{_mean(stat(balanced, 'info/erank_z'))} / {_mean(stat(longtail, 'info/erank_z'))}",
             f"{bal[2]} / {lt[2]}",
         ]) + " |")
     return "\n".join(lines) + "\n", summary
+
+
+def _mean(stat) -> str:
+    return "–" if stat[2] == 0 else f"{stat[0]:.0f}"
 
 
 def _mean_std(stat) -> str:
