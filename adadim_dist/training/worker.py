@@ -135,7 +135,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
     label_free = cfg.data.test_path is None
     with_baselines = cfg.eval.baselines and not label_free
     # With several workers the last rank also embeds the kNN bank while rank 0 embeds the test set
-    # (evaluation_helper), unless it has uncached baselines to compute then.
+    # (send_bank_features), unless it has uncached baselines to compute then.
     splits_evaluation = world_size > 1 and not label_free and cfg.eval.split_across_ranks
     eval_loaders = None
     if rank == 0 or (rank == baseline_rank and (with_baselines or splits_evaluation)):
