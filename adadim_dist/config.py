@@ -192,6 +192,9 @@ class EvalConfig(_Strict):
     knn_temperature: float = Field(0.07, gt=0)
     every_epochs: int = Field(1, ge=1)
     baselines: bool = False  # also report kNN of a random encoder and of raw pixels
+    # With several workers the last one embeds the kNN bank while rank 0 embeds the test set (false: rank 0
+    # embeds both, as before 2026-12-03; kept for side-by-side measurement, benchmarks/eval_tail.py).
+    split_across_ranks: bool = True
 
     @model_validator(mode="after")
     def _k_fits_the_bank(self) -> "EvalConfig":

@@ -9,6 +9,8 @@ from .collectives import (
     broadcast_from_rank0,
     is_distributed,
     rank,
+    receive_from,
+    send_to,
     world_size,
 )
 
@@ -21,5 +23,7 @@ __all__ = [
     "broadcast_from_rank0",
     "is_distributed",
     "rank",
+    "receive_from",
+    "send_to",
     "world_size",
 ]

@@ -105,6 +105,39 @@ def broadcast_from(value: torch.Tensor, src: int) -> torch.Tensor:
     return value
 
 
+def send_to(tensors: list[torch.Tensor], dst: int, device) -> None:
+    """Point-to-point: ``tensors`` (any shapes) to rank ``dst``, which calls ``receive_from`` with the same
+    count; no other rank takes part. Shapes and dtypes travel first, so the receiver need not know them."""
+    header = [float(len(tensors))]
+    for t in tensors:
+        header += [float(_DTYPES.index(t.dtype)), float(t.dim()), *map(float, t.shape)]
+    header_tensor = torch.tensor(header, dtype=torch.float64, device=device)
+    dist.send(torch.tensor([float(header_tensor.numel())], dtype=torch.float64, device=device), dst)
+    dist.send(header_tensor, dst)
+    for t in tensors:
+        dist.send(t.detach().to(device).contiguous(), dst)
+
+
+def receive_from(src: int, device) -> list[torch.Tensor]:
+    """What rank ``src`` passed to ``send_to`` (on ``device``)."""
+    length = torch.zeros(1, dtype=torch.float64, device=device)
+    dist.recv(length, src)
+    header = torch.zeros(int(length.item()), dtype=torch.float64, device=device)
+    dist.recv(header, src)
+    values, position, received = header.tolist(), 1, []
+    for _ in range(int(values[0])):
+        dtype, ndim = _DTYPES[int(values[position])], int(values[position + 1])
+        shape = [int(v) for v in values[position + 2: position + 2 + ndim]]
+        position += 2 + ndim
+        tensor = torch.empty(shape, dtype=dtype, device=device)
+        dist.recv(tensor, src)
+        received.append(tensor)
+    return received
+
+
+_DTYPES = [torch.float32, torch.float64, torch.int64, torch.int32, torch.bfloat16, torch.float16]
+
+
 def broadcast_from_rank0(value: torch.Tensor) -> torch.Tensor:
     """Rank 0's value on every worker, bit for bit (keeps α identical even if SVDs differ in the last ulp)."""
     return broadcast_from(value, 0)

@@ -18,7 +18,8 @@ import torch
 
 from ..config import Config, config_from_dict
 from ..distributed import (
-    all_gather_with_grad, all_reduce_mean, all_reduce_with_grad, broadcast_from, broadcast_from_rank0,
+    all_gather_with_grad, all_reduce_mean, all_reduce_with_grad, broadcast_from, broadcast_from_rank0, receive_from,
+    send_to,
 )
 from ..distributed.engine import build_engine, to_memory_format
 from ..distributed.sync_batchnorm import convert_sync_batchnorm
@@ -133,8 +134,11 @@ def train_loop_per_worker(config_dict: dict) -> None:
     # Without a labelled test set (data.test_path=null) evaluation is label-free: no kNN, probe or baselines.
     label_free = cfg.data.test_path is None
     with_baselines = cfg.eval.baselines and not label_free
+    # With several workers the last rank also embeds the kNN bank while rank 0 embeds the test set
+    # (send_bank_features), unless it has uncached baselines to compute then.
+    splits_evaluation = world_size > 1 and not label_free and cfg.eval.split_across_ranks
     eval_loaders = None
-    if rank == 0 or (with_baselines and rank == baseline_rank):
+    if rank == 0 or (rank == baseline_rank and (with_baselines or splits_evaluation)):
         eval_loaders = tuple(
             build_eval_loader(cfg.data, path, 512, rank=0, world_size=1, distributed=False,
                               device=device if device.type == "cuda" else None, labels=not label_free)
@@ -173,6 +177,10 @@ def train_loop_per_worker(config_dict: dict) -> None:
                 shard_files = union_over_ranks(checkpoint_files(directory), world_size)
                 metrics = {"epoch": epoch + 1, "epoch_seconds": epoch_seconds, "resumed_from_epoch": start_epoch,
                            **train_metrics}
+                if splits_evaluation and is_eval_epoch and rank == baseline_rank:
+                    cold_baselines = is_last_epoch and with_baselines and not baselines_cached(cfg)
+                    send_bank_features(None if cold_baselines else evaluation_copy(final_state, cfg, device),
+                                       eval_loaders, cfg, device)
                 baselines = cached_baseline_knn(eval_loaders, cfg, device) \
                     if is_last_epoch and with_baselines and rank == baseline_rank else {}
                 if rank == 0 and is_eval_epoch:
@@ -181,8 +189,10 @@ def train_loop_per_worker(config_dict: dict) -> None:
                         metrics.update(evaluate_label_free(evaluation_copy(final_state, cfg, device), eval_loaders,
                                                            cfg, device))
                     else:
+                        bank_from_helper = (lambda: receive_from(baseline_rank, device)) if splits_evaluation \
+                            else None
                         metrics.update(evaluate(evaluation_copy(final_state, cfg, device), eval_loaders, cfg, device,
-                                                spectra))
+                                                spectra, bank_from_helper))
                     log_spectra(sink, spectra, epoch + 1)
                     metrics["time/eval_s"] = time.perf_counter() - eval_start
                 if is_last_epoch and with_baselines:
@@ -397,14 +407,22 @@ def _scalar_stats(objective, r_a, r_b, z_a, z_b) -> dict[str, float]:
     return {k: float(v) for k, v in stats.items()}
 
 
-def evaluate(model, eval_loaders, cfg: Config, device, spectra: dict | None = None) -> dict[str, float]:
+def evaluate(model, eval_loaders, cfg: Config, device, spectra: dict | None = None,
+             bank_from_helper=None) -> dict[str, float]:
     """kNN top-1 for each k and online-probe top-1 on the test split (rank 0); the spectra of the test
-    embeddings R and Z and their collapsed dimensions too (filled into ``spectra`` when given)."""
+    embeddings R and Z and their collapsed dimensions too (filled into ``spectra`` when given).
+
+    ``bank_from_helper``: called after the test set is embedded, returns what ``send_bank_features`` sent
+    (the bank's features and labels, embedded meanwhile by another rank) or nothing (embed it here)."""
     model.eval()
     started = time.perf_counter()
     bank_loader, test_loader = eval_loaders
-    train_features, train_labels, _ = extract(model, bank_loader, device, cfg.eval.bank_size)
     test_features, test_labels, test_logits = extract(model, test_loader, device)
+    received = bank_from_helper() if bank_from_helper is not None else []
+    if received:
+        train_features, train_labels = (t.cpu() for t in received)
+    else:
+        train_features, train_labels, _ = extract(model, bank_loader, device, cfg.eval.bank_size)
     dtype = next(model.projector.parameters()).dtype
     with torch.no_grad():
         test_z = torch.cat([model.projector(chunk.to(device, dtype)).float().cpu()
@@ -421,6 +439,16 @@ def evaluate(model, eval_loaders, cfg: Config, device, spectra: dict | None = No
     results["time/eval_extract_s"] = extracted - started
     results["time/eval_knn_s"] = time.perf_counter() - extracted  # with the spectra's SVDs
     return results
+
+
+def send_bank_features(model, eval_loaders, cfg: Config, device) -> None:
+    """On the helper rank: embed the kNN bank with ``model`` (the trained encoder's evaluation copy) and send
+    features and labels to rank 0, or, with ``model`` None, send nothing (rank 0 then embeds the bank itself)."""
+    if model is None:
+        send_to([], 0, device)
+        return
+    features, labels, _ = extract(model.eval(), eval_loaders[0], device, cfg.eval.bank_size)
+    send_to([features, labels], 0, device)
 
 
 def spectrum_metrics(r: torch.Tensor, z: torch.Tensor, spectra: dict | None = None,
@@ -530,14 +558,24 @@ def baseline_cache_dir(cfg: Config) -> Path | None:
     return None if is_uri(cfg.run.storage_path) else Path(cfg.run.storage_path) / "baseline_cache"
 
 
+def baseline_cache_path(cfg: Config) -> Path | None:
+    directory = baseline_cache_dir(cfg)
+    return directory / f"{baseline_cache_key(cfg)}.json" if directory is not None else None
+
+
+def baselines_cached(cfg: Config) -> bool:
+    path = baseline_cache_path(cfg)
+    return path is not None and path.is_file()
+
+
 def cached_baseline_knn(eval_loaders, cfg: Config, device) -> dict[str, float]:
     """``baseline_knn``, computed once per data, bank, k and architecture: the baselines do not depend on
     training, so every later job (a re-run, each trial of a sweep) reads them back instead (seconds saved
     from the evaluation tail). Kept as JSON under ``<run.storage_path>/baseline_cache/``."""
     import json
 
-    directory = baseline_cache_dir(cfg)
-    path = directory / f"{baseline_cache_key(cfg)}.json" if directory is not None else None
+    path = baseline_cache_path(cfg)
+    directory = path.parent if path is not None else None
     if path is not None and path.is_file():
         try:
             cached = json.loads(path.read_text())

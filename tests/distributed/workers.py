@@ -109,3 +109,22 @@ def _collective_gradients(rank: int, world_size: int) -> dict:
     summed.pow(2).sum().backward()
     return {"gathered": gathered.detach(), "gather_grad": x.grad, "summed": summed.detach(), "sum_grad": y.grad,
             "input_untouched": bool((y.detach() == rank + 1).all())}
+
+
+def point_to_point_worker(rank: int, world_size: int) -> None:
+    """The last rank sends tensors of shapes and dtypes rank 0 does not know, then nothing; the ranks in between
+    take no part. Rank 0 checks what arrives."""
+    import torch
+
+    from adadim_dist.distributed import receive_from, send_to
+
+    features = torch.arange(15, dtype=torch.float32).reshape(5, 3) / 7
+    labels = torch.tensor([3, 1, 4, 1, 5])
+    if rank == world_size - 1:
+        send_to([features, labels], 0, torch.device("cpu"))
+        send_to([], 0, torch.device("cpu"))
+    elif rank == 0:
+        received = receive_from(world_size - 1, torch.device("cpu"))
+        assert len(received) == 2 and torch.equal(received[0], features) and torch.equal(received[1], labels)
+        assert received[0].dtype == torch.float32 and received[1].dtype == torch.int64
+        assert receive_from(world_size - 1, torch.device("cpu")) == []

@@ -132,3 +132,28 @@ def test_batch_spectrum_metrics_have_their_own_names():
     results = spectrum_metrics(r, z, spectra, suffix="_batch")
     assert results == {"spectrum/batch_collapsed_r": 0.0, "spectrum/batch_collapsed_z": 12.0}
     assert sorted(spectra) == ["r_batch", "z", "z_batch"] and len(spectra["z_batch"]) == 16
+
+
+def test_evaluation_with_the_bank_from_a_helper_rank_equals_embedding_it_here():
+    """Rank 0 takes the bank's features from the helper rank when it sends them (and embeds the bank itself
+    when it sends nothing); the kNN result is the same either way."""
+    from adadim_dist.config import load_config
+    from adadim_dist.models import build_model
+    from adadim_dist.training.evaluation import extract
+    from adadim_dist.training.worker import evaluate
+
+    cfg = load_config(None, ["model.small_cnn_width=4", "model.projector_dims=[32, 16]", "eval.knn_k=[5]"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model).eval()
+    batches = [(torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))) for _ in range(3)]
+    loaders = (batches[:2], batches[2:])
+    here = evaluate(model, loaders, cfg, torch.device("cpu"))
+    # As the helper does: its own evaluation copy, in eval mode (evaluate leaves the model in train mode).
+    features, labels, _ = extract(model.eval(), batches[:2], torch.device("cpu"), cfg.eval.bank_size)
+    calls = []
+    helped = evaluate(model, loaders, cfg, torch.device("cpu"),
+                      bank_from_helper=lambda: calls.append(1) or [features, labels])
+    declined = evaluate(model, loaders, cfg, torch.device("cpu"), bank_from_helper=lambda: [])
+    assert calls == [1]
+    for key in ("knn/top1_k5", "probe/top1", "spectrum/collapsed_z"):
+        assert here[key] == helped[key] == declined[key], key
