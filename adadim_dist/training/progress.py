@@ -18,6 +18,13 @@ class ProgressBoard:
 
     def __init__(self) -> None:
         self.latest: dict | None = None
+        self.startup_claimed = False
+
+    def claim_startup(self) -> bool:
+        """True once per driver: the first worker group's start-up is the command's; a group Ray restarts after
+        a failure measures only its own phases."""
+        first, self.startup_claimed = not self.startup_claimed, True
+        return first
 
     def post(self, progress: dict) -> None:
         self.latest = progress

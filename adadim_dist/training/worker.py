@@ -56,12 +56,15 @@ def train_loop_per_worker(config_dict: dict) -> None:
 
     cfg: Config = config_from_dict(config_dict["config"])
     run_id: str | None = config_dict.get("mlflow_run_id")
-    # The driver's stamps describe the first worker group; a group Ray restarts after a failure (it then has a
-    # checkpoint from this driver) reports its own phases only.
-    stamps = {} if ray.train.get_checkpoint() is not None else dict(config_dict.get("stamps") or {})
-    stamps["worker_started_at"] = time.time()
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
+    # The driver's stamps describe its first worker group (rank 0 logs them); a group Ray restarts after a
+    # failure reports its own phases only.
+    board = config_dict.get("progress_board")
+    driver_stamps = rank == 0 and board is not None and bool(config_dict.get("stamps")) \
+        and ray.get(board.claim_startup.remote())
+    stamps = dict(config_dict["stamps"]) if driver_stamps else {}
+    stamps["worker_started_at"] = time.time()
     device = ray.train.torch.get_device() if cfg.training.use_gpu else torch.device("cpu")
     logger.info("[adadim] worker rank %d/%d on node %s, device %s", rank, world_size,
                 ray.get_runtime_context().get_node_id()[:12], device)

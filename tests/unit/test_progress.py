@@ -39,3 +39,9 @@ def test_a_log_gets_a_line_only_when_something_changed(monkeypatch):
     lines = log.getvalue().splitlines()
     assert [line.split(" step ")[1].split(" ")[0] for line in lines] == ["300/936", "301/936"]
     assert all(line.startswith("[progress] epoch 2/4") and "\r" not in line for line in lines)
+
+
+def test_only_the_first_worker_group_of_a_driver_claims_its_start_up():
+    board = ProgressBoard()
+    assert board.claim_startup() is True
+    assert board.claim_startup() is False  # a group Ray restarted after a failure
