@@ -122,15 +122,15 @@ def embedding_map(features: torch.Tensor, labels: torch.Tensor, out: Path) -> Pa
 
 
 def evaluate(encoder, cfg, device: torch.device) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
-    from .training.evaluation import knn_top1
+    from .training.evaluation import knn_top1_for_each_k
     from .training.linear_eval import linear_probe_top1
 
     encoder = encoder.to(device)
     bank, bank_labels, _ = features_of(encoder, cfg, cfg.data.train_path, device, cfg.eval.bank_size, "train")
     test, test_labels, _ = features_of(encoder, cfg, cfg.data.test_path, device, None, "test")
-    results = {f"eval_offline/knn_top1_k{k}": knn_top1(bank, bank_labels, test, test_labels, k,
-                                                        cfg.eval.knn_temperature, cfg.model.num_classes)
-               for k in cfg.eval.knn_k}
+    results = {f"eval_offline/knn_top1_k{k}": value
+               for k, value in knn_top1_for_each_k(bank, bank_labels, test, test_labels, tuple(cfg.eval.knn_k),
+                                                   cfg.eval.knn_temperature, cfg.model.num_classes).items()}
     for name, l2 in (("raw", False), ("l2", True)):
         results[f"eval_offline/linear_top1_{name}"] = linear_probe_top1(
             bank, bank_labels, test, test_labels, cfg.model.num_classes, l2_normalise=l2)

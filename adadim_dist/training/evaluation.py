@@ -18,20 +18,41 @@ def knn_top1(
     chunk_size: int = 1024,
 ) -> float:
     """Top-1 accuracy (%) of a cosine-similarity kNN whose votes are weighted by exp(sim / T)."""
+    return knn_top1_for_each_k(train_features, train_labels, test_features, test_labels, (k,), temperature,
+                               num_classes, chunk_size)[k]
+
+
+def knn_top1_for_each_k(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    test_labels: torch.Tensor,
+    ks: tuple[int, ...],
+    temperature: float = 0.07,
+    num_classes: int | None = None,
+    chunk_size: int = 1024,
+) -> dict[int, float]:
+    """``knn_top1`` for every k in ``ks`` from one similarity product: the evaluation's largest cost (queries ×
+    bank × features) is paid once, and each k reads the first k of the largest k's neighbours."""
     if train_features.shape[0] == 0 or test_features.shape[0] == 0:
         raise ValueError("knn: empty feature bank or test set")
     num_classes = num_classes or int(max(train_labels.max(), test_labels.max())) + 1
-    k = min(k, train_features.shape[0])
+    effective = {k: min(k, train_features.shape[0]) for k in ks}
+    largest = max(effective.values())
     bank = F.normalize(train_features.float(), dim=1)
-    correct = 0
+    correct = dict.fromkeys(ks, 0)
     for start in range(0, test_features.shape[0], chunk_size):
         queries = F.normalize(test_features[start : start + chunk_size].float(), dim=1)
-        similarity, index = (queries @ bank.T).topk(k, dim=1)
+        similarity, index = (queries @ bank.T).topk(largest, dim=1)  # sorted, largest first
         weights = (similarity / temperature).exp()
-        votes = torch.zeros(queries.shape[0], num_classes, dtype=weights.dtype, device=queries.device)
-        votes.scatter_add_(1, train_labels[index].long(), weights)
-        correct += (votes.argmax(dim=1) == test_labels[start : start + chunk_size]).sum().item()
-    return 100.0 * correct / test_features.shape[0]
+        neighbour_labels = train_labels[index].long()
+        targets = test_labels[start : start + chunk_size]
+        for k in ks:
+            kk = effective[k]
+            votes = torch.zeros(queries.shape[0], num_classes, dtype=weights.dtype, device=queries.device)
+            votes.scatter_add_(1, neighbour_labels[:, :kk], weights[:, :kk])
+            correct[k] += (votes.argmax(dim=1) == targets).sum().item()
+    return {k: 100.0 * correct[k] / test_features.shape[0] for k in ks}
 
 
 @torch.no_grad()

@@ -28,7 +28,7 @@ from ..objectives import adadim_from_config
 from .checkpoint import (STATE_FILE, check_compatible, checkpoint_files, is_complete, latest_complete_checkpoint,
                          load_state, save_state)
 from .driver import unsent_metrics_path
-from .evaluation import accuracy, extract, knn_top1
+from .evaluation import accuracy, extract, knn_top1, knn_top1_for_each_k
 from .optim import build_optimizer, build_scheduler
 from .timing import describe_startup, startup_phases
 from .tracking import MetricsSink, MLflowSink, resolve_tracking_uri
@@ -434,9 +434,10 @@ def evaluate(model, eval_loaders, cfg: Config, device, spectra: dict | None = No
     extracted = time.perf_counter()
     results = spectrum_metrics(test_features, test_z, spectra)
     results |= {
-        f"knn/top1_k{k}": knn_top1(train_features, train_labels, test_features, test_labels, k,
-                                   cfg.eval.knn_temperature, cfg.model.num_classes)
-        for k in cfg.eval.knn_k
+        f"knn/top1_k{k}": value
+        for k, value in knn_top1_for_each_k(train_features, train_labels, test_features, test_labels,
+                                            tuple(cfg.eval.knn_k), cfg.eval.knn_temperature,
+                                            cfg.model.num_classes).items()
     }
     results["probe/top1"] = accuracy(test_logits, test_labels)
     results["time/eval_extract_s"] = extracted - started

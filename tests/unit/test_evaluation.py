@@ -1,8 +1,9 @@
 """kNN and feature extraction: closed-form accuracy, and copies of batches FFCV will overwrite."""
 
+import pytest
 import torch
 
-from adadim_dist.training.evaluation import accuracy, extract, knn_top1
+from adadim_dist.training.evaluation import accuracy, extract, knn_top1, knn_top1_for_each_k
 
 
 def test_knn_recovers_well_separated_classes_and_fails_on_shuffled_labels():
@@ -13,6 +14,21 @@ def test_knn_recovers_well_separated_classes_and_fails_on_shuffled_labels():
     test = centres[labels] + torch.randn(100, 4)
     assert knn_top1(bank, labels, test, labels, k=5) == 100.0
     assert knn_top1(bank, labels[torch.randperm(100)], test, labels, k=5) < 60.0
+
+
+def test_every_k_from_one_similarity_product_equals_a_brute_force_vote():
+    """Each k reads the first k of the largest k's neighbours: the same votes as sorting all similarities."""
+    torch.manual_seed(1)
+    bank, bank_labels = torch.randn(300, 16), torch.randint(0, 5, (300,))
+    test, test_labels = torch.randn(70, 16), torch.randint(0, 5, (70,))
+    similarity = torch.nn.functional.normalize(test, dim=1) @ torch.nn.functional.normalize(bank, dim=1).T
+    order = similarity.argsort(dim=1, descending=True)
+    for k, value in knn_top1_for_each_k(bank, bank_labels, test, test_labels, (3, 40, 500), 0.1,
+                                        chunk_size=16).items():
+        kk = min(k, 300)
+        votes = torch.zeros(70, 5).scatter_add_(1, bank_labels[order[:, :kk]],
+                                                (similarity.gather(1, order[:, :kk]) / 0.1).exp())
+        assert value == pytest.approx(100.0 * (votes.argmax(1) == test_labels).float().mean().item()), k
 
 
 def reusing_loader(images: torch.Tensor, labels: torch.Tensor, batch_size: int):
