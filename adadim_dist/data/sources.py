@@ -80,7 +80,7 @@ class ImageSet:
         return ImageSet(self.name, self.images[:limit], labels, self.class_names, self.skipped)
 
     def long_tailed(self, imbalance_ratio: float) -> "ImageSet":
-        """A long-tailed subset: class c (by frequency rank) keeps ``n_max * ratio ** (-rank / (C - 1))`` images.
+        """A long-tailed subset: class c keeps ``n_max * ratio ** (-c / (C - 1))`` images (n_max: the largest class).
 
         The exponential profile of Cui et al. (2019), the usual CIFAR-LT construction: the most frequent class
         keeps all its images, the rarest ``1 / ratio`` of them. Classes are ranked by label (class 0 is the

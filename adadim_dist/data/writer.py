@@ -263,7 +263,8 @@ def ensure_beton(
     Only the sources installed with the project (``fashion_mnist``, ``mnist``) are written on demand; for any
     other source a missing file is an error that names the ``write`` command to run. Call this once (from the
     driver or rank 0), not from every worker at once. ``imbalance_ratio`` writes a long-tailed subset
-    (``ImageSet.long_tailed``) when the file is absent; an existing file is used as it is. Returns :class:`~adadim_dist.data.beton.BetonInfo`.
+    (``ImageSet.long_tailed``) when the file is absent; an existing file is used as it is.
+    Returns :class:`~adadim_dist.data.beton.BetonInfo`.
     """
     from .beton import check_beton
 
