@@ -46,3 +46,20 @@ def alternating_medians(steps: dict[str, Callable[[], None]], timed: int, warmup
             step()
             seconds[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in seconds.items()}
+
+
+def run_service_job(overrides: list[str], name: str, cwd) -> tuple[dict, object, float]:
+    """``python -m adadim_dist.run`` with ``overrides`` as a user runs it: (its summary, an MLflow client for
+    its tracking store, wall seconds). Exits with the job's output if it fails."""
+    import subprocess
+
+    from mlflow.tracking import MlflowClient
+
+    started = time.time()
+    out = subprocess.run([sys.executable, "-m", "adadim_dist.run", *overrides], cwd=cwd, capture_output=True,
+                         text=True)
+    wall = time.time() - started
+    if out.returncode != 0:
+        raise SystemExit(f"{name} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    return summary, MlflowClient(tracking_uri=summary["tracking_uri"]), wall

@@ -15,38 +15,27 @@ job's wall time.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 try:
-    from _common import emit
+    from _common import emit, run_service_job
 except ImportError:  # run as a module
-    from benchmarks._common import emit
+    from benchmarks._common import emit, run_service_job
 
 VARIANTS = {"split": "eval.split_across_ranks=true", "rank0_only": "eval.split_across_ranks=false"}
 
 
 def run_job(storage: Path, name: str, extra: list[str], steps: int) -> dict[str, float]:
-    from mlflow.tracking import MlflowClient
-
-    args = [sys.executable, "-m", "adadim_dist.run", "--config", "configs/fmnist_smoke.yaml", "training.epochs=1",
-            f"training.max_steps_per_epoch={steps}", f"run.storage_path={storage}", f"run.name={name}",
-            "tracking.experiment=eval-tail", *extra]
-    started = time.time()
-    out = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
-    wall = time.time() - started
-    if out.returncode != 0:
-        raise SystemExit(f"{name} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    summary = json.loads(out.stdout.strip().splitlines()[-1])
-    metrics = MlflowClient(tracking_uri=summary["tracking_uri"]).get_run(summary["run_id"]).data.metrics
+    summary, client, wall = run_service_job(
+        ["--config", "configs/fmnist_smoke.yaml", "training.epochs=1", f"training.max_steps_per_epoch={steps}",
+         f"run.storage_path={storage}", f"run.name={name}", "tracking.experiment=eval-tail", *extra], name, REPO)
+    metrics = client.get_run(summary["run_id"]).data.metrics
     return {"wall_s": wall, "knn_top1": summary["knn_top1"],
             **{k: v for k, v in metrics.items() if k.startswith("time/")}}
 

@@ -31,9 +31,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 try:
-    from _common import emit
+    from _common import emit, run_service_job
 except ImportError:  # run as a module
-    from benchmarks._common import emit
+    from benchmarks._common import emit, run_service_job
 
 CONFIG = "configs/fmnist_smoke.yaml"
 WINDOW = 20
@@ -85,18 +85,10 @@ def plain_loop(steps: int) -> list[float]:
 
 
 def service(steps: int, storage: Path, name: str) -> tuple[list[float], dict]:
-    from mlflow.tracking import MlflowClient
-
-    args = [sys.executable, "-m", "adadim_dist.run", "--config", CONFIG, "training.epochs=1",
-            f"training.max_steps_per_epoch={steps}", f"training.log_every={WINDOW}", f"run.storage_path={storage}",
-            f"run.name={name}", "tracking.experiment=service-overhead"]
-    started = time.time()
-    out = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
-    wall = time.time() - started
-    if out.returncode != 0:
-        raise SystemExit(f"{name} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    summary = json.loads(out.stdout.strip().splitlines()[-1])
-    client = MlflowClient(tracking_uri=summary["tracking_uri"])
+    summary, client, wall = run_service_job(
+        ["--config", CONFIG, "training.epochs=1", f"training.max_steps_per_epoch={steps}",
+         f"training.log_every={WINDOW}", f"run.storage_path={storage}", f"run.name={name}",
+         "tracking.experiment=service-overhead"], name, REPO)
     run = client.get_run(summary["run_id"])
     history = sorted(client.get_metric_history(run.info.run_id, "train/images_per_s"), key=lambda m: m.step)
     timings = {k: round(v, 1) for k, v in run.data.metrics.items() if k.startswith("time/")}

@@ -58,9 +58,11 @@ B_GRID = [0.0, 1.0, 3.0]
 GAMMA_GRID = [0.0, 0.5, 1.5, 2.5]
 # Learning rates: synthetic.LEARNING_RATES (stable at b = 0, gamma = 0; not tuned per cell).
 LOSSES = {
-    "spectral contrastive (theory)": dict(lr=LEARNING_RATES["spectral"], landscape=spectral_contrastive_landscape),
+    "spectral contrastive (theory)": dict(lr=LEARNING_RATES["spectral"], landscape=spectral_contrastive_landscape,
+                                          sample_loss=spectral_contrastive_sample_loss),
     "alignment + variance (theory)": dict(lr=LEARNING_RATES["alignment_variance"],
-                                          landscape=alignment_variance_landscape),
+                                          landscape=alignment_variance_landscape,
+                                          sample_loss=alignment_variance_sample_loss),
     "VICReg": dict(lr=LEARNING_RATES["vicreg"], objective="vicreg"),
     "NT-Xent": dict(lr=LEARNING_RATES["ntxent"], objective="ntxent"),
     "AdaDim": dict(lr=LEARNING_RATES["adadim"], objective="adadim"),
@@ -75,8 +77,7 @@ def views_for(augmentation_variance: float) -> GaussianViews:
 def run_cell(name: str, spec: dict, augmentation_variance: float, weight_decay: float, steps: int) -> dict:
     views = views_for(augmentation_variance)
     if "landscape" in spec:
-        sample_loss = (spectral_contrastive_sample_loss if spec["landscape"] is spectral_contrastive_landscape
-                       else alignment_variance_sample_loss)
+        sample_loss = spec["sample_loss"]
         landscape = spec["landscape"](views.data_covariance, views.augmentation_covariance, weight_decay)
         expected = predicted_strengths(predict_stationary_solution(landscape))
     else:

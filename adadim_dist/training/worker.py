@@ -159,7 +159,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
             spectra: dict = {}  # filled with the last global training batch's, then the test embeddings'
             train_metrics = train_epoch(
                 engine, objective, train_loader, steps_per_epoch, epoch, cfg, sink, rank, world_size, device,
-                progress_board=config_dict.get("progress_board") if rank == 0 else None,
+                progress_board=board if rank == 0 else None,
                 batch_spectra=spectra if is_eval_epoch else None,
                 stamps=stamps if epoch == start_epoch else None,
             )
