@@ -192,8 +192,8 @@ class EvalConfig(_Strict):
     knn_temperature: float = Field(0.07, gt=0)
     every_epochs: int = Field(1, ge=1)
     baselines: bool = False  # also report kNN of a random encoder and of raw pixels
-    # With several workers the last one embeds the kNN bank while rank 0 embeds the test set (false: rank 0
-    # embeds both, as before 2026-12-03; kept for side-by-side measurement, benchmarks/eval_tail.py).
+    # Every rank embeds its part of the bank and of the test set and searches its part of the bank (false: rank 0
+    # evaluates alone; kept for side-by-side measurement, benchmarks/eval_tail.py).
     split_across_ranks: bool = True
 
     @model_validator(mode="after")
@@ -215,6 +215,9 @@ class RunConfig(_Strict):
     checkpoints_to_keep: int = Field(2, ge=1)
     ray_address: str | None = None  # None = RAY_ADDRESS or a new local instance
     dashboard_host: str = "127.0.0.1"
+    # Ray's dashboard for a local instance the job starts (a cluster's is the cluster's): off, it takes a few
+    # seconds off every job's start-up (BENCHMARKS.md, "Start-up").
+    dashboard: bool = True
 
 
 def is_uri(path: str | Path) -> bool:

@@ -1,11 +1,12 @@
-"""The demo's evaluation tail and start-up, with the kNN bank embedded by a helper rank and without.
+"""The demo's evaluation tail and start-up, with the evaluation split across the ranks and on rank 0 alone.
 
     python benchmarks/eval_tail.py [--steps 20] [--repeats 2]
 
 Runs ``configs/fmnist_smoke.yaml`` (the demo: 2 DDP workers, kNN bank of 20,000 training images, 10,000 test
 queries, k = 20 and 200, random-encoder and raw-pixel baselines) for one short epoch of ``--steps`` steps, so
 that the job is start-up, a few steps and the full evaluation, alternating ``eval.split_across_ranks=true``
-(the last rank embeds the bank while rank 0 embeds the test set) and ``false`` (rank 0 embeds both). One
+(each rank embeds and searches its part of the bank and embeds its part of the test set) and ``false`` (rank 0
+evaluates alone). One
 untimed warm-up job first fills the baseline cache and numba's cache for both, so every timed job is warm.
 Reports, per variant, the medians of ``time/tail_s`` (last step → the driver has the result),
 ``time/eval_s`` (rank 0's evaluation), ``time/eval_extract_s`` and the start-up phases ``time/*``, and the

@@ -319,24 +319,30 @@ def build_eval_loader(
     distributed: bool,
     device: torch.device | str | None = None,
     labels: bool = True,
+    indices: np.ndarray | None = None,
 ) -> EvalLoader:
     """A deterministic loader over ``path`` (train or test file): centre view, labels (None with
     ``labels=False``, for unlabelled files), file order, no drop.
 
     With ``distributed=True`` ranks read interleaved shards (padded with repeats to equal length, as
     ``DistributedSampler`` does); with ``distributed=False`` every rank reads the whole file.
-    ``data_cfg.subset`` is not applied: evaluation sees every image.
+    ``data_cfg.subset`` is not applied: evaluation sees every image, or the images at ``indices`` (in that
+    order; ``distributed=False`` only), e.g. one rank's part of an evaluation split across ranks.
     """
     from .views import LABEL, VIEW_A, build_eval_spec, build_label_pipeline
 
     _check_common(batch_size, rank, world_size, distributed)
+    if indices is not None and distributed:
+        raise ValueError("indices and distributed=True both choose a rank's images: pass one of them")
     path, info = _open_checked(Path(path), data_cfg.cache_dir, need_labels=labels)
+    if indices is not None and len(indices) and not 0 <= int(np.min(indices)) <= int(np.max(indices)) < info.num_samples:
+        raise ValueError(f"{path}: indices outside the file's {info.num_samples} images")
     pipelines = {VIEW_A: build_eval_spec(data_cfg, device)}
     if labels:
         pipelines[LABEL] = build_label_pipeline(device)
     loader = _build_loader(path, info, pipelines, batch_size=batch_size, num_workers=data_cfg.num_loader_workers,
                            order_name="SEQUENTIAL", seed=0, distributed=distributed, drop_last=False,
-                           indices=None)  # fmt: skip
+                           indices=None if indices is None else np.asarray(indices, dtype=np.int64))  # fmt: skip
     return EvalLoader(loader, info)
 
 

@@ -1,29 +1,27 @@
 """Process-group aware pieces: autograd-aware collectives (gather, sum) and the DDP / DeepSpeed engines."""
 
 from .collectives import (
-    all_gather_no_grad,
+    all_gather_rows,
     all_gather_with_grad,
     all_reduce_mean,
     all_reduce_with_grad,
     broadcast_from,
     broadcast_from_rank0,
+    gather_to,
     is_distributed,
     rank,
-    receive_from,
-    send_to,
     world_size,
 )
 
 __all__ = [
-    "all_gather_no_grad",
+    "all_gather_rows",
     "all_gather_with_grad",
     "all_reduce_mean",
     "all_reduce_with_grad",
     "broadcast_from",
     "broadcast_from_rank0",
+    "gather_to",
     "is_distributed",
     "rank",
-    "receive_from",
-    "send_to",
     "world_size",
 ]

@@ -76,16 +76,6 @@ def all_reduce_with_grad(local: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def all_gather_no_grad(local: torch.Tensor) -> torch.Tensor:
-    """Concatenate every worker's ``local`` along dim 0 (rank order); no gradient (evaluation banks)."""
-    if not is_distributed():
-        return local
-    shards = [torch.empty_like(local) for _ in range(dist.get_world_size())]
-    dist.all_gather(shards, local.contiguous())
-    return torch.cat(shards, dim=0)
-
-
-@torch.no_grad()
 def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     """Mean over workers of a detached tensor (logging of per-worker terms)."""
     if not is_distributed():
@@ -105,37 +95,32 @@ def broadcast_from(value: torch.Tensor, src: int) -> torch.Tensor:
     return value
 
 
-def send_to(tensors: list[torch.Tensor], dst: int, device) -> None:
-    """Point-to-point: ``tensors`` (any shapes) to rank ``dst``, which calls ``receive_from`` with the same
-    count; no other rank takes part. Shapes and dtypes travel first, so the receiver need not know them."""
-    header = [float(len(tensors))]
-    for t in tensors:
-        header += [float(_DTYPES.index(t.dtype)), float(t.dim()), *map(float, t.shape)]
-    header_tensor = torch.tensor(header, dtype=torch.float64, device=device)
-    dist.send(torch.tensor([float(header_tensor.numel())], dtype=torch.float64, device=device), dst)
-    dist.send(header_tensor, dst)
-    for t in tensors:
-        dist.send(t.detach().to(device).contiguous(), dst)
+@torch.no_grad()
+def all_gather_rows(local: torch.Tensor) -> torch.Tensor:
+    """Concatenate every worker's ``local`` along dim 0 (rank order) when the row counts differ between workers
+    (evaluation parts); the other dimensions and the dtype must agree. No gradient."""
+    if not is_distributed():
+        return local
+    counts = [torch.zeros(1, dtype=torch.int64, device=local.device) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, torch.tensor([local.shape[0]], dtype=torch.int64, device=local.device))
+    rows = [int(count.item()) for count in counts]
+    padded = local.new_zeros((max(rows), *local.shape[1:]))
+    padded[: local.shape[0]] = local
+    shards = [torch.empty_like(padded) for _ in rows]
+    dist.all_gather(shards, padded.contiguous())
+    return torch.cat([shard[:count] for shard, count in zip(shards, rows)], dim=0)
 
 
-def receive_from(src: int, device) -> list[torch.Tensor]:
-    """What rank ``src`` passed to ``send_to`` (on ``device``)."""
-    length = torch.zeros(1, dtype=torch.float64, device=device)
-    dist.recv(length, src)
-    header = torch.zeros(int(length.item()), dtype=torch.float64, device=device)
-    dist.recv(header, src)
-    values, position, received = header.tolist(), 1, []
-    for _ in range(int(values[0])):
-        dtype, ndim = _DTYPES[int(values[position])], int(values[position + 1])
-        shape = [int(v) for v in values[position + 2: position + 2 + ndim]]
-        position += 2 + ndim
-        tensor = torch.empty(shape, dtype=dtype, device=device)
-        dist.recv(tensor, src)
-        received.append(tensor)
-    return received
-
-
-_DTYPES = [torch.float32, torch.float64, torch.int64, torch.int32, torch.bfloat16, torch.float16]
+@torch.no_grad()
+def gather_to(local: torch.Tensor, dst: int) -> list[torch.Tensor] | None:
+    """Every worker's ``local`` (same shape and dtype everywhere) on rank ``dst``, in rank order; None on the
+    other ranks, which only send."""
+    if not is_distributed():
+        return [local]
+    local = local.contiguous()
+    parts = [torch.empty_like(local) for _ in range(dist.get_world_size())] if dist.get_rank() == dst else None
+    dist.gather(local, parts, dst=dst)
+    return parts
 
 
 def broadcast_from_rank0(value: torch.Tensor) -> torch.Tensor:

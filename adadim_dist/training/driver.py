@@ -1,7 +1,7 @@
 """The driver: cheap checks first, then Ray, then a ``TorchTrainer`` fit; returns the run's summary.
 
-Order matters: the config, the dataset files and the tracking store are checked before ``ray.init`` so a
-user error costs seconds, not a cluster start-up. The MLflow run is created here (once per job, its id kept
+Order matters: the config, the dataset files and the tracking server are checked before ``ray.init`` so a
+user error costs seconds, not a cluster start-up; the MLflow run is then opened while Ray starts. The MLflow run is created here (once per job, its id kept
 next to the checkpoints) so a re-run with the same ``run.name`` resumes into the same run; rank 0 of the
 workers writes the metrics; the driver ends the run FINISHED or FAILED.
 """
@@ -28,6 +28,8 @@ RUN_ID_FILE = "mlflow_run.json"
 # One quick retry and a 10 s timeout per MLflow request: while the server is down, logging buffers instead of
 # stalling the job in MLflow's default retry loop (minutes per call).
 WORKER_MLFLOW_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+CONTROLLER_POLL_ENV, CONTROLLER_POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5"
+PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 
 
 class TrackingUnavailableError(RuntimeError):
@@ -136,7 +138,7 @@ def init_ray(cfg: Config) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(dashboard_host=cfg.run.dashboard_host, log_to_driver=True)
+        ray.init(include_dashboard=cfg.run.dashboard, dashboard_host=cfg.run.dashboard_host, log_to_driver=True)
 
 
 def check_dataset_fits(cfg: Config, train_info) -> None:
@@ -181,15 +183,17 @@ def fit(cfg: Config, fresh: bool = False) -> dict[str, Any]:
     changes = resume_changes(cfg)
     check_tracking_store(cfg)
     fail_fast_http()
-    sink = open_tracking(cfg)
-    if changes is not None:
-        record_resume(sink, cfg, changes)
-    write_run_file(cfg, "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-
+    try:
+        check_reachable(resolve_tracking_uri(cfg.tracking.uri, cfg.run.storage_path))  # a down server: seconds
+    except ConnectionError as err:
+        raise TrackingUnavailableError(mask_credentials(f"tracking.uri: {err}")) from None
+    sink = start_ray_and_tracking(cfg)
+    stamps["ray_ready_at"] = time.time()
     status, result = "FAILED", None
     try:
-        init_ray(cfg)
-        stamps["ray_ready_at"] = time.time()
+        if changes is not None:
+            record_resume(sink, cfg, changes)
+        write_run_file(cfg, "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         warn_if_sqlite_across_nodes(cfg)
         board = progress_board()
         with ProgressPrinter(board):
@@ -202,6 +206,27 @@ def fit(cfg: Config, fresh: bool = False) -> dict[str, Any]:
             sink.spill(unsent_metrics_path(cfg))
         shutdown_ray()  # flushes the workers' forwarded output, so the summary is the last thing printed
     return summarise(cfg, sink, result)
+
+
+def start_ray_and_tracking(cfg: Config) -> MLflowSink:
+    """``init_ray`` while the MLflow run is opened in a thread (MLflow's import, store and run take seconds that
+    Ray's start-up spends mostly waiting for its processes). Whichever fails, the other is undone: Ray shut
+    down, or the run ended FAILED."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="adadim-tracking") as pool:
+        opening = pool.submit(open_tracking, cfg)
+        try:
+            init_ray(cfg)  # on the main thread: Ray installs its SIGTERM handler only there
+        except BaseException:
+            if opening.exception() is None:
+                opening.result().close("FAILED")
+            raise
+    try:
+        return opening.result()
+    except BaseException:
+        shutdown_ray()
+        raise
 
 
 def log_tail(sink: MLflowSink, board, epochs: int) -> None:
@@ -219,10 +244,13 @@ def log_tail(sink: MLflowSink, board, epochs: int) -> None:
 
 
 def progress_board():
-    """The actor rank 0 posts its progress to (0 CPUs: it must not take a worker's place)."""
+    """The actor rank 0 posts its progress to (0 CPUs: it must not take a worker's place), on the driver's node:
+    it must outlive any worker node the job loses, or the restarted workers could not reach it."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    return ray.remote(num_cpus=0)(ProgressBoard).remote()
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    return ray.remote(num_cpus=0)(ProgressBoard).options(scheduling_strategy=here).remote()
 
 
 def unsent_metrics_path(cfg: Config) -> Path:
@@ -323,6 +351,14 @@ def build_trainer(cfg: Config, run_id: str | None, callbacks: list | None = None
 
     from .worker import train_loop_per_worker
 
+    # Ray Train's controller sees that the workers have finished at its next poll of them, every 2 s by default;
+    # every 0.5 s takes ~1 s off each job's tail for a few small actor calls a second (the controller reads
+    # this from the environment of the process that creates it; a value set by the user wins).
+    os.environ.setdefault(CONTROLLER_POLL_ENV, CONTROLLER_POLL_S)
+    # Ray Train's preemption watcher (an actor whose process starts with every job, for observability of spot
+    # instances' preemption notices) competes with the first steps for CPU; RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=1
+    # brings it back.
+    os.environ.setdefault(PREEMPTION_WATCHER_ENV, "0")
     return TorchTrainer(
         train_loop_per_worker,
         # Ray 2.60 deprecates resume_from_checkpoint: the worker weighs this path against get_checkpoint().

@@ -37,22 +37,56 @@ def knn_top1_for_each_k(
     if train_features.shape[0] == 0 or test_features.shape[0] == 0:
         raise ValueError("knn: empty feature bank or test set")
     num_classes = num_classes or int(max(train_labels.max(), test_labels.max())) + 1
-    effective = {k: min(k, train_features.shape[0]) for k in ks}
-    largest = max(effective.values())
-    bank = F.normalize(train_features.float(), dim=1)
-    correct = dict.fromkeys(ks, 0)
-    for start in range(0, test_features.shape[0], chunk_size):
-        queries = F.normalize(test_features[start : start + chunk_size].float(), dim=1)
-        similarity, index = (queries @ bank.T).topk(largest, dim=1)  # sorted, largest first
-        weights = (similarity / temperature).exp()
-        neighbour_labels = train_labels[index].long()
-        targets = test_labels[start : start + chunk_size]
-        for k in ks:
-            kk = effective[k]
-            votes = torch.zeros(queries.shape[0], num_classes, dtype=weights.dtype, device=queries.device)
-            votes.scatter_add_(1, neighbour_labels[:, :kk], weights[:, :kk])
-            correct[k] += (votes.argmax(dim=1) == targets).sum().item()
-    return {k: 100.0 * correct[k] / test_features.shape[0] for k in ks}
+    similarity, labels = nearest_neighbours(train_features, train_labels, test_features, max(ks), chunk_size)
+    return weighted_vote_top1(similarity, labels, test_labels, ks, temperature, num_classes)
+
+
+@torch.no_grad()
+def nearest_neighbours(
+    bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, k: int, chunk_size: int = 1024
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine similarities (float32, largest first) and labels of each query's ``k`` nearest bank entries:
+    two (queries × k) tensors. A bank of fewer than ``k`` entries is padded with similarity -inf (no vote), so a
+    bank split across ranks gives parts that ``merge_neighbours`` combines into the whole bank's answer."""
+    similarities = torch.full((queries.shape[0], k), float("-inf"))
+    labels = torch.zeros((queries.shape[0], k), dtype=torch.long)
+    found = min(k, bank.shape[0])
+    if found == 0:
+        return similarities, labels
+    bank = F.normalize(bank.float(), dim=1)
+    for start in range(0, queries.shape[0], chunk_size):
+        chunk = F.normalize(queries[start : start + chunk_size].float(), dim=1)
+        top, index = (chunk @ bank.T).topk(found, dim=1)  # sorted, largest first
+        similarities[start : start + chunk.shape[0], :found] = top.cpu()
+        labels[start : start + chunk.shape[0], :found] = bank_labels[index].long().cpu()
+    return similarities, labels
+
+
+def merge_neighbours(parts: list[tuple[torch.Tensor, torch.Tensor]], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` nearest over several banks from each bank's ``nearest_neighbours``."""
+    similarities = torch.cat([similarity for similarity, _ in parts], dim=1)
+    labels = torch.cat([label for _, label in parts], dim=1)
+    top, index = similarities.topk(k, dim=1)
+    return top, labels.gather(1, index)
+
+
+def weighted_vote_top1(
+    similarities: torch.Tensor,
+    neighbour_labels: torch.Tensor,
+    test_labels: torch.Tensor,
+    ks: tuple[int, ...],
+    temperature: float,
+    num_classes: int,
+) -> dict[int, float]:
+    """Top-1 accuracy (%) for each k of votes weighted by exp(similarity / T) over each query's first k
+    neighbours (``nearest_neighbours`` order; -inf padding weighs nothing)."""
+    weights = (similarities / temperature).exp()
+    correct = {}
+    for k in ks:
+        votes = torch.zeros(similarities.shape[0], num_classes, dtype=weights.dtype)
+        votes.scatter_add_(1, neighbour_labels[:, :k], weights[:, :k])
+        correct[k] = (votes.argmax(dim=1) == test_labels.cpu()).sum().item()
+    return {k: 100.0 * correct[k] / max(similarities.shape[0], 1) for k in ks}
 
 
 @torch.no_grad()

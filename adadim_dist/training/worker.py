@@ -7,6 +7,7 @@ evaluates (kNN, probe) and writes to MLflow. Exceptions propagate so ``FailureCo
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -18,9 +19,10 @@ import torch
 
 from ..config import Config, config_from_dict
 from ..distributed import (
-    all_gather_with_grad, all_reduce_mean, all_reduce_with_grad, broadcast_from, broadcast_from_rank0, receive_from,
-    send_to,
+    all_gather_rows, all_gather_with_grad, all_reduce_mean, all_reduce_with_grad, broadcast_from, broadcast_from_rank0,
+    gather_to, is_distributed,
 )
+from ..distributed import rank as global_rank
 from ..distributed.engine import build_engine, to_memory_format
 from ..distributed.sync_batchnorm import convert_sync_batchnorm
 from ..models import build_model
@@ -28,7 +30,7 @@ from ..objectives import adadim_from_config
 from .checkpoint import (STATE_FILE, check_compatible, checkpoint_files, is_complete, latest_complete_checkpoint,
                          load_state, save_state)
 from .driver import unsent_metrics_path
-from .evaluation import accuracy, extract, knn_top1, knn_top1_for_each_k
+from .evaluation import accuracy, extract, merge_neighbours, nearest_neighbours, weighted_vote_top1
 from .optim import build_optimizer, build_scheduler
 from .timing import describe_startup, startup_phases
 from .tracking import MetricsSink, MLflowSink, resolve_tracking_uri
@@ -52,7 +54,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from ..data import build_eval_loader, build_ssl_loader
+    from ..data import build_ssl_loader
 
     cfg: Config = config_from_dict(config_dict["config"])
     run_id: str | None = config_dict.get("mlflow_run_id")
@@ -62,7 +64,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
     # failure reports its own phases only.
     board = config_dict.get("progress_board")
     driver_stamps = rank == 0 and board is not None and bool(config_dict.get("stamps")) \
-        and ray.get(board.claim_startup.remote())
+        and claim_startup(board)
     stamps = dict(config_dict["stamps"]) if driver_stamps else {}
     stamps["worker_started_at"] = time.time()
     device = ray.train.torch.get_device() if cfg.training.use_gpu else torch.device("cpu")
@@ -131,22 +133,14 @@ def train_loop_per_worker(config_dict: dict) -> None:
             cfg.run.name, cfg.run.storage_path, run_id=run_id,
         )
 
-    # The random-encoder and raw-pixel baselines do not depend on training: with several workers the last
-    # rank computes them while rank 0 evaluates the trained encoder, instead of after it.
-    baseline_rank = world_size - 1
     # Without a labelled test set (data.test_path=null) evaluation is label-free: no kNN, probe or baselines.
     label_free = cfg.data.test_path is None
     with_baselines = cfg.eval.baselines and not label_free
-    # With several workers the last rank also embeds the kNN bank while rank 0 embeds the test set
-    # (send_bank_features), unless it has uncached baselines to compute then.
-    splits_evaluation = world_size > 1 and not label_free and cfg.eval.split_across_ranks
-    eval_loaders = None
-    if rank == 0 or (rank == baseline_rank and (with_baselines or splits_evaluation)):
-        eval_loaders = tuple(
-            build_eval_loader(cfg.data, path, 512, rank=0, world_size=1, distributed=False,
-                              device=device if device.type == "cuda" else None, labels=not label_free)
-            for path in ((cfg.data.train_path,) if label_free else (cfg.data.train_path, cfg.data.test_path))
-        )
+    # Evaluation (and the baselines) run on every rank, each embedding its part of the kNN bank and of the test
+    # set (eval.split_across_ranks), or on rank 0 alone.
+    eval_parts = evaluation_parts(cfg, world_size)
+    shared_eval = eval_parts > 1
+    eval_loaders = evaluation_loaders(cfg, rank, eval_parts, device) if rank < eval_parts else None
 
     try:
         metrics: dict[str, float] = {}
@@ -180,27 +174,22 @@ def train_loop_per_worker(config_dict: dict) -> None:
                 shard_files = union_over_ranks(checkpoint_files(directory), world_size)
                 metrics = {"epoch": epoch + 1, "epoch_seconds": epoch_seconds, "resumed_from_epoch": start_epoch,
                            **train_metrics}
-                if splits_evaluation and is_eval_epoch and rank == baseline_rank:
-                    cold_baselines = is_last_epoch and with_baselines and not baselines_cached(cfg)
-                    send_bank_features(None if cold_baselines else evaluation_copy(final_state, cfg, device),
-                                       eval_loaders, cfg, device)
-                baselines = cached_baseline_knn(eval_loaders, cfg, device) \
-                    if is_last_epoch and with_baselines and rank == baseline_rank else {}
-                if rank == 0 and is_eval_epoch:
+                if is_eval_epoch and eval_loaders is not None:
                     eval_start = time.perf_counter()
+                    # Per-worker BatchNorm statistics differ between ranks: every part is embedded by rank 0's
+                    # model, the one checkpointed and exported.
+                    model = evaluation_copy(rank0_state(final_state, device) if shared_eval else final_state, cfg,
+                                            device)
                     if label_free:
-                        metrics.update(evaluate_label_free(evaluation_copy(final_state, cfg, device), eval_loaders,
-                                                           cfg, device))
+                        metrics.update(evaluate_label_free(model, eval_loaders, cfg, device))
                     else:
-                        bank_from_helper = (lambda: receive_from(baseline_rank, device)) if splits_evaluation \
-                            else None
-                        metrics.update(evaluate(evaluation_copy(final_state, cfg, device), eval_loaders, cfg, device,
-                                                spectra, bank_from_helper))
-                    log_spectra(sink, spectra, epoch + 1)
-                    metrics["time/eval_s"] = time.perf_counter() - eval_start
-                if is_last_epoch and with_baselines:
-                    baselines = share_from(baselines, BASELINE_KEYS, baseline_rank, device)
-                    sink.log(baselines, step=cfg.training.epochs)
+                        metrics.update(evaluate(model, eval_loaders, cfg, device, spectra, shared=shared_eval))
+                    if rank == 0:
+                        log_spectra(sink, spectra, epoch + 1)
+                        metrics["time/eval_s"] = time.perf_counter() - eval_start
+                if is_last_epoch and with_baselines and eval_loaders is not None:
+                    sink.log(cached_baseline_knn(eval_loaders, cfg, device, shared=shared_eval),
+                             step=cfg.training.epochs)
                 metrics.update(sweep_metrics(metrics, cfg))
                 if rank == 0:
                     epoch_metrics = {k: v for k, v in metrics.items()
@@ -250,6 +239,19 @@ def train_loop_per_worker(config_dict: dict) -> None:
             sink.spill(unsent_metrics_path(cfg))
 
 
+def claim_startup(board) -> bool:
+    """Whether this worker group is the driver's first (``ProgressBoard.claim_startup``); False when the board
+    is unreachable: progress and start-up timing are worth a warning, never a failed start."""
+    import ray
+
+    try:
+        return ray.get(board.claim_startup.remote(), timeout=30)
+    except Exception as err:  # noqa: BLE001
+        logger.warning("[adadim] progress board unreachable (%s): no progress bar or start-up timing",
+                       type(err).__name__)
+        return False
+
+
 def build_objective(cfg: Config, total_steps: int, rank: int):
     """AdaDim wired to this process group's autograd-aware collectives (identity on one process)."""
     return adadim_from_config(cfg.objective, total_steps, gather=all_gather_with_grad,
@@ -287,6 +289,19 @@ def union_over_ranks(names: list[str], world_size: int) -> list[str]:
     per_rank: list[list[str] | None] = [None] * world_size
     dist.all_gather_object(per_rank, names)
     return sorted(set().union(*per_rank))
+
+
+def rank0_state(state: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
+    """Rank 0's floating-point entries of ``state`` on every rank (a collective; one broadcast per dtype)."""
+    if not is_distributed():
+        return state
+    state = dict(state)
+    for dtype in sorted({v.dtype for v in state.values() if v.is_floating_point()}, key=str):
+        keys = [key for key, value in state.items() if value.dtype == dtype]
+        flat = broadcast_from(torch.cat([state[key].reshape(-1) for key in keys]).to(device), 0).cpu()
+        for key, piece in zip(keys, flat.split([state[key].numel() for key in keys])):
+            state[key] = piece.view_as(state[key])
+    return state
 
 
 def evaluation_copy(state: dict[str, torch.Tensor], cfg: Config, device):
@@ -410,49 +425,101 @@ def _scalar_stats(objective, r_a, r_b, z_a, z_b) -> dict[str, float]:
     return {k: float(v) for k, v in stats.items()}
 
 
-def evaluate(model, eval_loaders, cfg: Config, device, spectra: dict | None = None,
-             bank_from_helper=None) -> dict[str, float]:
-    """kNN top-1 for each k and online-probe top-1 on the test split (rank 0); the spectra of the test
-    embeddings R and Z and their collapsed dimensions too (filled into ``spectra`` when given).
+def evaluation_parts(cfg: Config, world_size: int) -> int:
+    """Into how many parts (one per rank, from rank 0) the evaluation is split: every rank with
+    ``eval.split_across_ranks`` when the bank and the test set have an image for each; rank 0 alone otherwise,
+    and for label-free evaluation (2,048 images)."""
+    from ..data import check_beton
 
-    ``bank_from_helper``: called after the test set is embedded, returns what ``send_bank_features`` sent
-    (the bank's features and labels, embedded meanwhile by another rank) or nothing (embed it here)."""
+    if world_size == 1 or not cfg.eval.split_across_ranks or cfg.data.test_path is None:
+        return 1
+    bank, test = evaluation_counts(cfg, check_beton(cfg.data.train_path).num_samples,
+                                   check_beton(cfg.data.test_path).num_samples)
+    return world_size if min(bank, test) >= world_size else 1
+
+
+def evaluation_counts(cfg: Config, train_images: int, test_images: int) -> tuple[int, int]:
+    """(kNN bank, test set) sizes: the bank is the first ``eval.bank_size`` training images."""
+    return min(train_images, cfg.eval.bank_size or train_images), test_images
+
+
+def part_range(count: int, part: int, parts: int) -> tuple[int, int]:
+    """Contiguous [start, end) of ``count`` items for ``part`` of ``parts``; sizes differ by at most one."""
+    return count * part // parts, count * (part + 1) // parts
+
+
+def evaluation_loaders(cfg: Config, rank: int, parts: int, device) -> tuple:
+    """This rank's evaluation loaders: its part of the kNN bank and of the test set (all of both when
+    ``parts`` is 1); label-free evaluation reads the training file alone."""
+    import numpy as np
+
+    from ..data import build_eval_loader, check_beton
+
+    on_device = device if device.type == "cuda" else None
+    if cfg.data.test_path is None:
+        return (build_eval_loader(cfg.data, cfg.data.train_path, 512, rank=0, world_size=1, distributed=False,
+                                  device=on_device, labels=False),)
+    counts = evaluation_counts(cfg, check_beton(cfg.data.train_path).num_samples,
+                               check_beton(cfg.data.test_path).num_samples)
+    return tuple(
+        build_eval_loader(cfg.data, path, 512, rank=0, world_size=1, distributed=False, device=on_device,
+                          indices=np.arange(*part_range(count, rank, parts), dtype=np.int64))
+        for path, count in zip((cfg.data.train_path, cfg.data.test_path), counts)
+    )
+
+
+def evaluate(model, eval_loaders, cfg: Config, device, spectra: dict | None = None,
+             shared: bool = False) -> dict[str, float]:
+    """kNN top-1 for each k and online-probe top-1 on the test split; the spectra of the test embeddings R and Z
+    and their collapsed dimensions too (filled into ``spectra`` when given). Returns the metrics on rank 0.
+
+    ``shared``: every rank calls this with its part of the bank and of the test set (``evaluation_loaders``).
+    The test set's embeddings are gathered on every rank, each rank finds every test image's nearest
+    neighbours in its part of the bank, and rank 0 merges them: each rank embeds 1/W of the images and does
+    1/W of the similarity product. Other ranks return {}."""
     model.eval()
     started = time.perf_counter()
     bank_loader, test_loader = eval_loaders
-    test_features, test_labels, test_logits = extract(model, test_loader, device)
-    received = bank_from_helper() if bank_from_helper is not None else []
-    if received:
-        train_features, train_labels = (t.cpu() for t in received)
-    else:
-        train_features, train_labels, _ = extract(model, bank_loader, device, cfg.eval.bank_size)
+    test_r, test_labels, test_logits = extract(model, test_loader, device)
+    bank, bank_labels, _ = extract(model, bank_loader, device)
     dtype = next(model.projector.parameters()).dtype
     with torch.no_grad():
-        test_z = torch.cat([model.projector(chunk.to(device, dtype)).float().cpu()
-                            for chunk in test_features.split(2048)])
+        test_z = torch.cat([model.projector(chunk.to(device, dtype)).float().cpu() for chunk in test_r.split(2048)])
     model.train()
+    if shared:  # one collective: R, Z, probe logits and labels side by side (labels are exact in float32)
+        widths = [test_r.shape[1], test_z.shape[1], test_logits.shape[1]]
+        packed = torch.cat([test_r, test_z, test_logits, test_labels.float().unsqueeze(1)], dim=1)
+        packed = all_gather_rows(packed.to(device)).cpu()
+        test_r, test_z, test_logits, labels_column = packed.split([*widths, 1], dim=1)
+        test_labels = labels_column.squeeze(1).long()
     extracted = time.perf_counter()
-    results = spectrum_metrics(test_features, test_z, spectra)
-    results |= {
-        f"knn/top1_k{k}": value
-        for k, value in knn_top1_for_each_k(train_features, train_labels, test_features, test_labels,
-                                            tuple(cfg.eval.knn_k), cfg.eval.knn_temperature,
-                                            cfg.model.num_classes).items()
-    }
+    top1 = knn_top1_across_ranks(bank, bank_labels, test_r, test_labels, tuple(cfg.eval.knn_k),
+                                 cfg.eval.knn_temperature, cfg.model.num_classes, device, shared)
+    if global_rank() != 0:
+        return {}
+    results = spectrum_metrics(test_r, test_z, spectra)
+    results |= {f"knn/top1_k{k}": value for k, value in top1.items()}
     results["probe/top1"] = accuracy(test_logits, test_labels)
-    results["time/eval_extract_s"] = extracted - started
+    results["time/eval_extract_s"] = extracted - started  # with the gathering of the test embeddings
     results["time/eval_knn_s"] = time.perf_counter() - extracted  # with the spectra's SVDs
     return results
 
 
-def send_bank_features(model, eval_loaders, cfg: Config, device) -> None:
-    """On the helper rank: embed the kNN bank with ``model`` (the trained encoder's evaluation copy) and send
-    features and labels to rank 0, or, with ``model`` None, send nothing (rank 0 then embeds the bank itself)."""
-    if model is None:
-        send_to([], 0, device)
-        return
-    features, labels, _ = extract(model.eval(), eval_loaders[0], device, cfg.eval.bank_size)
-    send_to([features, labels], 0, device)
+def knn_top1_across_ranks(bank, bank_labels, queries, query_labels, ks: tuple[int, ...], temperature: float,
+                          num_classes: int, device, shared: bool) -> dict[int, float] | None:
+    """``knn_top1_for_each_k`` when each rank holds a part of the bank and every rank all the queries
+    (``shared``; a collective): each rank's nearest neighbours are merged on rank 0, which returns the
+    accuracies (None elsewhere). Unshared, this rank's bank is the whole bank."""
+    largest = max(ks)
+    similarities, labels = nearest_neighbours(bank.to(device), bank_labels.to(device), queries.to(device), largest)
+    if shared:
+        gathered_similarities = gather_to(similarities.to(device), 0)
+        gathered_labels = gather_to(labels.to(device), 0)
+        if gathered_similarities is None:
+            return None
+        similarities, labels = merge_neighbours(
+            [(s.cpu(), lab.cpu()) for s, lab in zip(gathered_similarities, gathered_labels)], largest)
+    return weighted_vote_top1(similarities, labels, query_labels, ks, temperature, num_classes)
 
 
 def spectrum_metrics(r: torch.Tensor, z: torch.Tensor, spectra: dict | None = None,
@@ -477,8 +544,6 @@ def spectrum_metrics(r: torch.Tensor, z: torch.Tensor, spectra: dict | None = No
 def log_spectra(sink: MetricsSink, spectra: dict, epoch: int) -> None:
     """The spectra of an evaluation (test embeddings ``r``, ``z``; last global training batch ``r_batch``,
     ``z_batch``) as ``spectrum/epoch_NNNN.json`` and ``.png`` artifacts (rank 0)."""
-    import json
-
     from ..compare import plot_spectra
 
     if sink.run_id is None or not spectra:
@@ -528,17 +593,10 @@ def evaluate_label_free(model, eval_loaders, cfg: Config, device) -> dict[str, f
 BASELINE_KEYS = ("baseline/knn_random_top1", "baseline/knn_pixels_top1")
 
 
-def share_from(values: dict[str, float], keys: tuple[str, ...], src: int, device) -> dict[str, float]:
-    """Rank ``src``'s scalar ``values`` on every rank (a collective: every rank calls it)."""
-    packed = torch.tensor([values.get(key, float("nan")) for key in keys], dtype=torch.float64, device=device)
-    return dict(zip(keys, broadcast_from(packed, src).tolist()))
-
-
 def baseline_cache_key(cfg: Config) -> str:
     """What the baselines depend on, and nothing else: the data files (path, size, modification time), how
     images are prepared, the bank, k and temperature, the random encoder's architecture and seed, and torch."""
     import hashlib
-    import json
 
     files = []
     for path in (cfg.data.train_path, cfg.data.test_path):
@@ -567,51 +625,63 @@ def baseline_cache_path(cfg: Config) -> Path | None:
     return directory / f"{baseline_cache_key(cfg)}.json" if directory is not None else None
 
 
-def baselines_cached(cfg: Config) -> bool:
+def read_cached_baselines(cfg: Config) -> dict[str, float] | None:
     path = baseline_cache_path(cfg)
-    return path is not None and path.is_file()
+    if path is None or not path.is_file():
+        return None
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # unreadable: computed again and rewritten
+    return cached if set(cached) == set(BASELINE_KEYS) else None
 
 
-def cached_baseline_knn(eval_loaders, cfg: Config, device) -> dict[str, float]:
+def cached_baseline_knn(eval_loaders, cfg: Config, device, shared: bool = False) -> dict[str, float]:
     """``baseline_knn``, computed once per data, bank, k and architecture: the baselines do not depend on
     training, so every later job (a re-run, each trial of a sweep) reads them back instead (seconds saved
-    from the evaluation tail). Kept as JSON under ``<run.storage_path>/baseline_cache/``."""
-    import json
-
+    from the evaluation tail). Kept as JSON under ``<run.storage_path>/baseline_cache/``; rank 0's copy
+    decides for every rank (``shared``: a collective). Returns the figures on rank 0, {} elsewhere."""
+    is_rank0 = global_rank() == 0
+    cached = read_cached_baselines(cfg) if is_rank0 else None
+    if shared and broadcast_from(torch.tensor([float(cached is not None)], device=device), 0).item() == 1.0:
+        return cached or {}
+    if cached is not None:
+        return cached
+    results = baseline_knn(eval_loaders, cfg, device, shared)
     path = baseline_cache_path(cfg)
-    directory = path.parent if path is not None else None
-    if path is not None and path.is_file():
-        try:
-            cached = json.loads(path.read_text())
-            if set(cached) == set(BASELINE_KEYS):
-                return cached
-        except (OSError, ValueError):
-            pass  # unreadable: compute again and rewrite
-    results = baseline_knn(eval_loaders, cfg, device)
-    if path is not None:
-        directory.mkdir(parents=True, exist_ok=True)
+    if is_rank0 and path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(f".tmp{os.getpid()}")
         partial.write_text(json.dumps(results))
         os.replace(partial, path)  # concurrent trials: whole files only
     return results
 
 
-def baseline_knn(eval_loaders, cfg: Config, device) -> dict[str, float]:
-    """kNN (first k) of a randomly initialised encoder of the same architecture and of raw pixels."""
+def baseline_knn(eval_loaders, cfg: Config, device, shared: bool = False) -> dict[str, float]:
+    """kNN (first k) of a randomly initialised encoder of the same architecture and of raw pixels, on rank 0
+    ({} elsewhere); ``shared`` as in ``evaluate``."""
     k = cfg.eval.knn_k[0]
-    torch.manual_seed(cfg.training.seed + 1)
+    torch.manual_seed(cfg.training.seed + 1)  # the same random encoder on every rank
     random_model = to_memory_format(build_model(cfg.model).to(device).eval(), cfg.training.channels_last)
     bank_loader, test_loader = eval_loaders
     results = {}
     for name, forward in (("random", random_model), ("pixels", lambda x: x.flatten(1))):
-        bank, bank_labels, _ = extract(forward, bank_loader, device, cfg.eval.bank_size)
+        bank, bank_labels, _ = extract(forward, bank_loader, device)
         test, test_labels, _ = extract(forward, test_loader, device)
-        if name == "pixels" and is_grey(bank) and is_grey(test):
+        grey = float(name == "pixels" and is_grey(bank) and is_grey(test))
+        if shared:  # every rank's parts must be grey
+            grey = float(all_reduce_mean(torch.tensor([grey], device=device)).item() == 1.0)
+        if grey:
             # Grey images stored as RGB (Fashion-MNIST): the cosine over one channel is the same, at a third
             # of the cost of this, the evaluation's largest product.
             bank, test = first_channel(bank), first_channel(test)
-        results[f"baseline/knn_{name}_top1"] = knn_top1(bank, bank_labels, test, test_labels, k,
-                                                         cfg.eval.knn_temperature, cfg.model.num_classes)
+        if shared:
+            packed = all_gather_rows(torch.cat([test, test_labels.float().unsqueeze(1)], dim=1).to(device)).cpu()
+            test, test_labels = packed[:, :-1], packed[:, -1].long()
+        top1 = knn_top1_across_ranks(bank, bank_labels, test, test_labels, (k,), cfg.eval.knn_temperature,
+                                     cfg.model.num_classes, device, shared)
+        if global_rank() == 0:
+            results[f"baseline/knn_{name}_top1"] = top1[k]
     return results
 
 

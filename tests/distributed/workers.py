@@ -111,20 +111,55 @@ def _collective_gradients(rank: int, world_size: int) -> dict:
             "input_untouched": bool((y.detach() == rank + 1).all())}
 
 
-def point_to_point_worker(rank: int, world_size: int) -> None:
-    """The last rank sends tensors of shapes and dtypes rank 0 does not know, then nothing; the ranks in between
-    take no part. Rank 0 checks what arrives."""
-    import torch
+def shared_evaluation_worker(rank: int, world_size: int, storage: str) -> None:
+    """Every rank embeds its part of the bank and of the test set (parts of unequal size with 3 ranks); rank 0's
+    kNN, probe and spectra must equal one process evaluating everything, and so must the baselines."""
+    from adadim_dist.config import load_config
+    from adadim_dist.distributed import all_gather_rows, gather_to
+    from adadim_dist.models import build_model
+    from adadim_dist.training.worker import baseline_knn, cached_baseline_knn, evaluate, part_range, rank0_state
 
-    from adadim_dist.distributed import receive_from, send_to
+    rows = torch.arange(rank + 1, dtype=torch.float32).unsqueeze(1).expand(-1, 2)  # rank r holds r + 1 rows
+    gathered = all_gather_rows(rows)
+    assert gathered.shape == (world_size * (world_size + 1) // 2, 2)
+    assert torch.equal(gathered[:, 0], torch.cat([torch.arange(r + 1.0) for r in range(world_size)]))
+    parts = gather_to(torch.full((2,), float(rank)), dst=0)
+    assert (parts is None) == (rank != 0)
+    if rank == 0:
+        assert [p.tolist() for p in parts] == [[float(r)] * 2 for r in range(world_size)]
+    # Per-worker BatchNorm statistics differ between ranks; evaluation uses rank 0's (integers stay local).
+    state = rank0_state({"running_mean": torch.full((2,), float(rank)), "weight": torch.full((3,), rank + 0.5),
+                         "steps": torch.tensor(rank)}, torch.device("cpu"))
+    assert state["running_mean"].tolist() == [0.0, 0.0] and state["weight"].tolist() == [0.5] * 3
+    assert int(state["steps"]) == rank
 
-    features = torch.arange(15, dtype=torch.float32).reshape(5, 3) / 7
-    labels = torch.tensor([3, 1, 4, 1, 5])
-    if rank == world_size - 1:
-        send_to([features, labels], 0, torch.device("cpu"))
-        send_to([], 0, torch.device("cpu"))
-    elif rank == 0:
-        received = receive_from(world_size - 1, torch.device("cpu"))
-        assert len(received) == 2 and torch.equal(received[0], features) and torch.equal(received[1], labels)
-        assert received[0].dtype == torch.float32 and received[1].dtype == torch.int64
-        assert receive_from(world_size - 1, torch.device("cpu")) == []
+    cfg = load_config(None, ["model.small_cnn_width=4", "model.projector_dims=[32, 16]", "eval.knn_k=[5, 50]",
+                             f"run.storage_path={storage}", f"data.train_path={storage}/train.beton",
+                             f"data.test_path={storage}/test.beton"])
+    torch.manual_seed(0)  # the same model and images on every rank
+    model = build_model(cfg.model)
+    images, labels = torch.randn(300, 3, 32, 32), torch.randint(0, 10, (300,))
+    bank, test = (images[:200], labels[:200]), (images[200:], labels[200:])
+
+    def batches(split, part, parts):
+        start, end = part_range(len(split[0]), part, parts)
+        return [(split[0][i : min(i + 32, end)], split[1][i : min(i + 32, end)]) for i in range(start, end, 32)]
+
+    shared_spectra: dict = {}
+    shared = evaluate(model, (batches(bank, rank, world_size), batches(test, rank, world_size)), cfg,
+                      torch.device("cpu"), shared_spectra, shared=True)
+    shared_baselines = baseline_knn((batches(bank, rank, world_size), batches(test, rank, world_size)), cfg,
+                                    torch.device("cpu"), shared=True)
+    cached = [cached_baseline_knn((batches(bank, rank, world_size), batches(test, rank, world_size)), cfg,
+                                  torch.device("cpu"), shared=True) for _ in range(2)]
+    if rank != 0:
+        assert shared == {} and shared_baselines == {} and cached == [{}, {}]
+        return
+    alone_spectra: dict = {}
+    alone = evaluate(model, (batches(bank, 0, 1), batches(test, 0, 1)), cfg, torch.device("cpu"), alone_spectra)
+    for key in ("knn/top1_k5", "knn/top1_k50", "probe/top1", "spectrum/collapsed_r", "spectrum/collapsed_z"):
+        assert shared[key] == alone[key], (key, shared[key], alone[key])
+    for name in ("r", "z"):
+        assert torch.allclose(torch.tensor(shared_spectra[name]), torch.tensor(alone_spectra[name]), rtol=1e-4)
+    assert shared_baselines == baseline_knn((batches(bank, 0, 1), batches(test, 0, 1)), cfg, torch.device("cpu"))
+    assert cached[0] == cached[1] == shared_baselines and len(list(Path(storage, "baseline_cache").glob("*.json"))) == 1

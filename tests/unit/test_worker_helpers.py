@@ -5,7 +5,7 @@ import math
 import torch
 
 from adadim_dist.objectives import AdaDim
-from adadim_dist.training.worker import BASELINE_KEYS, _scalar_stats, share_from
+from adadim_dist.training.worker import _scalar_stats
 
 
 def test_naming_non_finite_terms_leaves_alpha_state_alone():
@@ -19,11 +19,6 @@ def test_naming_non_finite_terms_leaves_alpha_state_alone():
     stats = _scalar_stats(objective, r, r, torch.randn(32, 8), bad)
     assert objective.state_dict() == before
     assert not math.isfinite(stats["loss/total"])
-
-
-def test_share_from_on_one_process_keeps_the_values_and_fills_missing_with_nan():
-    shared = share_from({BASELINE_KEYS[0]: 81.5}, BASELINE_KEYS, src=0, device=torch.device("cpu"))
-    assert shared[BASELINE_KEYS[0]] == 81.5 and math.isnan(shared[BASELINE_KEYS[1]])
 
 
 def test_grey_pixels_keep_their_knn_on_one_channel_and_colour_pixels_are_left_whole():
@@ -84,7 +79,7 @@ def test_baselines_are_cached_by_what_they_depend_on_only(tmp_path, monkeypatch)
 
     calls = []
 
-    def compute(eval_loaders, cfg, device):
+    def compute(eval_loaders, cfg, device, shared=False):
         calls.append(cfg.eval.bank_size)
         return {"baseline/knn_random_top1": 70.0 + len(calls), "baseline/knn_pixels_top1": 80.0}
 
@@ -134,26 +129,18 @@ def test_batch_spectrum_metrics_have_their_own_names():
     assert sorted(spectra) == ["r_batch", "z", "z_batch"] and len(spectra["z_batch"]) == 16
 
 
-def test_evaluation_with_the_bank_from_a_helper_rank_equals_embedding_it_here():
-    """Rank 0 takes the bank's features from the helper rank when it sends them (and embeds the bank itself
-    when it sends nothing); the kNN result is the same either way."""
-    from adadim_dist.config import load_config
-    from adadim_dist.models import build_model
-    from adadim_dist.training.evaluation import extract
-    from adadim_dist.training.worker import evaluate
+def test_evaluation_parts_are_contiguous_cover_everything_and_differ_by_at_most_one():
+    from adadim_dist.training.worker import part_range
 
-    cfg = load_config(None, ["model.small_cnn_width=4", "model.projector_dims=[32, 16]", "eval.knn_k=[5]"])
-    torch.manual_seed(0)
-    model = build_model(cfg.model).eval()
-    batches = [(torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))) for _ in range(3)]
-    loaders = (batches[:2], batches[2:])
-    here = evaluate(model, loaders, cfg, torch.device("cpu"))
-    # As the helper does: its own evaluation copy, in eval mode (evaluate leaves the model in train mode).
-    features, labels, _ = extract(model.eval(), batches[:2], torch.device("cpu"), cfg.eval.bank_size)
-    calls = []
-    helped = evaluate(model, loaders, cfg, torch.device("cpu"),
-                      bank_from_helper=lambda: calls.append(1) or [features, labels])
-    declined = evaluate(model, loaders, cfg, torch.device("cpu"), bank_from_helper=lambda: [])
-    assert calls == [1]
-    for key in ("knn/top1_k5", "probe/top1", "spectrum/collapsed_z"):
-        assert here[key] == helped[key] == declined[key], key
+    for count, parts in ((10, 3), (7, 7), (20000, 2), (5, 1)):
+        ranges = [part_range(count, part, parts) for part in range(parts)]
+        assert ranges[0][0] == 0 and ranges[-1][1] == count
+        assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+        assert max(e - s for s, e in ranges) - min(e - s for s, e in ranges) <= 1
+
+
+def test_rank0_state_on_one_process_is_the_state_itself():
+    from adadim_dist.training.worker import rank0_state
+
+    state = {"w": torch.randn(3, 2), "running_mean": torch.randn(2), "num_batches_tracked": torch.tensor(4)}
+    assert rank0_state(state, torch.device("cpu")) is state
