@@ -215,9 +215,9 @@ class RunConfig(_Strict):
     checkpoints_to_keep: int = Field(2, ge=1)
     ray_address: str | None = None  # None = RAY_ADDRESS or a new local instance
     dashboard_host: str = "127.0.0.1"
-    # Ray's dashboard for a local instance the job starts (a cluster's is the cluster's): off, it takes a few
-    # seconds off every job's start-up (BENCHMARKS.md, "Start-up").
-    dashboard: bool = True
+    # Ray's dashboard for a local instance the job starts (a cluster's is the cluster's own): its processes cost
+    # ~5 s of a 2-core machine's start-up (BENCHMARKS.md, "Start-up and tail"); true to watch the job in it.
+    dashboard: bool = False
 
 
 def is_uri(path: str | Path) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -63,3 +64,24 @@ def run_service_job(overrides: list[str], name: str, cwd) -> tuple[dict, object,
         raise SystemExit(f"{name} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     return summary, MlflowClient(tracking_uri=summary["tracking_uri"]), wall
+
+
+def demo_data_overrides(repo) -> list[str]:
+    """The demo's Fashion-MNIST files by absolute path, so that a job run from another checkout reads them too."""
+    return [f"data.train_path={repo / 'data' / 'fashion_mnist_train.beton'}",
+            f"data.test_path={repo / 'data' / 'fashion_mnist_test.beton'}"]
+
+
+@contextlib.contextmanager
+def checkout_at(repo, ref: str, parent):
+    """A temporary git worktree of ``repo`` at ``ref`` under ``parent`` (removed on exit): the "before" side of a
+    before/after benchmark."""
+    import subprocess
+    from pathlib import Path
+
+    path = Path(parent) / "before"
+    subprocess.run(["git", "worktree", "add", "--detach", str(path), ref], cwd=repo, check=True, capture_output=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=repo, capture_output=True)

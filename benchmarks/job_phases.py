@@ -7,8 +7,8 @@ queries, k = 20 and 200, random-encoder and raw-pixel baselines) for one short e
 that a job is start-up, a few steps and the full evaluation. Variants, taking turns:
 
 - ``before``: the code at ``REF`` (a temporary git worktree), its defaults;
-- ``after``: this checkout, its defaults;
-- ``after_no_dashboard``: this checkout with ``run.dashboard=false``.
+- ``after``: this checkout, its defaults (since 2026-12-03 a local instance starts without Ray's dashboard);
+- ``after_with_dashboard``: this checkout with ``run.dashboard=true`` (the dashboard's share alone).
 
 Every variant starts its own local Ray instance, as a user's job does. One untimed warm-up job per checkout
 first fills the baseline cache and numba's cache. Reports each variant's medians of the ``time/*`` metrics
@@ -18,9 +18,7 @@ first fills the baseline cache and numba's cache. Reports each variant's medians
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -29,12 +27,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 try:
-    from _common import emit, run_service_job
+    from _common import checkout_at, demo_data_overrides, emit, run_service_job
 except ImportError:  # run as a module
-    from benchmarks._common import emit, run_service_job
+    from benchmarks._common import checkout_at, demo_data_overrides, emit, run_service_job
 
-DATA = [f"data.train_path={REPO / 'data' / 'fashion_mnist_train.beton'}",
-        f"data.test_path={REPO / 'data' / 'fashion_mnist_test.beton'}"]
+DATA = demo_data_overrides(REPO)
 
 
 def run_job(checkout: Path, storage: Path, name: str, extra: list[str], steps: int) -> dict[str, float]:
@@ -53,26 +50,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as scratch:
-        before = Path(scratch) / "before"
-        subprocess.run(["git", "worktree", "add", "--detach", str(before), args.before], cwd=REPO, check=True,
-                       capture_output=True)
-        try:
-            variants = {"before": (before, []), "after": (REPO, []), "after_no_dashboard": (REPO, ["run.dashboard=false"])}
-            results: dict[str, list[dict[str, float]]] = {variant: [] for variant in variants}
-            storage = Path(scratch) / "runs"
-            for label, checkout in (("before", before), ("after", REPO)):
-                print(f"[bench] warm-up job ({label})", file=sys.stderr, flush=True)
-                run_job(checkout, storage, f"warm-up-{label}", [], args.steps)
-            for index in range(args.repeats):
-                order = list(variants) if index % 2 == 0 else list(reversed(variants))
-                for variant in order:
-                    print(f"[bench] {variant} #{index + 1}", file=sys.stderr, flush=True)
-                    checkout, extra = variants[variant]
-                    results[variant].append(run_job(checkout, storage, f"{variant}-{index}", extra, args.steps))
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=REPO, capture_output=True)
-            shutil.rmtree(before, ignore_errors=True)
+    with tempfile.TemporaryDirectory() as scratch, checkout_at(REPO, args.before, scratch) as before:
+        variants = {"before": (before, []), "after": (REPO, []),
+                    "after_with_dashboard": (REPO, ["run.dashboard=true"])}
+        results: dict[str, list[dict[str, float]]] = {variant: [] for variant in variants}
+        storage = Path(scratch) / "runs"
+        for label, checkout in (("before", before), ("after", REPO)):
+            print(f"[bench] warm-up job ({label})", file=sys.stderr, flush=True)
+            run_job(checkout, storage, f"warm-up-{label}", [], args.steps)
+        for index in range(args.repeats):
+            order = list(variants) if index % 2 == 0 else list(reversed(variants))
+            for variant in order:
+                print(f"[bench] {variant} #{index + 1}", file=sys.stderr, flush=True)
+                checkout, extra = variants[variant]
+                results[variant].append(run_job(checkout, storage, f"{variant}-{index}", extra, args.steps))
     medians = {variant: {key: round(statistics.median(r[key] for r in runs), 1)
                          for key in sorted(set().union(*runs)) if all(key in r for r in runs)}
                for variant, runs in results.items()}

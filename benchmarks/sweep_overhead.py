@@ -40,20 +40,26 @@ def main(argv: list[str] | None = None) -> int:
     if experiment is None:
         print(f"sweep_overhead: error: no MLflow experiment named {args.experiment!r}", file=sys.stderr)
         return 2
-    runs = [r for r in client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'",
-                                          max_results=1000)
-            if "train/epoch_seconds" in r.data.metrics and r.info.end_time]
-    if not runs:
+    measured = measure(client, experiment.experiment_id)
+    if measured is None:
         print(f"sweep_overhead: error: {args.experiment!r} has no finished training runs", file=sys.stderr)
         return 2
+    emit({"benchmark": "sweep_overhead", "experiment": args.experiment, **measured})
+    return 0
+
+
+def measure(client, experiment_id: str) -> dict | None:
+    """The figures above for one MLflow experiment's finished trial runs (None without any)."""
+    runs = [r for r in client.search_runs([experiment_id], "attributes.status = 'FINISHED'", max_results=1000)
+            if "train/epoch_seconds" in r.data.metrics and r.info.end_time]
+    if not runs:
+        return None
     trial_wall = [(r.info.end_time - r.info.start_time) / 1000 for r in runs]
     training = [sum(m.value for m in client.get_metric_history(r.info.run_id, "train/epoch_seconds")) for r in runs]
     sweep_wall = (max(r.info.end_time for r in runs) - min(r.info.start_time for r in runs)) / 1000
     timed = {key: [r.data.metrics[key] for r in runs if key in r.data.metrics]
-             for key in ("time/to_first_step_s", "time/first_step_s", "time/eval_s")}
-    emit({
-        "benchmark": "sweep_overhead",
-        "experiment": args.experiment,
+             for key in ("time/to_first_step_s", "time/first_step_s", "time/eval_s", "time/tail_s")}
+    return {
         "trials": len(runs),
         "sweep_wall_s": round(sweep_wall),
         "training_s": round(sum(training)),
@@ -64,8 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         **{f"median_{key.split('/')[1]}": round(statistics.median(values), 1)
            for key, values in timed.items() if values},
         **{f"trials_with_{key.split('/')[1]}": len(values) for key, values in timed.items()},
-    })
-    return 0
+    }
 
 
 if __name__ == "__main__":

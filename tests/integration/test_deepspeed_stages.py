@@ -21,6 +21,9 @@ from .test_run import STEP_METRICS, final_json
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 STAGES = (0, 1, 2, 3)
+# Stage 1 writes its optimizer shards in the same format, by the same DeepSpeed code, as stage 2, whose resume is
+# checked twice (the re-run through `ray job submit`, and the missing-shard test): one job saved.
+RESUMED_STAGES = (0, 2, 3)
 # Flip and crop only: the other augmentations add FFCV compile time per worker and are tested elsewhere.
 LIGHT_VIEWS = [f"data.{view}.{key}=0" for view in ("view_a", "view_b")
                for key in ("jitter_prob", "grayscale_prob", "solarize_prob")]
@@ -55,20 +58,21 @@ def exported_encoder(summary) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def stage_jobs(tiny_betons, tmp_path_factory, ray_cluster):
-    """Each stage: a 2-epoch job, then the same command again (the job is finished: it resumes from the last
-    checkpoint, loads every rank's shard, and reports)."""
+    """Each stage: a 2-epoch job, then (RESUMED_STAGES) the same command again (the job is finished: it resumes
+    from the last checkpoint, loads every rank's shard, and reports)."""
     storage = tmp_path_factory.mktemp("zero")
     jobs = {}
     for stage in STAGES:
         args = stage_args(tiny_betons, storage, stage)
         first = run_cli(args, cwd=REPO, env=ray_cluster["env"])
         assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+        again = None
         if stage == 2:
             again = submit(ray_cluster["dashboard"], [sys.executable, "-m", "adadim_dist.run", *args], token=True)
             assert "succeeded" in again.stdout + again.stderr, again.stdout[-3000:] + again.stderr[-3000:]
-        else:
+        elif stage in RESUMED_STAGES:
             again = run_cli(args, cwd=REPO, env=ray_cluster["env"])
-        assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+        assert again is None or again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
         jobs[stage] = {"first": first, "again": again, "summary": final_json(first.stdout),
                        "run_dir": storage / f"zero{stage}", "args": args}
     return jobs
@@ -92,6 +96,8 @@ def test_zero_stage_trains_evaluates_exports_checkpoints_and_resumes(stage_jobs,
     optimizer_shards = [name for name in shards if name.endswith("optim_states.pt")]
     assert len(optimizer_shards) == (2 if stage > 0 else 0), shards  # one per rank under ZeRO 1-3
 
+    if stage not in RESUMED_STAGES:
+        return
     trained = fingerprints(job["first"].stdout + job["first"].stderr)
     resumed = fingerprints(job["again"].stdout + job["again"].stderr)
     assert resumed["resumed 2"] == trained["epoch 2"]  # every shard loaded back exactly

@@ -1,6 +1,6 @@
 """Training on a folder of your own unlabelled images: written from nested folders of mixed-size files
 (unreadable ones skipped and counted, or refused above 1 %), then trained with no labelled test set and
-evaluated without labels, end to end on local Ray."""
+evaluated without labels, end to end on the tests' Ray cluster."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def _image_folder(root, count: int, unreadable: int):
     return root
 
 
-def test_a_folder_of_unlabelled_images_trains_and_is_evaluated_without_labels(tmp_path, capsys):
+def test_a_folder_of_unlabelled_images_trains_and_is_evaluated_without_labels(tmp_path, capsys, ray_cluster):
     from adadim_dist.data.__main__ import main as data_main
 
     folder = _image_folder(tmp_path / "photos", 300, unreadable=2)
@@ -48,7 +48,7 @@ def test_a_folder_of_unlabelled_images_trains_and_is_evaluated_without_labels(tm
     assert "300 images, no labels, varying size" in written.out + written.err
     assert "2 unreadable file(s) skipped" in written.out + written.err
 
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, **ray_cluster["env"]}
     out = subprocess.run(
         [sys.executable, "-m", "adadim_dist.run", "--config", "configs/fmnist_smoke.yaml", "data.source=folder",
          f"data.train_path={beton}", "data.test_path=null", f"run.storage_path={tmp_path / 'runs'}",

@@ -73,7 +73,7 @@ def job(tiny_betons, tmp_path_factory, ray_cluster):
     """Start a 2-epoch DDP job (a credential in its environment), kill its driver during epoch 2, run the
     same command again. Returns the storage path, the first run id and the second (resuming) process."""
     storage = tmp_path_factory.mktemp("ddp")
-    # Baselines on: with 2 workers rank 1 computes them (in the resumed epoch 2) beside rank 0's evaluation.
+    # Baselines on: both workers compute them (in the resumed epoch 2), each on its part of the bank and test set.
     # Synchronized BatchNorm on (the demo config keeps it off for its CPU budget): DDP with GlobalBatchNorm.
     args = smoke_args(tiny_betons, storage, "ddp", "training.epochs=2", "eval.baselines=true",
                       "model.sync_batchnorm=true")
@@ -133,8 +133,9 @@ def test_ddp_run_logs_every_metric_and_checkpoints(job, tmp_path):
 
 
 def test_baselines_reach_rank0_and_match_a_direct_computation(job):
-    """The raw-pixel kNN that rank 1 computed, sent to rank 0, logged and printed, equals the same kNN computed
-    here from the source images (all 1,024 as the bank, the 512 test images as queries)."""
+    """The raw-pixel kNN that both ranks computed (each on its part of the bank and of the test set, merged on
+    rank 0), logged and printed, equals the same kNN computed here from the source images (all 1,024 as the
+    bank, the 512 test images as queries)."""
     import numpy as np
 
     from adadim_dist.config import DataConfig

@@ -44,3 +44,39 @@ def test_relative_paths_become_absolute_and_uris_stay(tmp_path, monkeypatch):
     assert remote.run.storage_path == "s3://bucket/runs"
     with pytest.raises(ConfigError, match="^tracking.uri: must name an MLflow server"):
         load_config(None, ["run.storage_path=s3://bucket/runs"])
+
+
+def test_ray_and_tracking_start_together_and_a_failure_of_either_undoes_the_other(monkeypatch):
+    """The MLflow run opens in a thread while Ray starts: when the tracking store fails, Ray is shut down again;
+    when Ray fails, the run just opened is ended FAILED (never left RUNNING)."""
+    from adadim_dist.training import driver
+
+    events = []
+
+    class Sink:
+        def close(self, status):
+            events.append(("closed", status))
+
+    def failing_tracking(cfg):
+        raise driver.TrackingUnavailableError("tracking.uri: down")
+
+    def failing_ray(cfg):
+        raise RuntimeError("ray did not start")
+
+    monkeypatch.setattr(driver, "init_ray", lambda cfg: events.append("ray started"))
+    monkeypatch.setattr(driver, "shutdown_ray", lambda: events.append("ray shut down"))
+    monkeypatch.setattr(driver, "open_tracking", failing_tracking)
+    with pytest.raises(driver.TrackingUnavailableError):
+        driver.start_ray_and_tracking(None)
+    assert events == ["ray started", "ray shut down"]
+
+    events.clear()
+    monkeypatch.setattr(driver, "open_tracking", lambda cfg: Sink())
+    monkeypatch.setattr(driver, "init_ray", failing_ray)
+    with pytest.raises(RuntimeError, match="ray did not start"):
+        driver.start_ray_and_tracking(None)
+    assert events == [("closed", "FAILED")]
+
+    monkeypatch.setattr(driver, "init_ray", lambda cfg: events.append("ray started"))
+    events.clear()
+    assert isinstance(driver.start_ray_and_tracking(None), Sink) and events == ["ray started"]
