@@ -335,7 +335,7 @@ def build_eval_loader(
     if indices is not None and distributed:
         raise ValueError("indices and distributed=True both choose a rank's images: pass one of them")
     path, info = _open_checked(Path(path), data_cfg.cache_dir, need_labels=labels)
-    if indices is not None and len(indices) and not 0 <= int(np.min(indices)) <= int(np.max(indices)) < info.num_samples:
+    if indices is not None and len(indices) and not 0 <= np.min(indices) <= np.max(indices) < info.num_samples:
         raise ValueError(f"{path}: indices outside the file's {info.num_samples} images")
     pipelines = {VIEW_A: build_eval_spec(data_cfg, device)}
     if labels:

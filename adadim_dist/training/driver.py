@@ -1,9 +1,9 @@
 """The driver: cheap checks first, then Ray, then a ``TorchTrainer`` fit; returns the run's summary.
 
 Order matters: the config, the dataset files and the tracking server are checked before ``ray.init`` so a
-user error costs seconds, not a cluster start-up; the MLflow run is then opened while Ray starts. The MLflow run is created here (once per job, its id kept
-next to the checkpoints) so a re-run with the same ``run.name`` resumes into the same run; rank 0 of the
-workers writes the metrics; the driver ends the run FINISHED or FAILED.
+user error costs seconds, not a cluster start-up. The MLflow run is created here, while Ray starts (once per
+job, its id kept next to the checkpoints) so a re-run with the same ``run.name`` resumes into the same run;
+rank 0 of the workers writes the metrics; the driver ends the run FINISHED or FAILED.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The Ray Train worker: ``train_loop_per_worker(config_dict)``.
 
 Every worker re-validates the config, builds its own FFCV loader, model, engine and objective, resumes from
-``ray.train.get_checkpoint()`` when one exists, trains, checkpoints and reports once per epoch. Rank 0 also
-evaluates (kNN, probe) and writes to MLflow. Exceptions propagate so ``FailureConfig`` can restart workers.
+``ray.train.get_checkpoint()`` when one exists, trains, checkpoints and reports once per epoch. Every rank
+evaluates its part of the kNN bank and test set; rank 0 merges, probes and writes to MLflow. Exceptions
+propagate so ``FailureConfig`` can restart workers.
 """
 
 from __future__ import annotations
@@ -306,7 +307,8 @@ def rank0_state(state: dict[str, torch.Tensor], device) -> dict[str, torch.Tenso
 
 def evaluation_copy(state: dict[str, torch.Tensor], cfg: Config, device):
     """A plain (unwrapped, unsharded, per-process BatchNorm) model holding ``state``, in eval-ready form:
-    evaluation and export run on rank 0 alone, which the DDP/ZeRO-wrapped module cannot do under ZeRO-3."""
+    evaluation (each rank on its part) and export (rank 0) need whole modules, which the DDP/ZeRO-wrapped one
+    is not under ZeRO-3."""
     model = build_model(cfg.model)
     model.load_state_dict(state)
     return to_memory_format(model.to(device), cfg.training.channels_last)
