@@ -3,8 +3,8 @@
     python benchmarks/sweep_phases.py --before REF [--trials 3] [--repeats 1]
 
 The same small Ray Tune sweep (``python -m adadim_dist.tune``; a local Ray instance; one trial at a time, 2
-DDP workers each; 15,000 Fashion-MNIST training images, 2 epochs of 58 steps, one evaluation with a 10,000-image
-bank; trials differ in weight decay) runs with the code at ``REF`` (a temporary git worktree) and with this
+DDP workers each; 15,000 Fashion-MNIST training images, one epoch of 58 steps, then one evaluation with a
+10,000-image bank; trials differ in weight decay) runs with the code at ``REF`` (a temporary git worktree) and with this
 checkout, taking turns. One short untimed job per checkout first fills numba's cache (kept per checkout).
 Reports, per variant, ``sweep_overhead.measure``: the fraction of the sweep's wall time inside the epochs'
 step loops, and the median start-up, evaluation and tail of its trials.
@@ -37,10 +37,11 @@ def sweep_file(checkout: Path, storage: Path, trials: int) -> dict:
     return {
         "name": "sweep-phases",
         "base_config": str(checkout / "configs" / "fmnist_smoke.yaml"),
-        "overrides": [*DATA, f"run.storage_path={storage}", "data.subset=15000", "training.epochs=2",
-                      "training.log_every=20", "eval.every_epochs=2", "eval.bank_size=10000", "eval.knn_k=[20]",
+        "overrides": [*DATA, f"run.storage_path={storage}", "data.subset=15000", "training.epochs=1",
+                      "training.log_every=20", "eval.every_epochs=1", "eval.bank_size=10000", "eval.knn_k=[20]",
                       "eval.baselines=false", "tracking.experiment=sweep-phases", "run.checkpoints_to_keep=1"],
         "metric": "knn",
+        "num_samples": 1,
         "scheduler": {"name": "fifo"},
         "trial": {"num_workers": 2, "cpus_per_worker": 0.9, "trial_cpus": 0.1},
         "max_concurrent_trials": 1,
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[bench] sweep {label} #{index + 1}", file=sys.stderr, flush=True)
                 results[label].append(run_sweep(checkouts[label], scratch, f"{label}-{index}", args.trials))
     emit({"benchmark": "sweep_phases", "before": args.before, "trials": args.trials, "repeats": args.repeats,
-          "sweep": "15,000 images, 2 epochs of 58 steps, 2 DDP workers per trial, one trial at a time",
+          "sweep": "15,000 images, 1 epoch of 58 steps, 2 DDP workers per trial, one trial at a time",
           **{label: runs if len(runs) > 1 else runs[0] for label, runs in results.items()}})
     return 0
 

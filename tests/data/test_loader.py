@@ -184,6 +184,16 @@ def test_jpeg_stored_images_of_varying_size_decode_to_the_centre_view(ssl_cfg, t
     assert labels.tolist() == [0, 1]
 
 
+def test_eval_loader_over_indices_gives_exactly_that_part_in_order(ssl_cfg, fmnist_beton, fmnist_train):
+    """One rank's part of an evaluation split across ranks: a contiguous range of the file, nothing else."""
+    part = build_eval_loader(ssl_cfg, fmnist_beton, batch_size=64, rank=0, world_size=1, distributed=False,
+                             indices=np.arange(200, 341))
+    labels = torch.cat([y.clone() for _, y in part])
+    assert torch.equal(labels, torch.from_numpy(fmnist_train.labels[200:341]))
+    with pytest.raises(ValueError, match="indices outside the file's 512 images"):
+        build_eval_loader(ssl_cfg, fmnist_beton, 64, 0, 1, False, indices=np.arange(500, 513))
+
+
 def test_impossible_requests_fail_before_any_loader_is_built(ssl_cfg, tmp_path):
     with pytest.raises(ValueError, match="fewer than one batch"):
         build_ssl_loader(ssl_cfg, 1024, rank=0, world_size=1, seed=0, distributed=False)
