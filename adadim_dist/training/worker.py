@@ -139,9 +139,10 @@ def train_loop_per_worker(config_dict: dict) -> None:
     with_baselines = cfg.eval.baselines and not label_free
     # Evaluation (and the baselines) run on every rank, each embedding its part of the kNN bank and of the test
     # set (eval.split_across_ranks), or on rank 0 alone.
-    eval_parts = evaluation_parts(cfg, world_size)
+    eval_sizes = evaluation_sizes(cfg)
+    eval_parts = evaluation_parts(cfg, world_size, eval_sizes)
     shared_eval = eval_parts > 1
-    eval_loaders = evaluation_loaders(cfg, rank, eval_parts, device) if rank < eval_parts else None
+    eval_loaders = evaluation_loaders(cfg, rank, eval_parts, device, eval_sizes) if rank < eval_parts else None
 
     try:
         metrics: dict[str, float] = {}
@@ -427,22 +428,24 @@ def _scalar_stats(objective, r_a, r_b, z_a, z_b) -> dict[str, float]:
     return {k: float(v) for k, v in stats.items()}
 
 
-def evaluation_parts(cfg: Config, world_size: int) -> int:
-    """Into how many parts (one per rank, from rank 0) the evaluation is split: every rank with
-    ``eval.split_across_ranks`` when the bank and the test set have an image for each; rank 0 alone otherwise,
-    and for label-free evaluation (2,048 images)."""
+def evaluation_sizes(cfg: Config) -> tuple[int, int] | None:
+    """(kNN bank, test set) sizes, read from the files' headers: the bank is the first ``eval.bank_size``
+    training images. None for label-free evaluation (no test set)."""
     from ..data import check_beton
 
-    if world_size == 1 or not cfg.eval.split_across_ranks or cfg.data.test_path is None:
+    if cfg.data.test_path is None:
+        return None
+    train_images = check_beton(cfg.data.train_path).num_samples
+    return min(train_images, cfg.eval.bank_size or train_images), check_beton(cfg.data.test_path).num_samples
+
+
+def evaluation_parts(cfg: Config, world_size: int, sizes: tuple[int, int] | None) -> int:
+    """Into how many parts (one per rank, from rank 0) the evaluation is split: every rank with
+    ``eval.split_across_ranks`` when the bank and the test set (``sizes``) have an image for each; rank 0 alone
+    otherwise, and for label-free evaluation (2,048 images)."""
+    if world_size == 1 or not cfg.eval.split_across_ranks or sizes is None:
         return 1
-    bank, test = evaluation_counts(cfg, check_beton(cfg.data.train_path).num_samples,
-                                   check_beton(cfg.data.test_path).num_samples)
-    return world_size if min(bank, test) >= world_size else 1
-
-
-def evaluation_counts(cfg: Config, train_images: int, test_images: int) -> tuple[int, int]:
-    """(kNN bank, test set) sizes: the bank is the first ``eval.bank_size`` training images."""
-    return min(train_images, cfg.eval.bank_size or train_images), test_images
+    return world_size if min(sizes) >= world_size else 1
 
 
 def part_range(count: int, part: int, parts: int) -> tuple[int, int]:
@@ -450,23 +453,21 @@ def part_range(count: int, part: int, parts: int) -> tuple[int, int]:
     return count * part // parts, count * (part + 1) // parts
 
 
-def evaluation_loaders(cfg: Config, rank: int, parts: int, device) -> tuple:
+def evaluation_loaders(cfg: Config, rank: int, parts: int, device, sizes: tuple[int, int] | None) -> tuple:
     """This rank's evaluation loaders: its part of the kNN bank and of the test set (all of both when
-    ``parts`` is 1); label-free evaluation reads the training file alone."""
+    ``parts`` is 1; ``sizes`` from ``evaluation_sizes``); label-free evaluation reads the training file alone."""
     import numpy as np
 
-    from ..data import build_eval_loader, check_beton
+    from ..data import build_eval_loader
 
     on_device = device if device.type == "cuda" else None
-    if cfg.data.test_path is None:
+    if sizes is None:
         return (build_eval_loader(cfg.data, cfg.data.train_path, 512, rank=0, world_size=1, distributed=False,
                                   device=on_device, labels=False),)
-    counts = evaluation_counts(cfg, check_beton(cfg.data.train_path).num_samples,
-                               check_beton(cfg.data.test_path).num_samples)
     return tuple(
         build_eval_loader(cfg.data, path, 512, rank=0, world_size=1, distributed=False, device=on_device,
                           indices=np.arange(*part_range(count, rank, parts), dtype=np.int64))
-        for path, count in zip((cfg.data.train_path, cfg.data.test_path), counts)
+        for path, count in zip((cfg.data.train_path, cfg.data.test_path), sizes)
     )
 
 
