@@ -49,16 +49,17 @@ def alternating_medians(steps: dict[str, Callable[[], None]], timed: int, warmup
     return {name: statistics.median(values) for name, values in seconds.items()}
 
 
-def run_service_job(overrides: list[str], name: str, cwd) -> tuple[dict, object, float]:
-    """``python -m adadim_dist.run`` with ``overrides`` as a user runs it: (its summary, an MLflow client for
-    its tracking store, wall seconds). Exits with the job's output if it fails."""
+def run_service_job(overrides: list[str], name: str, cwd, env: dict | None = None) -> tuple[dict, object, float]:
+    """``python -m adadim_dist.run`` with ``overrides`` as a user runs it (``env`` added to the environment):
+    (its summary, an MLflow client for its tracking store, wall seconds). Exits with the job's output if it
+    fails."""
     import subprocess
 
     from mlflow.tracking import MlflowClient
 
     started = time.time()
     out = subprocess.run([sys.executable, "-m", "adadim_dist.run", *overrides], cwd=cwd, capture_output=True,
-                         text=True)
+                         text=True, env={**os.environ, **(env or {})})
     wall = time.time() - started
     if out.returncode != 0:
         raise SystemExit(f"{name} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
@@ -85,3 +86,26 @@ def checkout_at(repo, ref: str, parent):
         yield path
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=repo, capture_output=True)
+
+
+@contextlib.contextmanager
+def running_ray_cluster(parent):
+    """A Ray head node started with ``ray start`` (token authentication on, dashboard on loopback), stopped on
+    exit: yields the environment a job needs to use it (``RAY_ADDRESS``), as on a user's running cluster."""
+    import socket
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ray = str(Path(sys.executable).parent / "ray")
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    temp_dir = tempfile.mkdtemp(prefix="bench_ray_", dir="/tmp")  # short: Ray's socket paths have a limit
+    subprocess.run([ray, "start", "--head", f"--port={port}", "--dashboard-host=127.0.0.1", f"--temp-dir={temp_dir}",
+                    "--disable-usage-stats"], check=True, env=env, capture_output=True, cwd=parent)
+    try:
+        yield {"RAY_ADDRESS": f"127.0.0.1:{port}", "RAY_AUTH_MODE": "token"}
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, env=env)

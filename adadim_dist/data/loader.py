@@ -196,6 +196,70 @@ class EvalLoader(_FFCVBatches):
             yield batch[VIEW_A], batch.get(LABEL)
 
 
+class RawEvalLoader:
+    """``EvalLoader``'s batches, bit for bit, for a file whose images are stored raw at exactly the evaluation
+    size: there the evaluation view (the centred square resized to its own size) is the image itself, so the
+    pixels are read straight from the memory-mapped file and normalised by the same compiled kernel as
+    ``NormalizeToTensor``. No FFCV pipeline is compiled: that costs ~1 s per loader and process, at the first
+    batch, i.e. in the job's evaluation tail. Batches are fresh tensors (not views into reused buffers)."""
+
+    def __init__(self, path: Path, info: BetonInfo, data_ptrs: np.ndarray, labels: np.ndarray | None,
+                 batch_size: int, image_size: int, mean, std, device: torch.device | str | None = None):
+        self.info = info
+        self._device = None if device is None or torch.device(device).type == "cpu" else torch.device(device)
+        self.batch_size = batch_size
+        self._path, self._data_ptrs, self._labels = path, data_ptrs, labels
+        self._pixel_offsets = np.arange(image_size * image_size * 3, dtype=np.int64)
+        self._shape = (image_size, image_size, 3)
+        self._mean = (np.asarray(mean, dtype=np.float64) * 255.0).astype(np.float32)  # as NormalizeToTensor
+        self._inv_std = (1.0 / (np.asarray(std, dtype=np.float64) * 255.0)).astype(np.float32)
+
+    def __len__(self) -> int:
+        return -(-len(self._data_ptrs) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        from .ops import _NORMALIZE
+
+        kernel = _NORMALIZE.select()
+        file = np.memmap(self._path, dtype=np.uint8, mode="r")
+        for start in range(0, len(self._data_ptrs), self.batch_size):
+            ptrs = self._data_ptrs[start : start + self.batch_size].astype(np.int64)
+            pixels = file[ptrs[:, None] + self._pixel_offsets].reshape(len(ptrs), *self._shape)
+            images = np.empty((len(ptrs), self._shape[2], *self._shape[:2]), dtype=np.float32)
+            kernel(pixels, images, self._mean, self._inv_std)
+            batch = torch.from_numpy(images)
+            labels = None if self._labels is None else torch.from_numpy(self._labels[start : start + len(ptrs)])
+            if self._device is not None:
+                batch = batch.to(self._device, non_blocking=True)
+                labels = None if labels is None else labels.to(self._device, non_blocking=True)
+            yield batch, labels
+
+    def close(self) -> None:
+        """Nothing to stop (``EvalLoader``'s interface)."""
+
+
+def _raw_eval_loader(data_cfg: DataConfig, path: Path, info: BetonInfo, batch_size: int, labels: bool,
+                     indices: np.ndarray | None, device=None) -> RawEvalLoader | None:
+    """A ``RawEvalLoader`` when every chosen image is stored raw at ``data_cfg.image_size`` × ``image_size``;
+    None otherwise (JPEG or other sizes: those need the FFCV pipeline's decoder and resize)."""
+    from . import _ffcv  # noqa: F401  (before any ffcv import)
+    from ffcv.fields.rgb_image import IMAGE_MODES
+    from ffcv.reader import Reader
+
+    reader = Reader(str(path))
+    names = list(reader.field_names)
+    images = reader.metadata[f"f{names.index('image')}"]
+    chosen = np.arange(info.num_samples, dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64)
+    images = images[chosen]
+    size = data_cfg.image_size
+    if not (np.all(images["mode"] == IMAGE_MODES["raw"]) and np.all(images["height"] == size)
+            and np.all(images["width"] == size)):
+        return None
+    label_values = reader.metadata[f"f{names.index('label')}"][chosen].astype(np.int64) if labels else None
+    return RawEvalLoader(path, info, images["data_ptr"], label_values, batch_size, size, data_cfg.mean, data_cfg.std,
+                         device)
+
+
 # -------------------------------------------------------------------------------------------- factories
 def _check_process_group(rank: int, world_size: int) -> None:
     # FFCV shards with DistributedSampler, which reads the default process group; a group that disagrees
@@ -320,7 +384,7 @@ def build_eval_loader(
     device: torch.device | str | None = None,
     labels: bool = True,
     indices: np.ndarray | None = None,
-) -> EvalLoader:
+) -> EvalLoader | RawEvalLoader:
     """A deterministic loader over ``path`` (train or test file): centre view, labels (None with
     ``labels=False``, for unlabelled files), file order, no drop.
 
@@ -337,6 +401,10 @@ def build_eval_loader(
     path, info = _open_checked(Path(path), data_cfg.cache_dir, need_labels=labels)
     if indices is not None and len(indices) and not 0 <= np.min(indices) <= np.max(indices) < info.num_samples:
         raise ValueError(f"{path}: indices outside the file's {info.num_samples} images")
+    if not distributed:
+        raw = _raw_eval_loader(data_cfg, path, info, batch_size, labels, indices, device)
+        if raw is not None:
+            return raw
     pipelines = {VIEW_A: build_eval_spec(data_cfg, device)}
     if labels:
         pipelines[LABEL] = build_label_pipeline(device)

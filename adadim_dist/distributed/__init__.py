@@ -9,6 +9,7 @@ from .collectives import (
     broadcast_from_rank0,
     gather_to,
     is_distributed,
+    object_to,
     rank,
     world_size,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "broadcast_from_rank0",
     "gather_to",
     "is_distributed",
+    "object_to",
     "rank",
     "world_size",
 ]

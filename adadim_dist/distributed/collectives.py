@@ -123,6 +123,17 @@ def gather_to(local: torch.Tensor, dst: int) -> list[torch.Tensor] | None:
     return parts
 
 
+def object_to(obj, src: int, dst: int):
+    """Rank ``src``'s picklable ``obj`` on rank ``dst`` (a collective: every rank calls it; the others pass and
+    get None). For one-off payloads of any size, e.g. files that one rank wrote while the others were busy."""
+    if not is_distributed() or src == dst:
+        return obj
+    # gather_object pickles each rank's value; only src's is large, the others send None.
+    received = [None] * dist.get_world_size() if dist.get_rank() == dst else None
+    dist.gather_object(obj if dist.get_rank() == src else None, received, dst=dst)
+    return received[src] if received is not None else None
+
+
 def broadcast_from_rank0(value: torch.Tensor) -> torch.Tensor:
     """Rank 0's value on every worker, bit for bit (keeps α identical even if SVDs differ in the last ulp)."""
     return broadcast_from(value, 0)

@@ -8,6 +8,7 @@ rank 0 of the workers writes the metrics; the driver ends the run FINISHED or FA
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -139,6 +140,7 @@ def init_ray(cfg: Config) -> None:
         ray.init(address=address, log_to_driver=True)
     else:
         ray.init(include_dashboard=cfg.run.dashboard, dashboard_host=cfg.run.dashboard_host, log_to_driver=True)
+    start_autoscaling_coordinator()
 
 
 def check_dataset_fits(cfg: Config, train_info) -> None:
@@ -347,7 +349,6 @@ def local_resume_checkpoint(cfg: Config) -> Path | None:
 def build_trainer(cfg: Config, run_id: str | None, callbacks: list | None = None, resume_from: Path | None = None,
                   progress=None, stamps: dict[str, float] | None = None):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     from .worker import train_loop_per_worker
 
@@ -359,7 +360,7 @@ def build_trainer(cfg: Config, run_id: str | None, callbacks: list | None = None
     # instances' preemption notices) competes with the first steps for CPU; RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=1
     # brings it back.
     os.environ.setdefault(PREEMPTION_WATCHER_ENV, "0")
-    return TorchTrainer(
+    return torch_trainer_class()(
         train_loop_per_worker,
         # Ray 2.60 deprecates resume_from_checkpoint: the worker weighs this path against get_checkpoint().
         train_loop_config={"config": cfg.model_dump(mode="json"), "mlflow_run_id": run_id,
@@ -385,6 +386,43 @@ def build_trainer(cfg: Config, run_id: str | None, callbacks: list | None = None
             worker_runtime_env={"env_vars": dict(WORKER_MLFLOW_ENV)},
         ),
     )
+
+
+@functools.cache
+def torch_trainer_class():
+    """Ray Train's TorchTrainer, less its Ray Data hook: the service reads FFCV files, never Ray Datasets, yet
+    Ray Train 2.60 starts a dataset-manager actor (one more Python process importing Ray Data, ~2 s of CPU
+    while the workers start) for every worker group. Ray Train's own class where that hook is not found."""
+    from ray.train.torch import TorchTrainer
+
+    try:
+        from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+    except ImportError:
+        return TorchTrainer
+    if not hasattr(TorchTrainer, "_create_default_callbacks"):
+        return TorchTrainer
+
+    class FFCVTorchTrainer(TorchTrainer):
+        def _create_default_callbacks(self):
+            callbacks = super()._create_default_callbacks()
+            if self.datasets:
+                return callbacks
+            return [callback for callback in callbacks if not isinstance(callback, DatasetsCallback)]
+
+    return FFCVTorchTrainer
+
+
+def start_autoscaling_coordinator() -> None:
+    """Start Ray Train's autoscaling coordinator (a detached actor on this node, one per Ray instance) now,
+    without waiting: Train's controller asks it for resources before it starts any worker and waits ~2 s for a
+    new one's process. Started here, that process comes up while the driver opens its MLflow run and board."""
+    try:
+        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+            get_or_create_autoscaling_coordinator,
+        )
+    except ImportError:
+        return
+    get_or_create_autoscaling_coordinator()
 
 
 def summarise(cfg: Config, sink: MLflowSink, result) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import torch
 from ..config import Config, config_from_dict
 from ..distributed import (
     all_gather_rows, all_gather_with_grad, all_reduce_mean, all_reduce_with_grad, broadcast_from, broadcast_from_rank0,
-    gather_to, is_distributed,
+    gather_to, is_distributed, object_to,
 )
 from ..distributed import rank as global_rank
 from ..distributed.engine import build_engine, to_memory_format
@@ -143,6 +143,11 @@ def train_loop_per_worker(config_dict: dict) -> None:
     eval_parts = evaluation_parts(cfg, world_size, eval_sizes)
     shared_eval = eval_parts > 1
     eval_loaders = evaluation_loaders(cfg, rank, eval_parts, device, eval_sizes) if rank < eval_parts else None
+    # The trained encoder goes to MLflow (rank 0's run). With a shared evaluation the last part's rank saves it
+    # (torch.export, ~1.5 s) while rank 0 merges the neighbours, draws the spectra and logs, then hands it over.
+    exports_encoder = run_id is not None
+    encoder_saver = eval_parts - 1
+    encoder_files: dict[str, bytes] | None = None
 
     try:
         metrics: dict[str, float] = {}
@@ -186,6 +191,8 @@ def train_loop_per_worker(config_dict: dict) -> None:
                         metrics.update(evaluate_label_free(model, eval_loaders, cfg, device))
                     else:
                         metrics.update(evaluate(model, eval_loaders, cfg, device, spectra, shared=shared_eval))
+                    if is_last_epoch and exports_encoder and encoder_saver != 0 and rank == encoder_saver:
+                        encoder_files = saved_encoder(model, cfg.data.image_size)
                     if rank == 0:
                         log_spectra(sink, spectra, epoch + 1)
                         metrics["time/eval_s"] = time.perf_counter() - eval_start
@@ -230,9 +237,12 @@ def train_loop_per_worker(config_dict: dict) -> None:
         if start_epoch >= cfg.training.epochs:  # re-run of a finished job: nothing to train, report where it stands
             # The metrics this checkpoint was reported with: a restored Tune trial still has its score.
             ray.train.report({**saved_metrics, "epoch": start_epoch, "resumed_from_epoch": start_epoch})
-        elif rank == 0:
-            log_encoder(sink, evaluation_copy(final_state, cfg, device), cfg.data.image_size,
-                        keep_dir=unsent_metrics_path(cfg).parent)
+        elif exports_encoder:
+            encoder_files = object_to(encoder_files, src=encoder_saver, dst=0)
+            if rank == 0:
+                if encoder_files is None:
+                    encoder_files = saved_encoder(evaluation_copy(final_state, cfg, device), cfg.data.image_size)
+                log_encoder(sink, files=encoder_files, keep_dir=unsent_metrics_path(cfg).parent)
     finally:
         train_loader.close()
         for loader in eval_loaders or ():
@@ -698,11 +708,9 @@ def first_channel(flat_rgb: torch.Tensor) -> torch.Tensor:
     return flat_rgb.view(flat_rgb.shape[0], 3, -1)[:, 0]
 
 
-def log_encoder(sink: MetricsSink, model, image_size: int, keep_dir: Path | None = None) -> None:
-    """The trained encoder as an MLflow PyTorch model (artifact path ``encoder``), in the ``pt2``
-    (torch.export) format, which loads without unpickling code; into ``keep_dir`` when MLflow is down."""
-    if sink.run_id is None:
-        return
+def saved_encoder(model, image_size: int) -> dict[str, bytes]:
+    """The trained encoder saved as an MLflow PyTorch model in the ``pt2`` (torch.export) format, which loads
+    without unpickling code: its files' contents by relative path (small enough to hand to another rank)."""
     import copy
 
     import mlflow.pytorch
@@ -714,6 +722,22 @@ def log_encoder(sink: MetricsSink, model, image_size: int, keep_dir: Path | None
         target = Path(directory) / "encoder"
         mlflow.pytorch.save_model(encoder, str(target), input_example=example,
                                   pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+        return {str(path.relative_to(target)): path.read_bytes() for path in sorted(target.rglob("*"))
+                if path.is_file()}
+
+
+def log_encoder(sink: MetricsSink, model=None, image_size: int = 0, keep_dir: Path | None = None,
+                files: dict[str, bytes] | None = None) -> None:
+    """The trained encoder (``model``, or ``files`` from ``saved_encoder``) as the run's ``encoder`` artifact;
+    into ``keep_dir`` when MLflow is down."""
+    if sink.run_id is None:
+        return
+    files = files if files is not None else saved_encoder(model, image_size)
+    with tempfile.TemporaryDirectory() as directory:
+        target = Path(directory) / "encoder"
+        for name, content in files.items():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            (target / name).write_bytes(content)
         try:
             sink.log_artifacts(target, "encoder")
         except Exception as err:  # noqa: BLE001 - MLflow down at the end must not fail a trained job

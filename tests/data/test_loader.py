@@ -15,7 +15,8 @@ import torch
 
 from adadim_dist.config import DataConfig
 from adadim_dist.data.__main__ import main
-from adadim_dist.data.loader import build_eval_loader, build_ssl_loader, stage_to_cache
+from adadim_dist.data import loader as loader_module
+from adadim_dist.data.loader import EvalLoader, RawEvalLoader, build_eval_loader, build_ssl_loader, stage_to_cache
 from adadim_dist.data.writer import to_rgb
 
 from ._dist import collect_shard_indices, run_ranks
@@ -192,6 +193,28 @@ def test_eval_loader_over_indices_gives_exactly_that_part_in_order(ssl_cfg, fmni
     assert torch.equal(labels, torch.from_numpy(fmnist_train.labels[200:341]))
     with pytest.raises(ValueError, match="indices outside the file's 512 images"):
         build_eval_loader(ssl_cfg, fmnist_beton, 64, 0, 1, False, indices=np.arange(500, 513))
+
+
+@pytest.mark.integration
+def test_raw_images_at_the_evaluation_size_are_read_without_a_pipeline_bit_for_bit(ssl_cfg, fmnist_beton, monkeypatch):
+    """Raw 32×32 images evaluated at 32×32: the centre view is the image, read straight from the file, and the
+    batches (values, dtypes, shapes, labels) equal the compiled FFCV pipeline's. Other sizes need the pipeline."""
+    indices = np.arange(37, 300)
+    fast = build_eval_loader(ssl_cfg, fmnist_beton, 64, 0, 1, False, indices=indices)
+    assert isinstance(fast, RawEvalLoader) and len(fast) == 5
+    fast_batches = [(x.clone(), y.clone()) for x, y in fast]
+    resized = build_eval_loader(ssl_cfg.model_copy(update={"image_size": 24}), fmnist_beton, 64, 0, 1, False)
+    assert isinstance(resized, EvalLoader)
+    resized.close()
+    monkeypatch.setattr(loader_module, "_raw_eval_loader", lambda *args, **kwargs: None)
+    compiled = build_eval_loader(ssl_cfg, fmnist_beton, 64, 0, 1, False, indices=indices)
+    assert isinstance(compiled, EvalLoader)
+    compiled_batches = [(x.clone(), y.clone()) for x, y in compiled]
+    compiled.close()
+    assert len(fast_batches) == len(compiled_batches) == 5
+    for (images, labels), (expected_images, expected_labels) in zip(fast_batches, compiled_batches):
+        assert images.dtype == expected_images.dtype and torch.equal(images, expected_images)
+        assert labels.dtype == expected_labels.dtype and torch.equal(labels, expected_labels)
 
 
 def test_impossible_requests_fail_before_any_loader_is_built(ssl_cfg, tmp_path):

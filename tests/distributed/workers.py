@@ -115,7 +115,7 @@ def shared_evaluation_worker(rank: int, world_size: int, storage: str) -> None:
     """Every rank embeds its part of the bank and of the test set (parts of unequal size with 3 ranks); rank 0's
     kNN, probe and spectra must equal one process evaluating everything, and so must the baselines."""
     from adadim_dist.config import load_config
-    from adadim_dist.distributed import all_gather_rows, gather_to
+    from adadim_dist.distributed import all_gather_rows, gather_to, object_to
     from adadim_dist.models import build_model
     from adadim_dist.training.worker import baseline_knn, cached_baseline_knn, evaluate, part_range, rank0_state
 
@@ -127,6 +127,11 @@ def shared_evaluation_worker(rank: int, world_size: int, storage: str) -> None:
     assert (parts is None) == (rank != 0)
     if rank == 0:
         assert [p.tolist() for p in parts] == [[float(r)] * 2 for r in range(world_size)]
+    # The encoder's hand-over: the last rank's files (a few MB) reach rank 0 whole; the others get None.
+    last = world_size - 1
+    files = {"data/model.pt2": bytes(range(256)) * 20_000, "MLmodel": b"flavor"} if rank == last else None
+    handed = object_to(files, src=last, dst=0)
+    assert handed == ({"data/model.pt2": bytes(range(256)) * 20_000, "MLmodel": b"flavor"} if rank == 0 else None)
     # Per-worker BatchNorm statistics differ between ranks; evaluation uses rank 0's (integers stay local).
     state = rank0_state({"running_mean": torch.full((2,), float(rank)), "weight": torch.full((3,), rank + 0.5),
                          "steps": torch.tensor(rank)}, torch.device("cpu"))

@@ -10,6 +10,7 @@ from adadim_dist.training.driver import (
     read_run_file,
     resolve_paths,
     start_fresh,
+    torch_trainer_class,
     write_run_file,
 )
 
@@ -80,3 +81,20 @@ def test_ray_and_tracking_start_together_and_a_failure_of_either_undoes_the_othe
     monkeypatch.setattr(driver, "init_ray", lambda cfg: events.append("ray started"))
     events.clear()
     assert isinstance(driver.start_ray_and_tracking(None), Sink) and events == ["ray started"]
+
+
+def test_the_trainer_starts_no_ray_data_actor_without_ray_datasets(tmp_path):
+    """The service reads FFCV files: Ray Train's dataset hook (an actor process per worker group) is left out,
+    and nothing else is. A Ray upgrade that renames the hook makes this fail rather than silently keep it."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+
+    def callbacks(trainer_class, **datasets):
+        trainer = trainer_class(lambda config: None, scaling_config=ScalingConfig(num_workers=2),
+                                run_config=RunConfig(name="job", storage_path=str(tmp_path)), **datasets)
+        return [type(callback) for callback in trainer._create_default_callbacks()]
+
+    ours, rays = callbacks(torch_trainer_class()), callbacks(TorchTrainer)
+    assert issubclass(torch_trainer_class(), TorchTrainer) and DatasetsCallback in rays
+    assert ours == [kind for kind in rays if kind is not DatasetsCallback]
