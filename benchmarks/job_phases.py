@@ -10,7 +10,9 @@ that a job is start-up, a few steps and the full evaluation. Variants, taking tu
 - ``after``: this checkout, its defaults (since 2026-12-03 a local instance starts without Ray's dashboard);
 - ``after_with_dashboard``: this checkout with ``run.dashboard=true`` (the dashboard's share alone);
 - ``before_cluster`` and ``after_cluster``: each checkout's job on a running Ray cluster (``RAY_ADDRESS``: a
-  head node the benchmark starts with ``ray start`` and keeps up), as jobs on a user's cluster run.
+  head node the benchmark starts with ``ray start`` and keeps up), as jobs on a user's cluster run;
+- ``after_cold``: this checkout with an empty numba cache (``NUMBA_CACHE_DIR``, fresh for each job) and a local
+  instance: what a job pays where no earlier job ran (the operating system's file cache stays warm).
 
 The first three start a local Ray instance per job, as a user's job does without ``RAY_ADDRESS``. One untimed
 warm-up job per checkout first fills the baseline cache and numba's cache (and, with cluster variants, one per
@@ -38,7 +40,8 @@ except ImportError:  # run as a module
 DATA = demo_data_overrides(REPO)
 
 
-VARIANTS = ("before", "after", "after_with_dashboard", "before_cluster", "after_cluster")
+VARIANTS = ("before", "after", "after_with_dashboard", "before_cluster", "after_cluster", "after_cold")
+COLD = "cold"  # a variant's environment marker: a fresh, empty numba cache for each of its jobs
 
 
 def run_job(checkout: Path, storage: Path, name: str, extra: list[str], steps: int,
@@ -70,11 +73,13 @@ def main(argv: list[str] | None = None) -> int:
             else None
         known = {"before": (before, [], None), "after": (REPO, [], None),
                  "after_with_dashboard": (REPO, ["run.dashboard=true"], None),
-                 "before_cluster": (before, [], cluster), "after_cluster": (REPO, [], cluster)}
+                 "before_cluster": (before, [], cluster), "after_cluster": (REPO, [], cluster),
+                 "after_cold": (REPO, [], COLD)}
         variants = {variant: known[variant] for variant in chosen}
         results: dict[str, list[dict[str, float]]] = {variant: [] for variant in variants}
         storage = Path(scratch) / "runs"
-        warm_ups = {(checkout, env is not None): (checkout, env) for checkout, _, env in variants.values()}
+        warm_ups = {(checkout, env is not None): (checkout, env) for checkout, _, env in variants.values()
+                    if env != COLD}
         for index, (checkout, env) in enumerate(warm_ups.values()):
             print(f"[bench] warm-up job {index + 1}/{len(warm_ups)}", file=sys.stderr, flush=True)
             run_job(checkout, storage, f"warm-up-{index}", [], args.steps, env)
@@ -83,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             for variant in order:
                 print(f"[bench] {variant} #{index + 1}", file=sys.stderr, flush=True)
                 checkout, extra, env = variants[variant]
+                if env == COLD:
+                    env = {"NUMBA_CACHE_DIR": tempfile.mkdtemp(prefix="numba-", dir=scratch)}
                 results[variant].append(run_job(checkout, storage, f"{variant}-{index}", extra, args.steps, env))
     medians = {variant: {key: round(statistics.median(r[key] for r in runs), 1)
                          for key in sorted(set().union(*runs)) if all(key in r for r in runs)}
