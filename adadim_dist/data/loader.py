@@ -392,6 +392,8 @@ def build_eval_loader(
     ``DistributedSampler`` does); with ``distributed=False`` every rank reads the whole file.
     ``data_cfg.subset`` is not applied: evaluation sees every image, or the images at ``indices`` (in that
     order; ``distributed=False`` only), e.g. one rank's part of an evaluation split across ranks.
+    With ``distributed=False``, images stored raw at ``data_cfg.image_size`` are read without an FFCV pipeline
+    (``RawEvalLoader``: the same batches, no per-loader compilation).
     """
     from .views import LABEL, VIEW_A, build_eval_spec, build_label_pipeline
 

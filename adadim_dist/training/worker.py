@@ -494,7 +494,7 @@ def evaluate(model, eval_loaders, cfg: Config, device, spectra: dict | None = No
     started = time.perf_counter()
     bank_loader, test_loader = eval_loaders
     test_r, test_labels, test_logits = extract(model, test_loader, device)
-    bank, bank_labels, _ = extract(model, bank_loader, device)
+    bank, bank_labels, _ = extract(model.encoder, bank_loader, device)  # R alone: the bank needs no Z, no logits
     dtype = next(model.projector.parameters()).dtype
     with torch.no_grad():
         test_z = torch.cat([model.projector(chunk.to(device, dtype)).float().cpu() for chunk in test_r.split(2048)])
@@ -678,7 +678,7 @@ def baseline_knn(eval_loaders, cfg: Config, device, shared: bool = False) -> dic
     random_model = to_memory_format(build_model(cfg.model).to(device).eval(), cfg.training.channels_last)
     bank_loader, test_loader = eval_loaders
     results = {}
-    for name, forward in (("random", random_model), ("pixels", lambda x: x.flatten(1))):
+    for name, forward in (("random", random_model.encoder), ("pixels", lambda x: x.flatten(1))):
         bank, bank_labels, _ = extract(forward, bank_loader, device)
         test, test_labels, _ = extract(forward, test_loader, device)
         grey = float(name == "pixels" and is_grey(bank) and is_grey(test))
