@@ -9,7 +9,7 @@ before any expensive set-up.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,9 @@ class BetonInfo:
     min_size: tuple[int, int]  # smallest (height, width)
     max_size: tuple[int, int]
     num_classes: int | None  # max label + 1; None without a label field
+    # Per sample, as checked: the image records (mode, width, height, data_ptr) and the labels (None without).
+    images: np.ndarray = field(repr=False, compare=False)
+    labels: np.ndarray | None = field(repr=False, compare=False)
 
     @property
     def has_labels(self) -> bool:
@@ -101,7 +104,7 @@ def check_beton(path: str | Path, need_labels: bool = True) -> BetonInfo:
     if not np.isin(images["data_ptr"], alloc_table["ptr"]).all():
         raise corrupt("image records point to data the allocation table does not hold")
 
-    num_classes = None
+    num_classes, labels = None, None
     if "label" in fields:
         if type_ids[names.index("label")] != _INT_TYPE_ID:
             raise DataError(f"{path}: field 'label' is a {fields['label']}, expected an IntField")
@@ -119,4 +122,6 @@ def check_beton(path: str | Path, need_labels: bool = True) -> BetonInfo:
         min_size=(int(heights.min()), int(widths.min())),
         max_size=(int(heights.max()), int(widths.max())),
         num_classes=num_classes,
+        images=images,
+        labels=labels,
     )

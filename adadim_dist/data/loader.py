@@ -244,18 +244,14 @@ def _raw_eval_loader(data_cfg: DataConfig, path: Path, info: BetonInfo, batch_si
     None otherwise (JPEG or other sizes: those need the FFCV pipeline's decoder and resize)."""
     from . import _ffcv  # noqa: F401  (before any ffcv import)
     from ffcv.fields.rgb_image import IMAGE_MODES
-    from ffcv.reader import Reader
 
-    reader = Reader(str(path))
-    names = list(reader.field_names)
-    images = reader.metadata[f"f{names.index('image')}"]
-    chosen = np.arange(info.num_samples, dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64)
-    images = images[chosen]
+    chosen = slice(None) if indices is None else np.asarray(indices, dtype=np.int64)
+    images = info.images[chosen]
     size = data_cfg.image_size
     if not (np.all(images["mode"] == IMAGE_MODES["raw"]) and np.all(images["height"] == size)
             and np.all(images["width"] == size)):
         return None
-    label_values = reader.metadata[f"f{names.index('label')}"][chosen].astype(np.int64) if labels else None
+    label_values = info.labels[chosen].astype(np.int64) if labels else None
     return RawEvalLoader(path, info, images["data_ptr"], label_values, batch_size, size, data_cfg.mean, data_cfg.std,
                          device)
 

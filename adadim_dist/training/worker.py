@@ -242,7 +242,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
             if rank == 0:
                 if encoder_files is None:
                     encoder_files = saved_encoder(evaluation_copy(final_state, cfg, device), cfg.data.image_size)
-                log_encoder(sink, files=encoder_files, keep_dir=unsent_metrics_path(cfg).parent)
+                log_encoder(sink, encoder_files, keep_dir=unsent_metrics_path(cfg).parent)
     finally:
         train_loader.close()
         for loader in eval_loaders or ():
@@ -726,13 +726,11 @@ def saved_encoder(model, image_size: int) -> dict[str, bytes]:
                 if path.is_file()}
 
 
-def log_encoder(sink: MetricsSink, model=None, image_size: int = 0, keep_dir: Path | None = None,
-                files: dict[str, bytes] | None = None) -> None:
-    """The trained encoder (``model``, or ``files`` from ``saved_encoder``) as the run's ``encoder`` artifact;
-    into ``keep_dir`` when MLflow is down."""
+def log_encoder(sink: MetricsSink, files: dict[str, bytes], keep_dir: Path | None = None) -> None:
+    """The trained encoder's files (``saved_encoder``) as the run's ``encoder`` artifact; into ``keep_dir`` when
+    MLflow is down."""
     if sink.run_id is None:
         return
-    files = files if files is not None else saved_encoder(model, image_size)
     with tempfile.TemporaryDirectory() as directory:
         target = Path(directory) / "encoder"
         for name, content in files.items():

@@ -80,7 +80,7 @@ def test_offline_evaluation_of_a_runs_mlflow_encoder_with_the_runs_params(tiny_b
     from adadim_dist.config import flatten
     from adadim_dist.evaluate import main
     from adadim_dist.training.tracking import MLflowSink
-    from adadim_dist.training.worker import log_encoder
+    from adadim_dist.training.worker import log_encoder, saved_encoder
 
     cfg = load_config(None, [f"data.train_path={tiny_betons['train']}", f"data.test_path={tiny_betons['test']}",
                              f"run.storage_path={tmp_path}", "run.name=logged", "model.small_cnn_width=8",
@@ -90,7 +90,7 @@ def test_offline_evaluation_of_a_runs_mlflow_encoder_with_the_runs_params(tiny_b
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     sink = MLflowSink(uri, "logged", "logged", tmp_path)
     sink.log_params({k: v for k, v in flatten(cfg).items()})
-    log_encoder(sink, model, 32)
+    log_encoder(sink, saved_encoder(model, 32))
     sink.close()
 
     assert main(["--run-id", sink.run_id, "--tracking-uri", uri, "--out", str(tmp_path / "by-run")]) == 0
