@@ -29,7 +29,7 @@ RUN_ID_FILE = "mlflow_run.json"
 # One quick retry and a 10 s timeout per MLflow request: while the server is down, logging buffers instead of
 # stalling the job in MLflow's default retry loop (minutes per call).
 WORKER_MLFLOW_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-CONTROLLER_POLL_ENV, CONTROLLER_POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5"
+CONTROLLER_POLL_ENV, CONTROLLER_POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2"
 PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 
 
@@ -352,9 +352,10 @@ def build_trainer(cfg: Config, run_id: str | None, callbacks: list | None = None
 
     from .worker import train_loop_per_worker
 
-    # Ray Train's controller sees that the workers have finished at its next poll of them, every 2 s by default;
-    # every 0.5 s takes ~1 s off each job's tail for a few small actor calls a second (the controller reads
-    # this from the environment of the process that creates it; a value set by the user wins).
+    # Ray Train's controller sees the workers' last report, then that they have finished, each at its next poll
+    # of them: every 2 s by default, so up to 4 s of each job's tail; every 0.2 s costs a few small actor calls
+    # a second (the controller reads this from the environment of the process that creates it; a value set by
+    # the user wins).
     os.environ.setdefault(CONTROLLER_POLL_ENV, CONTROLLER_POLL_S)
     # Ray Train's preemption watcher (an actor whose process starts with every job, for observability of spot
     # instances' preemption notices) competes with the first steps for CPU; RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=1

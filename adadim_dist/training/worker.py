@@ -8,6 +8,7 @@ propagate so ``FailureConfig`` can restart workers.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -31,7 +32,8 @@ from ..objectives import adadim_from_config
 from .checkpoint import (STATE_FILE, check_compatible, checkpoint_files, is_complete, latest_complete_checkpoint,
                          load_state, save_state)
 from .driver import unsent_metrics_path
-from .evaluation import accuracy, extract, merge_neighbours, nearest_neighbours, weighted_vote_top1
+from .evaluation import (accuracy, extract, forward_batch_for, forward_in_chunks, merge_neighbours,
+                         nearest_neighbours, weighted_vote_top1)
 from .optim import build_optimizer, build_scheduler
 from .timing import describe_startup, startup_phases
 from .tracking import MetricsSink, MLflowSink, resolve_tracking_uri
@@ -337,9 +339,9 @@ def train_epoch(engine, objective, loader, num_steps, epoch, cfg: Config, sink, 
     log_every = cfg.training.log_every
     window_start, window_images = time.perf_counter(), 0
     logged: dict[str, float] = {}
-    for step_in_epoch, (view_a, view_b, labels) in enumerate(loader):
-        if step_in_epoch >= num_steps:
-            break
+    # islice: a shortened epoch (training.max_steps_per_epoch) ends at its last step, without waiting for the
+    # loader to produce one more batch (~0.5 s of the tail).
+    for step_in_epoch, (view_a, view_b, labels) in enumerate(itertools.islice(loader, num_steps)):
         global_step = epoch * num_steps + step_in_epoch
         view_a, view_b = view_a.to(device, non_blocking=True), view_b.to(device, non_blocking=True)
         has_labels = labels is not None
@@ -589,7 +591,7 @@ def evaluate_label_free(model, eval_loaders, cfg: Config, device) -> dict[str, f
     model.eval()
     rs, zs, seen = [], [], 0
     for images, _ in eval_loaders[0]:
-        r, z, _ = model(images.to(device, non_blocking=True))
+        r, z, _ = forward_in_chunks(model, images.to(device, non_blocking=True), forward_batch_for(device))
         rs.append(r.detach().to("cpu", torch.float64, copy=True))
         zs.append(z.detach().to("cpu", torch.float64, copy=True))
         seen += images.shape[0]

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from adadim_dist.training.evaluation import accuracy, extract, knn_top1, knn_top1_for_each_k
+from adadim_dist.training.evaluation import (CPU_FORWARD_BATCH, accuracy, extract, forward_batch_for,
+                                            forward_in_chunks, knn_top1, knn_top1_for_each_k)
 
 
 def test_knn_recovers_well_separated_classes_and_fails_on_shuffled_labels():
@@ -48,6 +49,35 @@ def test_extract_keeps_copies_of_reused_batch_buffers():
     labels = torch.arange(10)
     features, kept_labels, logits = extract(lambda x: x.flatten(1), reusing_loader(images, labels, 3), "cpu")
     assert torch.equal(kept_labels, labels) and torch.equal(features, images) and logits is None
+
+
+def test_a_cpu_evaluation_passes_at_most_cpu_forward_batch_images_and_keeps_every_output():
+    """A loader batch of 512 reaches the model in passes of CPU_FORWARD_BATCH; the tuple a full model returns
+    (R, Z, logits) and a tensor an encoder returns are put back together in order."""
+    sizes = []
+
+    def model(x):
+        sizes.append(x.shape[0])
+        flat = x.flatten(1)
+        return flat, 2 * flat, 3 * flat[:, :1]
+
+    images = torch.randn(1100, 3, 2, 2, dtype=torch.float32)  # what extract keeps
+    labels = torch.arange(1100) % 7
+    batches = [(images[i : i + 512], labels[i : i + 512]) for i in range(0, 1100, 512)]
+    features, kept_labels, logits = extract(model, batches, torch.device("cpu"))
+    assert max(sizes) == CPU_FORWARD_BATCH and sum(sizes) == 1100
+    assert torch.equal(features, images.flatten(1)) and torch.equal(kept_labels, labels)
+    assert torch.equal(logits, 3 * images.flatten(1)[:, :1])
+    encoder_output = forward_in_chunks(lambda x: x.flatten(1) + 1, images, 100)
+    assert torch.equal(encoder_output, images.flatten(1) + 1)
+
+
+def test_gpus_take_the_loaders_whole_batch():
+    assert forward_batch_for("cpu") == CPU_FORWARD_BATCH
+    assert forward_batch_for(torch.device("cuda", 0)) is None
+    calls = []
+    forward_in_chunks(lambda x: calls.append(x.shape[0]) or x, torch.zeros(512, 3), None)
+    assert calls == [512]
 
 
 def test_accuracy():
