@@ -90,8 +90,9 @@ def weighted_vote_top1(
 
 
 #: Images per forward pass when evaluating on a CPU. A loader's batch of 512 gives the small CNN a 33 MB first
-#: activation, above glibc's largest mmap threshold (32 MB): every pass then maps fresh pages and faults them
-#: in, and embedding takes twice as long as in passes of 128 (BENCHMARKS.md). GPUs take the whole batch.
+#: activation, above glibc's largest dynamic mmap threshold (32 MB): every pass then maps fresh pages and
+#: faults them in, and embedding takes twice as long as in passes of 128 (benchmarks/eval_forward.py). GPUs
+#: take the whole batch.
 CPU_FORWARD_BATCH = 128
 
 
