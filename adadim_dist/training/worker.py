@@ -590,8 +590,9 @@ def evaluate_label_free(model, eval_loaders, cfg: Config, device) -> dict[str, f
 
     model.eval()
     rs, zs, seen = [], [], 0
+    chunk = forward_batch_for(device)
     for images, _ in eval_loaders[0]:
-        r, z, _ = forward_in_chunks(model, images.to(device, non_blocking=True), forward_batch_for(device))
+        r, z, _ = forward_in_chunks(model, images.to(device, non_blocking=True), chunk)
         rs.append(r.detach().to("cpu", torch.float64, copy=True))
         zs.append(z.detach().to("cpu", torch.float64, copy=True))
         seen += images.shape[0]

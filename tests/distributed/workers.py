@@ -129,9 +129,9 @@ def shared_evaluation_worker(rank: int, world_size: int, storage: str) -> None:
         assert [p.tolist() for p in parts] == [[float(r)] * 2 for r in range(world_size)]
     # The encoder's hand-over: the last rank's files (a few MB) reach rank 0 whole; the others get None.
     last = world_size - 1
-    files = {"data/model.pt2": bytes(range(256)) * 20_000, "MLmodel": b"flavor"} if rank == last else None
-    handed = object_to(files, src=last, dst=0)
-    assert handed == ({"data/model.pt2": bytes(range(256)) * 20_000, "MLmodel": b"flavor"} if rank == 0 else None)
+    files = {"data/model.pt2": bytes(range(256)) * 20_000, "MLmodel": b"flavor"}
+    handed = object_to(files if rank == last else None, src=last, dst=0)
+    assert handed == (files if rank == 0 else None)
     # Per-worker BatchNorm statistics differ between ranks; evaluation uses rank 0's (integers stay local).
     state = rank0_state({"running_mean": torch.full((2,), float(rank)), "weight": torch.full((3,), rank + 0.5),
                          "steps": torch.tensor(rank)}, torch.device("cpu"))
