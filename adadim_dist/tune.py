@@ -77,7 +77,7 @@ def run_sweep(sweep: SweepConfig, base: Config) -> dict[str, Any]:
     from ray.tune.search import BasicVariantGenerator
 
     from .data import prepare_datasets
-    from .training.driver import init_ray, read_run_file, resolve_paths, write_run_file
+    from .training.driver import init_ray, read_run_file, resolve_paths, shutdown_ray, write_run_file
     from .training.tracking import MLflowSink, resolve_tracking_uri
 
     base = resolve_paths(base)
@@ -134,6 +134,11 @@ def run_sweep(sweep: SweepConfig, base: Config) -> dict[str, Any]:
                     metric=sweep.metric_key, mode="max", num_samples=sweep.num_samples, scheduler=scheduler,
                     max_concurrent_trials=max_concurrent,
                     search_alg=BasicVariantGenerator(random_state=sweep.seed, max_concurrent=max_concurrent),
+                    # Under FIFO every trial's function returns, so the next trial can run in its process, which
+                    # has already imported torch, Ray Train and MLflow (seconds of CPU before a trial starts its
+                    # workers). Not under ASHA: a trial it stops may still be inside fit() when Tune resets its
+                    # process for the next trial, and Tune fails a trial whose reset times out.
+                    reuse_actors=sweep.scheduler.name == "fifo",  # (ASHAScheduler subclasses FIFOScheduler)
                 ),
                 run_config=tune.RunConfig(name=sweep.name, storage_path=storage),
             )
@@ -144,6 +149,7 @@ def run_sweep(sweep: SweepConfig, base: Config) -> dict[str, Any]:
     finally:
         close_stopped_children(parent, status)
         parent.close(status)
+        shutdown_ray()  # flushes the trials' forwarded output, so the summary is the last line printed
     return summary
 
 

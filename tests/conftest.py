@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -58,6 +59,7 @@ def ray_cluster():
                "dashboard": f"http://127.0.0.1:{dashboard_port}", "dashboard_port": dashboard_port}
     finally:
         subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
+        shutil.rmtree(temp_dir, ignore_errors=True)  # the session's logs and sockets (~10 MB a session)
 
 
 @pytest.fixture()
@@ -78,11 +80,10 @@ def two_node_cluster(tmp_path):
             assert nodes[-1].poll() is None and time.time() < deadline, (tmp_path / log_name).read_text()
             time.sleep(0.5)
 
+    temp_dir = tempfile.mkdtemp(prefix="adadim_2n_", dir="/tmp")  # short: Ray's socket paths have a limit
     try:
-        start(["--head", f"--port={port}", "--include-dashboard=false",
-               f"--temp-dir={tempfile.mkdtemp(prefix='adadim_2n_', dir='/tmp')}"], "head.log")
+        start(["--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp_dir}"], "head.log")
         start([f"--address=127.0.0.1:{port}"], "node.log")
-
 
         def kill_second_node():
             """Everything the second `ray start` runs dies at once, as on a lost machine: its process group and
@@ -101,6 +102,7 @@ def two_node_cluster(tmp_path):
             if node.poll() is None:
                 os.killpg(node.pid, signal.SIGKILL)
             node.wait(timeout=30)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def record_fault(fault: str, **observed) -> None:

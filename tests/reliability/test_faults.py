@@ -49,45 +49,6 @@ def fingerprint_of(model_state: dict) -> str:
     return f"{total:.12e}"
 
 
-@pytest.mark.integration
-@pytest.mark.slow
-def test_worker_killed_mid_epoch_resumes_from_checkpoint(tiny_betons, tmp_path):
-    """SIGKILL to one Ray Train worker during epoch 2 (local Ray started by the entry point): with
-    max_failures=1 the workers restart from the epoch-1 checkpoint, with parameters equal to the
-    checkpoint's, and finish in the same MLflow run with one value per epoch."""
-    log = tmp_path / "run.log"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    with log.open("w") as handle:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "adadim_dist.run",
-             *args_for(tiny_betons, tmp_path, "killed-worker", "training.epochs=2", "training.max_steps_per_epoch=8",
-                       "run.max_failures=1")],
-            cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, env={**env, "PYTHONUNBUFFERED": "1"})
-    deadline = time.time() + 480
-    while not re.search(r"RayTrainWorker pid=(\d+)\).*epoch 2 step 2/", log.read_text()):
-        assert process.poll() is None and time.time() < deadline, log.read_text()[-4000:]
-        time.sleep(0.5)
-    pid = int(re.findall(r"RayTrainWorker pid=(\d+)\).*epoch 2 step", log.read_text())[-1])
-    lost_steps = steps_done_before(log.read_text(), 2)
-    os.kill(pid, signal.SIGKILL)
-    killed_at = time.time()
-    assert process.wait(timeout=600) == 0, log.read_text()[-5000:]
-    text = log.read_text()
-    record_fault("worker SIGKILL mid-epoch 2", seconds_to_finish=round(time.time() - killed_at),
-                 steps_lost=lost_steps, recovered=True)
-    summary = final_json(text)
-    assert summary["epochs"] == 2 and summary["resumed_from_epoch"] == 1
-    resumed = re.search(r"resumed from checkpoint after epoch 1 .*parameter fingerprint ([-+.\de]+)", text)
-    assert resumed, text[-4000:]
-    checkpoint = tmp_path / "killed-worker" / "epoch_0001" / "model.pt"
-    assert resumed.group(1) == fingerprint_of(torch.load(checkpoint, weights_only=True))
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=summary["tracking_uri"])
-    assert sorted(m.step for m in client.get_metric_history(summary["run_id"], "knn/top1_k20")) == [1, 2]
-    assert client.get_run(summary["run_id"]).info.status == "FINISHED"
-
-
 # ---------------------------------------------------------------------------------------------- bad data
 def _bad_betons(tiny_betons, tmp_path) -> dict[str, Path]:
     truncated = tmp_path / "truncated.beton"
@@ -321,9 +282,10 @@ def test_two_node_job_reads_node_local_cache_and_survives_losing_a_node(tiny_bet
 @pytest.mark.slow
 def test_tracking_down_until_the_end_and_a_worker_restarted_during_the_outage(mlflow_server, tiny_betons, tmp_path):
     """The server named by MLFLOW_TRACKING_URI (as docker/compose.yaml sets it) stops after epoch 1 and stays
-    down; during the outage rank 0 is killed and restarted. The job still finishes (exit 0) and prints its
-    summary; every value it could not send, and the run's final status, wait in unsent_metrics.jsonl, and
-    ``replay`` delivers them once the server is back."""
+    down; during the outage rank 0 is killed (SIGKILL, local Ray started by the entry point) and the worker group
+    restarts from the epoch-1 checkpoint, with parameters equal to the checkpoint's. The job still finishes
+    (exit 0) and prints its summary; every value it could not send, and the run's final status, wait in
+    unsent_metrics.jsonl, and ``replay`` delivers them once the server is back, one value per epoch."""
     from mlflow.tracking import MlflowClient
 
     from adadim_dist.training.tracking import replay
@@ -351,8 +313,13 @@ def test_tracking_down_until_the_end_and_a_worker_restarted_during_the_outage(ml
         wait_for(r"epoch 1/5 done")
         mlflow_server["stop"](abrupt=True)  # at once: a graceful stop waits for the job's open connections
         rank0 = wait_for(r"RayTrainWorker pid=(\d+)\)[^\n]*epoch 2 step 2/")
+        lost_steps = steps_done_before(log.read_text(), 2)
+        # Read now: by the end of epoch 3 the job has deleted this checkpoint (run.checkpoints_to_keep=2).
+        epoch1 = fingerprint_of(torch.load(tmp_path / "outage" / "epoch_0001" / "model.pt", weights_only=True))
         os.kill(int(rank0.group(1)), signal.SIGKILL)
+        killed_at = time.time()
         assert process.wait(timeout=600) == 0, log.read_text()[-5000:]
+        seconds_to_finish = round(time.time() - killed_at)
     finally:
         if process.poll() is None:
             process.kill()
@@ -360,6 +327,9 @@ def test_tracking_down_until_the_end_and_a_worker_restarted_during_the_outage(ml
     text = log.read_text()
     summary = final_json(text)
     assert summary["epochs"] == 5 and summary["resumed_from_epoch"] == 1
+    # The restarted worker group starts from exactly the epoch-1 checkpoint's parameters.
+    resumed = re.search(r"resumed from checkpoint after epoch 1 .*parameter fingerprint ([-+.\de]+)", text)
+    assert resumed and resumed.group(1) == epoch1, text[-4000:]
     assert summary["knn_top1"] is not None and "MLflow unreachable at the end" in summary["tracking"]
     assert summary["tracking_uri"] == mlflow_server["uri"]  # the environment variable, not the local SQLite file
     assert not (tmp_path / "mlflow.db").exists()
@@ -376,4 +346,5 @@ def test_tracking_down_until_the_end_and_a_worker_restarted_during_the_outage(ml
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "knn/top1_k20")) == [1, 2, 3, 4, 5]
     assert run.data.metrics["knn/top1_k20"] == pytest.approx(summary["knn_top1"])
     record_fault("MLflow down from epoch 2 to the end, rank 0 killed in the outage", recovered=True,
+                 seconds_to_finish=seconds_to_finish, steps_lost=lost_steps,
                  unsent_values=sum("key" in row for row in rows))
