@@ -138,7 +138,7 @@ def run_sweep(sweep: SweepConfig, base: Config) -> dict[str, Any]:
                     # has already imported torch, Ray Train and MLflow (seconds of CPU before a trial starts its
                     # workers). Not under ASHA: a trial it stops may still be inside fit() when Tune resets its
                     # process for the next trial, and Tune fails a trial whose reset times out.
-                    reuse_actors=sweep.scheduler.name == "fifo",  # (ASHAScheduler subclasses FIFOScheduler)
+                    reuse_actors=sweep.scheduler.name == "fifo",  # by name: ASHAScheduler subclasses FIFOScheduler
                 ),
                 run_config=tune.RunConfig(name=sweep.name, storage_path=storage),
             )
