@@ -53,7 +53,7 @@ def sweep(tiny_betons, tmp_path_factory, ray_cluster):
 
 @pytest.fixture(scope="module")
 def resumed_sweep(tiny_betons, tmp_path_factory, ray_cluster):
-    """A 2-trial FIFO sweep, one trial at a time, its driver killed once the second trial has started, then the
+    """A 3-trial FIFO sweep, one trial at a time, its driver killed once the third trial has started, then the
     same command run again."""
     import os
     import signal
@@ -70,7 +70,7 @@ def resumed_sweep(tiny_betons, tmp_path_factory, ray_cluster):
                       f"run.storage_path={root / 'runs'}", "training.epochs=1", "training.global_batch_size=64",
                       "training.max_steps_per_epoch=3", "training.log_every=3", "eval.baselines=false",
                       "eval.knn_k=[20]", "tracking.experiment=resume-sweep"],
-        "metric": "knn", "num_samples": 2, "max_concurrent_trials": 1, "scheduler": {"name": "fifo"},
+        "metric": "knn", "num_samples": 3, "max_concurrent_trials": 1, "scheduler": {"name": "fifo"},
         "trial": {"num_workers": 1, "cpus_per_worker": 0.9, "trial_cpus": 0.1},
         "search_space": {"objective.gamma": {"type": "loguniform", "low": 0.1, "high": 10.0}},
     }))
@@ -80,7 +80,7 @@ def resumed_sweep(tiny_betons, tmp_path_factory, ray_cluster):
         first = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env,
                                  start_new_session=True)
     deadline = time.time() + 300
-    while not list((root / "runs").glob("resume-sweep-*_00001/mlflow_run.json")):
+    while not list((root / "runs").glob("resume-sweep-*_00002/mlflow_run.json")):
         assert first.poll() is None, (root / "first.log").read_text()[-4000:]
         assert time.time() < deadline, (root / "first.log").read_text()[-4000:]
         time.sleep(0.5)
@@ -97,18 +97,30 @@ def test_interrupted_sweep_resumes_into_the_same_runs(resumed_sweep):
 
     root, parent_before, summary, out = resumed_sweep
     assert "resuming sweep" in out.stdout
-    assert summary["parent_run_id"] == parent_before and summary["num_trials"] == 2
+    assert summary["parent_run_id"] == parent_before and summary["num_trials"] == 3
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'runs' / 'mlflow.db'}")
     assert client.get_run(parent_before).info.status == "FINISHED"
     experiment = client.get_experiment_by_name("resume-sweep")
     children = client.search_runs([experiment.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent_before}'")
-    assert len(children) == 2  # a re-run trial reopens its child run instead of adding one
+    assert len(children) == 3  # a re-run trial reopens its child run instead of adding one
     for child in children:
         assert child.info.status == "FINISHED"
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "knn/top1_k20")]
         assert steps == [1], steps
     assert load_config(summary["best_config"]).objective.gamma == summary["best_params"]["objective.gamma"]
+
+
+def test_fifo_trials_run_one_after_another_in_one_process(resumed_sweep):
+    """Under FIFO the second trial starts in the process the first one finished in (Tune's reuse_actors), so it
+    does not pay the imports again; each trial's results carry the process id Tune ran it in."""
+    root = resumed_sweep[0]
+    first_pids = []
+    for trial in ("00000", "00001"):  # both finished before the first driver was killed
+        [result] = (root / "runs" / "resume-sweep").glob(f"run_trial_*_{trial}_*/result.json")
+        # The first row is the first driver's (the re-run may run a trial again, in its own process).
+        first_pids.append(json.loads(result.read_text().splitlines()[0])["pid"])
+    assert first_pids[0] == first_pids[1], first_pids
 
 
 def test_sweep_has_parent_and_nested_child_runs(sweep):
