@@ -33,9 +33,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 try:
-    from _common import demo_data_overrides, emit, run_service_job, running_ray_cluster
+    from _common import demo_data_overrides, emit, running_ray_cluster
+    from job_phases import run_job
 except ImportError:  # run as a module
-    from benchmarks._common import demo_data_overrides, emit, run_service_job, running_ray_cluster
+    from benchmarks._common import demo_data_overrides, emit, running_ray_cluster
+    from benchmarks.job_phases import run_job
 
 DATA = demo_data_overrides(REPO)
 VARIANTS = ("ray_train_noop", "ray_train_ffcv", "service")
@@ -64,15 +66,13 @@ def bare_worker(config: dict) -> None:
 
 def bare_job(ffcv: bool, storage: str) -> None:
     """The driver of a bare job (run in its own process): prints its stamps as one JSON line."""
-    from adadim_dist.training.driver import CONTROLLER_POLL_ENV, CONTROLLER_POLL_S, PREEMPTION_WATCHER_ENV
-    from adadim_dist.training.driver import torch_trainer_class
+    from adadim_dist.training.driver import set_controller_defaults, torch_trainer_class
     from adadim_dist.training.timing import process_started_at
     import ray
     from ray.train import RunConfig, ScalingConfig
 
     started = process_started_at()  # the process's creation: its imports count, as in the service's time/ray_s
-    os.environ.setdefault(CONTROLLER_POLL_ENV, CONTROLLER_POLL_S)
-    os.environ.setdefault(PREEMPTION_WATCHER_ENV, "0")
+    set_controller_defaults()
     ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
     fit_started = time.time()
     name = f"bare-{time.time_ns()}"
@@ -99,13 +99,9 @@ def run_bare(ffcv: bool, storage: Path, env: dict) -> dict[str, float]:
 
 
 def run_service(storage: Path, name: str, env: dict) -> dict[str, float]:
-    summary, client, wall = run_service_job(
-        ["--config", "configs/fmnist_smoke.yaml", "training.epochs=1", "training.max_steps_per_epoch=20",
-         f"run.storage_path={storage}", f"run.name={name}", "tracking.experiment=startup-floor", *DATA],
-        name, REPO, env)
-    metrics = client.get_run(summary["run_id"]).data.metrics
+    metrics = run_job(REPO, storage, name, [], 20, env)  # the demo config, one epoch of 20 steps
     return {"to_worker_s": metrics["time/ray_s"] + metrics["time/workers_s"],
-            "to_first_step_s": metrics["time/to_first_step_s"], "wall_s": wall}
+            "to_first_step_s": metrics["time/to_first_step_s"], "wall_s": metrics["wall_s"]}
 
 
 def main(argv: list[str] | None = None) -> int:

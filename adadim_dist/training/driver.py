@@ -346,21 +346,25 @@ def local_resume_checkpoint(cfg: Config) -> Path | None:
     return latest_complete_checkpoint(Path(cfg.run.storage_path) / cfg.run.name, cfg.training.strategy)
 
 
+def set_controller_defaults() -> None:
+    """Ray Train controller settings for the jobs this process starts (a value set by the user wins)."""
+    # Ray Train's controller sees the workers' last report, then that they have finished, each at its next poll
+    # of them: every 2 s by default, so up to 4 s of each job's tail; every 0.2 s costs a few small actor calls
+    # a second (the controller reads this from the environment of the process that creates it).
+    os.environ.setdefault(CONTROLLER_POLL_ENV, CONTROLLER_POLL_S)
+    # Ray Train's preemption watcher (an actor whose process starts with every job, for observability of spot
+    # instances' preemption notices) competes with the first steps for CPU; RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=1
+    # brings it back.
+    os.environ.setdefault(PREEMPTION_WATCHER_ENV, "0")
+
+
 def build_trainer(cfg: Config, run_id: str | None, callbacks: list | None = None, resume_from: Path | None = None,
                   progress=None, stamps: dict[str, float] | None = None):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
     from .worker import train_loop_per_worker
 
-    # Ray Train's controller sees the workers' last report, then that they have finished, each at its next poll
-    # of them: every 2 s by default, so up to 4 s of each job's tail; every 0.2 s costs a few small actor calls
-    # a second (the controller reads this from the environment of the process that creates it; a value set by
-    # the user wins).
-    os.environ.setdefault(CONTROLLER_POLL_ENV, CONTROLLER_POLL_S)
-    # Ray Train's preemption watcher (an actor whose process starts with every job, for observability of spot
-    # instances' preemption notices) competes with the first steps for CPU; RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=1
-    # brings it back.
-    os.environ.setdefault(PREEMPTION_WATCHER_ENV, "0")
+    set_controller_defaults()
     return torch_trainer_class()(
         train_loop_per_worker,
         # Ray 2.60 deprecates resume_from_checkpoint: the worker weighs this path against get_checkpoint().
