@@ -10,6 +10,9 @@ param; ``params``: the params that differ between runs, seeds excepted — and i
 mean ± standard deviation and n of every final metric (``groups.md``, ``group_metrics.csv``), each group's
 mean path in the (H(R), I(R;Z)) plane over training (``information_plane_paths.png``), and α, β and erank(Z)
 against steps per group (``group_trajectories.png``).
+
+Each term's share of the gradient that reaches Z (``objective/grad_share_*``) is plotted against steps, one
+panel per group, or per run without ``--group-by`` (``grad_shares.png``).
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ VARIANT_PARAM = "study.variant"
 SEED_PARAMS = ("training.seed", "study.seed", "sweep.training.seed")
 # The paper's picture: where each group's runs travel in the information plane, and what drives α.
 GROUP_TRAJECTORIES = [("adadim/alpha", "α"), ("adadim/beta", "β"), ("info/erank_z", "erank(Z)")]
+# What the mix does: each weighted term's share of the gradient norm with respect to Z.
+GRADIENT_SHARES = [("objective/grad_share_dim", "L_dim"), ("objective/grad_share_sample", "L_sample"),
+                   ("objective/grad_share_mi", "I(R;Z)")]
 
 
 class CompareError(ValueError):
@@ -390,6 +396,39 @@ def plot_group_trajectories(client, groups: dict[str, list], out: Path) -> Path:
                        out / "group_trajectories.png")
 
 
+def plot_gradient_shares(client, groups: dict[str, list], out: Path) -> Path | None:
+    """Per group, each term's share of the gradient reaching Z against steps (mean ± std over its runs).
+    None when no run logged the shares (runs from before they existed)."""
+    import matplotlib.pyplot as plt
+
+    histories = {name: [(label_, *mean_history(client, runs, key)) for key, label_ in GRADIENT_SHARES]
+                 for name, runs in groups.items()}
+    histories = {name: curves for name, curves in histories.items() if any(c[1] for c in curves)}
+    if not histories:
+        return None
+    columns = min(len(histories), 4)
+    rows = math.ceil(len(histories) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.5 * columns, 3.6 * rows), squeeze=False, sharey=True)
+    colours = plt.get_cmap("tab10")
+    for ax, (name, curves) in zip(axes.flat, histories.items()):
+        for index, (term, steps, mean, std) in enumerate(curves):
+            if not steps:
+                continue
+            ax.plot(steps, mean, color=colours(index), lw=1.4, label=term)
+            ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                            color=colours(index), alpha=0.2, lw=0)
+        ax.set_title(f"{name} (n={len(groups[name])})", fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(histories):]:
+        ax.axis("off")
+    axes[0][0].set_ylabel("share of ‖∂L/∂Z‖")
+    axes[0][0].legend(fontsize=7, loc="best")
+    return save_figure(fig, "Each term's share of the gradient reaching Z (mean ± std over seeds)",
+                       out / "grad_shares.png")
+
+
 def compare(tracking_uri: str, experiment: str, run_ids: list[str] | None, out: Path,
             accuracy_key: str = "knn/top1_k20", group_by: str | None = None) -> tuple[str, list[Path], str]:
     import matplotlib
@@ -423,6 +462,10 @@ def compare(tracking_uri: str, experiment: str, run_ids: list[str] | None, out: 
         write_group_metrics(stats, out / "group_metrics.csv")
         plots += [plot_information_plane_paths(client, groups, out), plot_group_trajectories(client, groups, out)]
         table = grouped
+    else:
+        groups = {label(run): [run] for run in runs}
+    shares = plot_gradient_shares(client, groups, out)
+    plots += [shares] if shares is not None else []
     (out / "summary.md").write_text(report)
 
     experiment_id = client.get_experiment_by_name(experiment).experiment_id

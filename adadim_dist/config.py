@@ -114,6 +114,11 @@ class ObjectiveConfig(_Strict):
     # MI terms with mi_order ≠ 2 or the median-heuristic gaussian width need the whole Gram matrix and stay
     # gathered. replicated: every worker computes the whole objective on the gathered batch, O(N²·D).
     compute: Literal["sharded", "replicated"] = "sharded"
+    # none: the terms enter at their own scales (VICReg's is ~8x NT-Xent's here, so α is not the share it
+    # names). running_mean: each term (L_dim, L_sample, I(R;Z)) is divided by a detached running mean (EMA with
+    # balance_momentum) of its global value, so each enters at about unit scale.
+    balance: Literal["none", "running_mean"] = "none"
+    balance_momentum: float = Field(0.99, ge=0, lt=1)
     alpha: AlphaConfig = AlphaConfig()
 
 

@@ -5,7 +5,16 @@ Global-batch terms come in two forms: on gathered tensors (``nt_xent_loss``, ``i
 sharded, from each worker's rows and all-reduced sums (``*_sharded``); see ``losses`` and ``information``.
 """
 
-from .adadim import ALPHA_MODES, COMPUTE_FORMS, AdaDim, AlphaState, adadim_from_config, adaptive_alpha, scheduled_alpha
+from .adadim import (
+    ALPHA_MODES,
+    BALANCE_MODES,
+    COMPUTE_FORMS,
+    AdaDim,
+    AlphaState,
+    adadim_from_config,
+    adaptive_alpha,
+    scheduled_alpha,
+)
 from .information import (
     alignment,
     alignment_sharded,
@@ -40,6 +49,7 @@ from .losses import (
 
 __all__ = [
     "ALPHA_MODES",
+    "BALANCE_MODES",
     "COMPUTE_FORMS",
     "AdaDim",
     "AlphaState",

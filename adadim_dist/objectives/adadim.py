@@ -18,6 +18,15 @@ Two forms compute the same global-batch objective (values and gradients):
   Rényi orders other than 2, and the Gaussian kernel with the median-heuristic width, need the whole Gram
   matrix: their MI terms keep the gathered computation.
 
+Balance (``balance``): VICReg's value is about 8× NT-Xent's on this project's runs, so with ``none`` (the
+definition) α is not the share of the loss it names. ``running_mean`` divides each term (L_dim, L_sample and
+I(R;Z)) by a detached running mean of its own global value (an EMA over steps, all-reduced over workers, then
+synced), so every term enters at about unit scale and α, β are the weights they name.
+
+Every logging step also records each term's share of the gradient that reaches Z:
+``objective/grad_share_{dim,sample,mi}`` = ‖∂(weighted term)/∂Z‖ / Σ of the three norms (both views, the whole
+global batch), from a backward pass through the objective alone.
+
 The objective always runs in float32 or wider: bf16/fp16 inputs are upcast and autocast is off inside.
 """
 
@@ -56,8 +65,12 @@ ALPHA_NORMALISATIONS = ("min_n_d", "running_max", "warmup_minmax")
 COMPUTE_FORMS = ("sharded", "replicated")
 DIM_LOSSES = ("vicreg", "barlow_twins")
 MI_SIGNS = {"maximize": 1.0, "minimize": -1.0, "off": 0.0}
+# How the terms' scales are balanced before α and β weight them (see the module docstring).
+BALANCE_MODES = ("none", "running_mean")
+TERM_NAMES = ("dim", "sample", "mi")
 
 Collective = Callable[[torch.Tensor], torch.Tensor]
+_SCALE_FLOOR = 1e-8  # a term whose running mean is ~0 (an MI driven to 0) is not blown up without bound
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -79,6 +92,8 @@ class AlphaState:
     alpha: float | None = None  # None until the first adaptive estimate
     rank_min: float | None = None  # warmup_minmax: lowest erank(Z) of the window
     rank_max: float | None = None  # running_max: highest erank(Z) so far; warmup_minmax: highest of the window
+    # balance=running_mean: the running means of |L_dim|, |L_sample|, |I(R;Z)| (None until the first estimate)
+    term_scales: list[float] | None = None
 
     def state_dict(self) -> dict:
         return asdict(self)
@@ -89,6 +104,8 @@ class AlphaState:
         # Checkpoints written before the rank history existed have neither key.
         self.rank_min = _optional_float(state.get("rank_min"))
         self.rank_max = _optional_float(state.get("rank_max"))
+        scales = state.get("term_scales")  # absent in checkpoints written before balancing existed
+        self.term_scales = None if scales is None else [float(v) for v in scales]
 
 
 def _optional_float(value) -> float | None:
@@ -171,6 +188,8 @@ class AdaDim:
         alpha_ema: float = 0.0,
         alpha_normalise: str = "min_n_d",
         alpha_window: float = 0.2,
+        balance: str = "none",
+        balance_momentum: float = 0.99,
         total_steps: int = 1,
         compute: str = "sharded",
         gather: Collective = _identity,
@@ -209,6 +228,13 @@ class AdaDim:
             raise ValueError(f"alpha_window: must be in (0, 1), got {alpha_window!r}")
         if total_steps < 1:
             raise ValueError(f"total_steps: must be >= 1, got {total_steps!r}")
+        if balance not in BALANCE_MODES:
+            raise ValueError(f"balance: must be one of {', '.join(BALANCE_MODES)}, got {balance!r}")
+        if not 0.0 <= balance_momentum < 1.0:
+            raise ValueError(f"balance_momentum: must be in [0, 1), got {balance_momentum!r}")
+        if balance != "none" and (gather is _identity) != (all_reduce is _identity):
+            # The scales must be global values: a per-worker scale would weight each worker's share differently.
+            raise ValueError("all_reduce: balance needs both gather and all_reduce, or neither")
         self.dim_loss = dim_loss
         self.invariance_weight = invariance_weight
         self.variance_weight = variance_weight
@@ -228,6 +254,8 @@ class AdaDim:
         self.alpha_ema = alpha_ema
         self.alpha_normalise = alpha_normalise
         self.alpha_window = alpha_window
+        self.balance = balance
+        self.balance_momentum = balance_momentum
         self.total_steps = total_steps
         self.compute = compute
         self.gather = gather
@@ -335,20 +363,19 @@ class AdaDim:
             terms = {}
             loss_dim = barlow_twins_loss(z_a_global, z_b_global, self.barlow_lambda)
         loss_sample = nt_xent_loss(z_a_global, z_b_global, self.temperature)
-        loss = (1.0 - alpha) * loss_dim + alpha * loss_sample
 
         needs_mi_grad = self.mi_sign != 0.0 and beta != 0.0
-        info_a = info_b = None
+        info_a = info_b = mutual_info = None
         if needs_mi_grad or with_stats:
             with torch.set_grad_enabled(needs_mi_grad and torch.is_grad_enabled()):
                 r_a_global, r_b_global = self.gather(r_a), self.gather(r_b)
                 info_a = information_terms(r_a_global, z_a_global, self.mi_order, self.kernel, self.kernel_sigma)
                 info_b = information_terms(r_b_global, z_b_global, self.mi_order, self.kernel, self.kernel_sigma)
                 mutual_info = 0.5 * (info_a["mi"] + info_b["mi"])
-            if needs_mi_grad:
-                loss = loss - self.mi_sign * beta * mutual_info
+        loss, objective_stats = self._weighted_sum(loss_dim, loss_sample, mutual_info, alpha, beta, needs_mi_grad,
+                                                   z_a, z_b, z_a_global.shape[0] // z_a.shape[0], with_stats)
 
-        stats: dict[str, torch.Tensor | float] = {"adadim/alpha": alpha, "adadim/beta": beta}
+        stats: dict[str, torch.Tensor | float] = {"adadim/alpha": alpha, "adadim/beta": beta, **objective_stats}
         if with_stats:
             with torch.no_grad():
                 stats.update(
@@ -383,10 +410,9 @@ class AdaDim:
             terms = {}
             loss_dim = barlow_twins_loss_sharded(z_a, z_b, self.all_reduce, num_global, self.barlow_lambda)
         loss_sample = nt_xent_loss_sharded(z_a, z_b, z_a_global, z_b_global, row_offset, self.temperature)
-        loss = (1.0 - alpha) * loss_dim + alpha * loss_sample
 
         needs_mi_grad = self.mi_sign != 0.0 and beta != 0.0
-        info_a = info_b = None
+        info_a = info_b = mutual_info = None
         if needs_mi_grad or with_stats:
             with torch.set_grad_enabled(needs_mi_grad and torch.is_grad_enabled()):
                 r_a_global, r_b_global = self.gather(r_a), self.gather(r_b)
@@ -405,10 +431,10 @@ class AdaDim:
                     info_b = information_terms(r_b_global, z_b_global, self.mi_order, self.kernel,
                                                self.kernel_sigma)
                 mutual_info = 0.5 * (info_a["mi"] + info_b["mi"])
-            if needs_mi_grad:
-                loss = loss - self.mi_sign * beta * mutual_info
+        loss, objective_stats = self._weighted_sum(loss_dim, loss_sample, mutual_info, alpha, beta, needs_mi_grad,
+                                                   z_a, z_b, num_global // z_a.shape[0], with_stats)
 
-        stats: dict[str, torch.Tensor | float] = {"adadim/alpha": alpha, "adadim/beta": beta}
+        stats: dict[str, torch.Tensor | float] = {"adadim/alpha": alpha, "adadim/beta": beta, **objective_stats}
         if with_stats:
             with torch.no_grad():
                 erank_z = step_erank_z[0] if step_erank_z else effective_rank_sharded(z_a, z_a_global,
@@ -425,6 +451,67 @@ class AdaDim:
                     }
                 )
         return loss, stats
+
+    def _weighted_sum(self, loss_dim, loss_sample, mutual_info, alpha, beta, needs_mi_grad, z_a, z_b, world,
+                      with_stats):
+        """(1 − α)·L_dim/s_dim + α·L_sample/s_sample − sign·β·I/s_mi → (loss, objective/* stats); the scales s are
+        1 unless ``balance`` is on. ``world`` = the number of workers (global rows / local rows). With
+        ``with_stats`` (and a graph to Z), each weighted term's gradient norm with respect to Z, as shares of
+        their sum."""
+        scale_dim, scale_sample, scale_mi = self._term_scales(
+            (loss_dim, loss_sample, mutual_info if needs_mi_grad else None), world)
+        weighted = [(1.0 - alpha) / scale_dim * loss_dim, alpha / scale_sample * loss_sample, None]
+        if needs_mi_grad:
+            weighted[2] = -self.mi_sign * beta / scale_mi * mutual_info
+        loss = sum(term for term in weighted if term is not None)
+        stats: dict[str, torch.Tensor | float] = {}
+        if self.balance != "none":
+            stats.update({"objective/scale_dim": scale_dim, "objective/scale_sample": scale_sample,
+                          "objective/scale_mi": scale_mi})
+        if with_stats and torch.is_grad_enabled() and z_a.requires_grad:
+            shares = self._gradient_shares(weighted, (alpha != 1.0, alpha != 0.0, needs_mi_grad), z_a, z_b)
+            stats.update({f"objective/grad_share_{name}": share for name, share in zip(TERM_NAMES, shares)})
+        return loss, stats
+
+    def _term_scales(self, values, world: int) -> tuple[float, float, float]:
+        """balance=running_mean: the running means of the terms' global magnitudes, updated on training calls
+        (grad enabled) with this step's values; a term not computed this step (None) keeps its mean. Every
+        worker gets rank 0's values (``sync``), so the weights are bit-identical. 1.0 each without balance."""
+        if self.balance == "none":
+            return 1.0, 1.0, 1.0
+        scales = list(self.state.term_scales or [None] * len(TERM_NAMES))
+        if torch.is_grad_enabled():
+            with torch.no_grad():
+                reference = next(v for v in values if v is not None)
+                local = torch.stack([(v if v is not None else torch.zeros_like(reference)).detach().double()
+                                     for v in values])
+                current = self.sync((self.all_reduce(local) / world).abs()).tolist()
+            for index, (value, new) in enumerate(zip(values, current)):
+                if value is None or not math.isfinite(new):
+                    continue  # a diverged step must not carry its NaN into the scales
+                old = scales[index]
+                scales[index] = new if old is None else self.balance_momentum * old + (1 - self.balance_momentum) * new
+            self.state.term_scales = scales
+        return tuple(max(s, _SCALE_FLOOR) if s is not None else 1.0 for s in scales)
+
+    def _gradient_shares(self, weighted, present, z_a, z_b) -> list[float]:
+        """‖∂term/∂Z‖ over both views and the global batch, for each weighted term, divided by their sum.
+
+        Every worker differentiates its own share through the collectives (which sum the workers' gradients),
+        so every worker must take the same terms in the same order: ``present`` depends on α and β only,
+        which are identical everywhere."""
+        squares = []
+        for term, is_present in zip(weighted, present):
+            if term is None or not is_present:
+                squares.append(torch.zeros((), dtype=torch.float64, device=z_a.device))
+                continue
+            grads = torch.autograd.grad(term, (z_a, z_b), retain_graph=True, allow_unused=True)
+            squares.append(sum(g.double().pow(2).sum() for g in grads if g is not None)
+                           + torch.zeros((), dtype=torch.float64, device=z_a.device))
+        with torch.no_grad():
+            norms = self.all_reduce(torch.stack(squares)).sqrt()
+            total = norms.sum()
+            return (norms / total).tolist() if total > 0 else [0.0] * len(norms)
 
     def _check_row_offset(self, z_a: torch.Tensor, z_a_global: torch.Tensor, row_offset: int) -> None:
         """Once per objective: the local rows must sit where ``rank`` says in the gathered batch, or NT-Xent
@@ -483,6 +570,8 @@ def adadim_from_config(objective_cfg, total_steps: int, gather: Collective = _id
         alpha_ema=alpha.ema,
         alpha_normalise=alpha.normalise,
         alpha_window=alpha.window,
+        balance=objective_cfg.balance,
+        balance_momentum=objective_cfg.balance_momentum,
         total_steps=total_steps,
         compute=objective_cfg.compute,
         gather=gather,

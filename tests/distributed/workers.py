@@ -20,6 +20,10 @@ EQUIVALENCE_CASES = [
     ("gaussian_fixed_width", {"kernel": "gaussian", "kernel_sigma": 0.8, "mi_sign": "minimize"}, 8),
     ("gaussian_median_width", {"kernel": "gaussian"}, 8),
     ("order_3", {"mi_order": 3.0}, 8),
+    # balance=running_mean: the scales are all-reduced global values and part of the state carried over steps.
+    ("vicreg_balanced", {"balance": "running_mean", "balance_momentum": 0.5}, 8),
+    ("barlow_twins_balanced_mi_min", {"dim_loss": "barlow_twins", "balance": "running_mean", "mi_sign": "minimize"},
+     20),
 ]
 FORMS = ("sharded", "replicated")
 # α re-estimated on steps 0 and 2 (EMA-smoothed), statistics on steps 0 (erank(Z) from α's estimate) and 1

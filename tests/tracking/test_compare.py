@@ -93,6 +93,10 @@ def study_store(tmp_path):
                             Metric("adadim/alpha", 0.01 * step + 0.1 * seed, 0, step),
                             Metric("adadim/beta", 0.02 * step, 0, step),
                             Metric("info/erank_r", 20.0, 0, step), Metric("info/erank_z", 10.0 + seed, 0, step)]
+                if variant == "adadim":  # the gradient shares (runs from before they existed have none)
+                    metrics += [Metric("objective/grad_share_dim", 0.6 - 0.01 * step, 0, step),
+                                Metric("objective/grad_share_sample", 0.3 + 0.01 * step, 0, step),
+                                Metric("objective/grad_share_mi", 0.1, 0, step)]
             metrics += [Metric("knn/top1_k20", knn, 0, 5), Metric("probe/top1", knn - 10, 0, 5)]
             params = [Param("study.variant", variant), Param("training.seed", str(seed)),
                       Param("study.seed", str(seed)),
@@ -147,11 +151,28 @@ def test_compare_grouped_writes_the_table_csv_and_figures(study_store, tmp_path)
     assert (float(csv_rows[("vicreg", "knn/top1_k20")]["mean"]), float(csv_rows[("vicreg", "knn/top1_k20")]["std"]),
             int(csv_rows[("vicreg", "knn/top1_k20")]["n"])) == (81.0, 1.5, 3)
     names = {p.name for p in plots}
-    assert {"information_plane_paths.png", "group_trajectories.png"} <= names
+    assert {"information_plane_paths.png", "group_trajectories.png", "grad_shares.png"} <= names
     for plot in plots:
         assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 5000
     logged = {a.path for a in client.list_artifacts(comparison_id, "comparison")}
     assert {"comparison/groups.md", "comparison/group_metrics.csv", "comparison/information_plane_paths.png"} <= logged
+
+
+def test_gradient_shares_are_plotted_only_for_groups_that_logged_them(study_store, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from mlflow.tracking import MlflowClient
+
+    from adadim_dist.compare import group_runs, load_runs, plot_gradient_shares
+
+    uri, _ = study_store
+    client = MlflowClient(tracking_uri=uri)
+    runs = [r for r in load_runs(client, "study", None, "knn/top1_k20") if r.info.status == "FINISHED"]
+    groups = group_runs(runs, "variant")
+    path = plot_gradient_shares(client, groups, tmp_path)
+    assert path is not None and path.stat().st_size > 5000
+    assert plot_gradient_shares(client, {k: v for k, v in groups.items() if k != "adadim"}, tmp_path) is None
 
 
 def test_mean_history_pools_seeds_step_by_step(study_store):

@@ -7,7 +7,16 @@ import sys
 import pytest
 import torch
 
-from adadim_dist.objectives import AdaDim, adadim_from_config, adaptive_alpha, effective_rank, scheduled_alpha
+from adadim_dist.objectives import (
+    AdaDim,
+    adadim_from_config,
+    adaptive_alpha,
+    effective_rank,
+    information_terms,
+    nt_xent_loss,
+    scheduled_alpha,
+    vicreg_terms,
+)
 
 
 
@@ -151,6 +160,9 @@ def test_adadim_decreases_its_loss():
         ({"compute": "gathered"}, "compute"),
         ({"gather": lambda x: x.clone()}, "all_reduce"),
         ({"rank": -1}, "rank"),
+        ({"balance": "grad_norm"}, "balance"),
+        ({"balance_momentum": 1.0}, "balance_momentum"),
+        ({"balance": "running_mean", "compute": "replicated", "gather": lambda x: x.clone()}, "all_reduce"),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_the_argument(kwargs, argument):
@@ -204,7 +216,8 @@ def _loss_stats_and_grads(objective, batch):
     {"kernel": "gaussian", "kernel_sigma": 0.7},
     {"kernel": "gaussian"},  # median width: MI stays on the gathered Gram matrices
     {"mi_order": 3.0},  # spectrum: MI stays on the gathered Gram matrices
-], ids=["vicreg", "barlow_twins", "gaussian_fixed", "gaussian_median", "order3"])
+    {"balance": "running_mean"},
+], ids=["vicreg", "barlow_twins", "gaussian_fixed", "gaussian_median", "order3", "balanced"])
 def test_sharded_and_replicated_forms_agree_on_one_process(options):
     """Every term, statistic and gradient of the two forms agree. With α fixed they are the same function
     (1e-9); the adaptive α and erank differ only by the replicated form's float32 SVD (1e-5)."""
@@ -375,3 +388,80 @@ def test_alpha_normalisation_config_is_validated_and_passed_through():
         load_config(None, ["objective.alpha.window=1.0"])
     with pytest.raises(ValueError, match="^alpha_window:"):
         AdaDim(alpha_window=0.0)
+
+
+# ------------------------------------------------------------------------------------------------ balance
+def _requiring_grad(batch):
+    return [t.clone().requires_grad_(True) for t in batch]
+
+
+@pytest.mark.parametrize("compute", ["sharded", "replicated"])
+def test_balanced_terms_enter_at_unit_scale_so_alpha_and_beta_are_their_weights(compute):
+    """On the first step each running mean is the term's own value: the loss is (1 − α) + α − β exactly, and the
+    logged scales are the unbalanced terms."""
+    batch = _requiring_grad(_batch())
+    options = {"alpha_mode": "fixed", "alpha_value": 0.3, "gamma": 0.5, "compute": compute}
+    loss, stats = AdaDim(balance="running_mean", **options)(*batch)
+    _, raw = AdaDim(**options)(*batch)
+    assert loss.item() == pytest.approx(0.7 + 0.3 - 0.15, rel=1e-6)
+    assert stats["objective/scale_dim"] == pytest.approx(raw["loss/dim"].item(), rel=1e-6)
+    assert stats["objective/scale_sample"] == pytest.approx(raw["loss/sample"].item(), rel=1e-6)
+    assert stats["objective/scale_mi"] == pytest.approx(raw["info/mi_rz"].item(), rel=1e-6)
+
+
+def test_balance_scales_are_a_running_mean_kept_in_the_state_and_frozen_outside_training():
+    objective = AdaDim(alpha_mode="fixed", alpha_value=0.5, balance="running_mean", balance_momentum=0.75)
+    first, second = _batch(seed=0), _batch(seed=1)
+    _, stats0 = objective(*_requiring_grad(first))
+    objective.step()
+    _, raw1 = AdaDim(alpha_mode="fixed", alpha_value=0.5)(*second)
+    _, stats1 = objective(*_requiring_grad(second))
+    assert stats1["objective/scale_dim"] == pytest.approx(
+        0.75 * stats0["objective/scale_dim"] + 0.25 * raw1["loss/dim"].item(), rel=1e-6)
+    assert stats1["objective/scale_sample"] == pytest.approx(
+        0.75 * stats0["objective/scale_sample"] + 0.25 * raw1["loss/sample"].item(), rel=1e-6)
+    saved = objective.state_dict()
+    with torch.no_grad():  # evaluation / a diagnostic re-run must not move the scales
+        objective(*_batch(seed=2))
+    assert objective.state_dict() == saved
+    restored = AdaDim(alpha_mode="fixed", alpha_value=0.5, balance="running_mean")
+    restored.load_state_dict(saved)
+    assert restored.state.term_scales == saved["term_scales"]
+    old = {k: v for k, v in saved.items() if k != "term_scales"}  # a checkpoint from before balancing
+    restored.load_state_dict(old)
+    assert restored.state.term_scales is None
+
+
+def test_balance_off_leaves_the_loss_bit_identical_to_the_definition():
+    batch = _batch()
+    loss, stats = AdaDim(alpha_mode="fixed", alpha_value=0.3)(*batch)
+    expected = 0.7 * stats["loss/dim"] + 0.3 * stats["loss/sample"] - 0.3 * stats["info/mi_rz"]
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert not any(key.startswith("objective/scale") for key in stats)
+
+
+@pytest.mark.parametrize("compute", ["sharded", "replicated"])
+def test_gradient_shares_are_each_terms_gradient_norm_with_respect_to_z(compute):
+    """Closed check against autograd on each weighted term separately; shares sum to 1, and a term with
+    zero weight has share 0."""
+    r_a, r_b, z_a, z_b = _requiring_grad(_batch())
+    options = {"alpha_mode": "fixed", "alpha_value": 0.4, "gamma": 2.0, "compute": compute}
+    _, stats = AdaDim(**options)(r_a, r_b, z_a, z_b)
+
+    def norm_of(weighted_term):  # the terms again, on one process: total = 0.6·L_dim + 0.4·L_sample − 0.8·I
+        grads = torch.autograd.grad(weighted_term, (z_a, z_b))
+        return math.sqrt(sum(g.pow(2).sum().item() for g in grads))
+
+    dim = vicreg_terms(z_a, z_b, z_a, z_b)
+    mutual_info = 0.5 * (information_terms(r_a, z_a)["mi"] + information_terms(r_b, z_b)["mi"])
+    norms = [norm_of(0.6 * (25.0 * dim["invariance"] + 25.0 * dim["variance"] + dim["covariance"])),
+             norm_of(0.4 * nt_xent_loss(z_a, z_b, 0.2)), norm_of(0.8 * mutual_info)]
+    for name, norm in zip(("dim", "sample", "mi"), norms):
+        assert stats[f"objective/grad_share_{name}"] == pytest.approx(norm / sum(norms), rel=1e-5), name
+    vicreg_only = AdaDim(alpha_mode="fixed", alpha_value=0.0, mi_sign="off", compute=compute)
+    _, stats = vicreg_only(r_a, r_b, z_a, z_b)
+    assert (stats["objective/grad_share_dim"], stats["objective/grad_share_sample"],
+            stats["objective/grad_share_mi"]) == (1.0, 0.0, 0.0)
+    _, stats = vicreg_only(r_a.detach(), r_b.detach(), z_a.detach(), z_b.detach())
+    assert not any(key.startswith("objective/grad_share") for key in stats)  # no graph: nothing to measure
+
