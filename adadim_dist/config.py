@@ -66,12 +66,24 @@ class DataConfig(_Strict):
     # Write the training file (when absent, from a built-in source) as a long-tailed subset: class c keeps
     # n_max * R^(-c/(C-1)) images (`python -m adadim_dist.data write --imbalance-ratio R` does the same).
     train_imbalance_ratio: float | None = Field(None, ge=1)
+    # Model selection without the test set: with K, train_path is written with the source's training images but
+    # the last K, and test_path with those last K (a validation split; both files are new, never the test set).
+    validation_size: int | None = Field(None, ge=1)
     cache_dir: Path | None = None  # copy .beton files to node-local disk before opening them
     # Fashion-MNIST padded to 32×32 (what `prepare` writes); other datasets set their own in their configs.
     mean: tuple[float, float, float] = (0.2190, 0.2190, 0.2190)
     std: tuple[float, float, float] = (0.3318, 0.3318, 0.3318)
     view_a: ViewConfig = ViewConfig()
     view_b: ViewConfig = ViewConfig(solarize_prob=0.2)
+
+    @model_validator(mode="after")
+    def _validation_split_is_labelled_and_plain(self) -> "DataConfig":
+        if self.validation_size is not None:
+            if self.test_path is None:
+                raise ValueError("validation_size: needs data.test_path (the held-out images are written there)")
+            if self.train_imbalance_ratio is not None:
+                raise ValueError("validation_size: cannot be combined with data.train_imbalance_ratio")
+        return self
 
 
 # ------------------------------------------------------------------------------------------------ objective

@@ -3,7 +3,8 @@ the scheduler and the per-trial resources. Validated like the training config (u
 
 A *study* is a sweep file with ``variants`` (named lists of dotted overrides) and ``seeds``: both become grid
 axes (``study.variant`` and ``training.seed``), so every variant runs once per seed, FIFO, at equal budget
-(variants may differ only in ``objective.*`` keys; see ``configs/study/``)."""
+(variants may differ only in ``objective.*`` keys, or in the keys ``variant_keys`` names, such as each
+arm's tuned ``optim.lr``; see ``configs/study/``)."""
 
 from __future__ import annotations
 
@@ -84,6 +85,9 @@ class SweepConfig(_Strict):
     search_space: dict[str, Domain] = {}
     variants: dict[str, list[str]] = {}  # study: name → dotted overrides of the base config ([] = the base)
     seeds: list[int] = []  # study: every variant runs once with each training.seed
+    # study: the config keys (or key prefixes ending in '.') in which variants may differ; everything else is
+    # shared, so the budget is equal. A tuned comparison adds each arm's own optim.lr.
+    variant_keys: list[str] = [VARIANT_SCOPE]
 
     @model_validator(mode="before")
     @classmethod
@@ -181,7 +185,8 @@ def check_variants(sweep: SweepConfig, base_path: Path | None) -> None:
                 cfg = load_config(base_path, [*sweep.overrides, *variant_overrides, *seed_override])
             except ConfigError as err:
                 raise ConfigError(f"variants.{name}.{err}") from None
-        shared = {k: v for k, v in flatten(cfg).items() if not k.startswith(VARIANT_SCOPE) and k != SEED_KEY}
+        shared = {k: v for k, v in flatten(cfg).items() if not _in_variant_scope(k, sweep.variant_keys)
+                  and k != SEED_KEY}
         if reference is None:
             reference = (name, shared)
             continue
@@ -190,8 +195,13 @@ def check_variants(sweep: SweepConfig, base_path: Path | None) -> None:
             if first.get(key) != shared.get(key):
                 raise ConfigError(
                     f"variants.{name}: {key} is {shared.get(key)!r} but {first.get(key)!r} in variant {first_name}; "
-                    f"variants may differ only in {VARIANT_SCOPE}* keys (equal budget): put it in overrides"
+                    f"variants may differ only in {', '.join(sweep.variant_keys)} (variant_keys; equal budget): put "
+                    "it in overrides"
                 )
+
+
+def _in_variant_scope(key: str, variant_keys: list[str]) -> bool:
+    return any(key.startswith(scope) if scope.endswith(".") else key == scope for scope in variant_keys)
 
 
 def _parse_variant(name: str, variant_overrides: list[str]) -> list[tuple[str, Any]]:

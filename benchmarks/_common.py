@@ -14,13 +14,9 @@ from typing import Callable
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+    from adadim_dist.training.tracking import cpu_model
+
+    return f"{cpu_model()}, {platform.system()} {platform.release()}"
 
 
 def emit(result: dict) -> None:

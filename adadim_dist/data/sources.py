@@ -79,6 +79,13 @@ class ImageSet:
         labels = None if self.labels is None else self.labels[:limit]
         return ImageSet(self.name, self.images[:limit], labels, self.class_names, self.skipped)
 
+    def rows(self, start: int, stop: int | None) -> "ImageSet":
+        """``images[start:stop]`` with Python's slicing rules (negative bounds count from the end): a
+        validation split carved out of a training set."""
+        labels = None if self.labels is None else self.labels[start:stop]
+        return ImageSet(f"{self.name}[{start}:{stop}]", self.images[start:stop], labels, self.class_names,
+                        self.skipped)
+
     def long_tailed(self, imbalance_ratio: float) -> "ImageSet":
         """A long-tailed subset: class c keeps ``n_max * ratio ** (-c / (C - 1))`` images (n_max: the largest class).
 

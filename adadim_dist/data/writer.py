@@ -11,6 +11,7 @@ when complete, so an interrupted or failed write never leaves a half-written ``.
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import os
 import tempfile
@@ -257,8 +258,14 @@ def ensure_beton(
     need_labels: bool = True,
     progress: bool = False,
     imbalance_ratio: float | None = None,
+    rows: tuple[int, int | None] | None = None,
+    config_key: str = "data.train_path",
 ):
     """Return the checked ``.beton`` at ``path``, writing it first from a built-in source if it is absent.
+
+    ``rows`` = (start, stop): only those images of the split (a validation split); the file then gets a
+    ``<path>.split.json`` record of its origin, and an existing file without the same record is refused, so a
+    held-out split can never silently be some other file (such as the real test set).
 
     Only the sources installed with the project (``fashion_mnist``, ``mnist``) are written on demand; for any
     other source a missing file is an error that names the ``write`` command to run. Call this once (from the
@@ -269,6 +276,13 @@ def ensure_beton(
     from .beton import check_beton
 
     path = Path(path)
+    origin = None if rows is None else {"source": source, "split": split, "rows": list(rows)}
+    if path.exists() and origin is not None and _split_origin(path) != origin:
+        raise DataError(
+            f"{config_key}: {path} exists but is not the rows [{rows[0]}:{'' if rows[1] is None else rows[1]}] of "
+            f"{source}'s {split} split "
+            f"(no matching {_origin_path(path).name}); point {config_key} at a new file for the validation split"
+        )
     if not path.exists():
         if source not in BUILTIN_SOURCES:
             rgb_flag = " --as-rgb32" if as_rgb32 else ""
@@ -279,19 +293,50 @@ def ensure_beton(
         image_set = read_source(source, split, root)
         if imbalance_ratio is not None:
             image_set = image_set.long_tailed(imbalance_ratio)
+        if rows is not None:
+            image_set = image_set.rows(*rows)
         summary = write_beton(image_set, path, as_rgb32=as_rgb32, progress=progress)
+        if origin is not None:
+            _origin_path(path).write_text(json.dumps(origin))
         logger.info("%s", summary.line())
     return check_beton(path, need_labels=need_labels)
 
 
+def _origin_path(path: Path) -> Path:
+    return path.with_name(path.name + ".split.json")
+
+
+def _split_origin(path: Path) -> dict | None:
+    try:
+        return json.loads(_origin_path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def prepare_datasets(data_cfg, *, progress: bool = False) -> tuple:
     """Make sure ``data_cfg.train_path`` and ``data_cfg.test_path`` exist (written from ``data_cfg.source``).
+
+    With ``data_cfg.validation_size`` = K both come from the source's *training* split: ``train_path`` holds
+    its images but the last K, ``test_path`` those last K (the validation split that model selection
+    evaluates on); the source's test split is not read.
 
     Returns the two :class:`~adadim_dist.data.beton.BetonInfo` (train, test; test None without a labelled
     test set). Cheap when both exist.
     """
     # Without a labelled test set (data.test_path=null) the training file may be unlabelled too.
     labelled = data_cfg.test_path is not None
+    held_out = getattr(data_cfg, "validation_size", None)
+    if held_out is not None:
+        # Negative bounds (Python slicing) name the rows without reading the source: all but the last K, the last K.
+        fit_rows, val_rows = (0, -held_out), (-held_out, None)
+        train = ensure_beton(data_cfg.source, "train", data_cfg.train_path, progress=progress, rows=fit_rows,
+                             config_key="data.train_path")
+        test = ensure_beton(data_cfg.source, "train", data_cfg.test_path, progress=progress, rows=val_rows,
+                            config_key="data.test_path")
+        if test.num_samples != held_out:
+            raise DataError(f"data.validation_size: {data_cfg.test_path} holds {test.num_samples} held-out images, "
+                            f"not {held_out}; point data.train_path and data.test_path at new files")
+        return train, test
     train = ensure_beton(data_cfg.source, "train", data_cfg.train_path, need_labels=labelled, progress=progress,
                          imbalance_ratio=data_cfg.train_imbalance_ratio)
     test = ensure_beton(data_cfg.source, "test", data_cfg.test_path, progress=progress) if labelled else None

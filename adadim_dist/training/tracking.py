@@ -94,6 +94,19 @@ def get_or_create_experiment(client, name: str, storage_path: Path, local_store:
         return experiment.experiment_id
 
 
+def cpu_model() -> str:
+    """The CPU's model name and core count (``/proc/cpuinfo``; the platform's processor elsewhere)."""
+    import platform
+
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            name = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{name}, {os.cpu_count()} cores"
+
+
 class MetricsSink:
     """log(metrics, step) / close(status). The null sink (other ranks) accepts and drops everything."""
 
@@ -106,6 +119,9 @@ class MetricsSink:
         pass
 
     def log_artifacts(self, directory: Path, artifact_path: str) -> None:
+        pass
+
+    def record_machine(self, start_epoch: int) -> None:
         pass
 
     def close(self, status: str = "FINISHED") -> None:
@@ -190,6 +206,21 @@ class MLflowSink(MetricsSink):
         self._pending.clear()
         self._pending_status = None
         return count
+
+    def record_machine(self, start_epoch: int) -> None:
+        """Tag the CPU model this start trains on (``machine.cpu``), and every start's model in
+        ``machine.cpu_history`` ("from epoch E: model; ..."): the CPU's arithmetic moves results by more than
+        the seed does, so runs are compared within one model, and a resume on another one shows."""
+        try:
+            tags = self.client.get_run(self.run_id).data.tags
+            entry = f"from epoch {start_epoch}: {cpu_model()}"
+            history = [h for h in tags.get("machine.cpu_history", "").split("; ") if h]
+            if not history or history[-1].split(": ", 1)[-1] != cpu_model():
+                history.append(entry)
+            self.client.set_tag(self.run_id, "machine.cpu_history", "; ".join(history)[:5000])
+            self.client.set_tag(self.run_id, "machine.cpu", cpu_model())
+        except Exception as err:  # noqa: BLE001 - the record is worth a warning, not a lost job
+            logger.warning("tracking: could not record the machine (%s)", type(err).__name__)
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param

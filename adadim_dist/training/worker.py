@@ -135,6 +135,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
             cfg.tracking.experiment,
             cfg.run.name, cfg.run.storage_path, run_id=run_id,
         )
+        sink.record_machine(start_epoch)
 
     # Without a labelled test set (data.test_path=null) evaluation is label-free: no kNN, probe or baselines.
     label_free = cfg.data.test_path is None

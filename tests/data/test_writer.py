@@ -189,3 +189,24 @@ def test_module_entry_point_exits_2_with_one_line(tmp_path):
     assert result.stderr.strip().splitlines() == ["adadim_dist.data: error: unknown source 'svhn' (choose from "
                                                   "fashion_mnist, mnist, cifar10, cifar100, stl10, imagefolder, folder, npz)"]
     assert not out.exists()
+
+
+def test_validation_split_is_carved_out_of_the_training_split_and_never_the_test_set(tmp_path, fmnist_beton):
+    """data.validation_size = K: train_path = the training images but the last K, test_path = the last K (same
+    pixels and labels as the source's rows); an existing file that is not that split is refused, naming the key."""
+    cfg = DataConfig(source="mnist", train_path=tmp_path / "fit.beton", test_path=tmp_path / "val.beton",
+                     validation_size=500)
+    train, val = prepare_datasets(cfg)
+    source = read_source("mnist", "train")
+    assert (train.num_samples, val.num_samples) == (len(source) - 500, 500)
+    assert np.array_equal(stored_labels(tmp_path / "val.beton"), source.labels[-500:])
+    assert np.array_equal(read_stored_image(tmp_path / "val.beton", 0)[2:30, 2:30, 0], source.images[-500])
+    assert prepare_datasets(cfg)[1].num_samples == 500  # the second time: checked, not rewritten
+    real_test = DataConfig(source="mnist", train_path=tmp_path / "fit.beton", test_path=fmnist_beton,
+                           validation_size=500)
+    with pytest.raises(DataError, match=r"^data\.test_path: .* is not the rows \[-500:\]"):
+        prepare_datasets(real_test)
+    other_size = DataConfig(source="mnist", train_path=tmp_path / "fit.beton", test_path=tmp_path / "val.beton",
+                            validation_size=400)
+    with pytest.raises(DataError, match=r"^data\.train_path: "):
+        prepare_datasets(other_size)

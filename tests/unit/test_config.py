@@ -40,6 +40,8 @@ def test_overrides_are_parsed_as_yaml_and_win_over_the_file(tmp_path):
         ("data.view_b.crop_scale=[0.9,0.1]", "^data.view_b.crop_scale: "),
         ("noequals", "^noequals: an override must look like"),
         ("training.deepspeed.bf16=true", "^training.deepspeed.bf16: .*training.mixed_precision=true"),
+        ("objective.balance=gradnorm", "^objective.balance: "),
+        ("data.validation_size=0", "^data.validation_size: "),
     ],
 )
 def test_bad_values_name_the_dotted_key(override, message):
@@ -75,6 +77,15 @@ def test_options_may_follow_the_overrides():
 
     args = parse_args(["--config", "configs/fmnist_smoke.yaml", "training.epochs=3", "--fresh", "eval.knn_k=[20]"])
     assert args.fresh and args.overrides == ["training.epochs=3", "eval.knn_k=[20]"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.validation_size=100", "data.test_path=null"], "^data.validation_size: needs data.test_path"),
+    (["data.validation_size=100", "data.train_imbalance_ratio=10"], "^data.validation_size: cannot be combined"),
+])
+def test_a_validation_split_needs_a_labelled_file_of_its_own(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])

@@ -34,6 +34,20 @@ def test_every_shipped_sweep_and_study_validates():
         assert sweep.is_study and sweep.variants and sweep.seeds and base.run.name
 
 
+def test_the_tuned_comparison_gives_every_arm_the_same_budget_and_selects_on_validation():
+    """configs/study/tuned: the same base, trials, epochs and resources for every arm; every arm tunes the
+    learning rate over the same range; selection data is the validation split, not the test set."""
+    loaded = {arm: load_sweep(REPO / f"configs/study/tuned/tune_{arm}.yaml") for arm in ("vicreg", "ntxent", "adadim")}
+    budgets = {(s.num_samples, s.scheduler.name, b.training.epochs, b.data.train_path, s.trial)
+               for s, b in loaded.values()}
+    assert len(budgets) == 1
+    assert len({s.search_space["optim.lr"] for s, _ in loaded.values()}) == 1
+    for sweep, base in loaded.values():
+        assert sweep.metric == "knn" and base.data.validation_size == 10000
+        assert "test" not in str(base.data.test_path) and base.model.sync_batchnorm
+    assert {"objective.gamma", "objective.mi_sign", "objective.balance"} <= set(loaded["adadim"][0].search_space)
+
+
 def test_a_bad_value_anywhere_in_a_list_is_refused_with_its_key(tmp_path):
     path = _write(tmp_path, search_space={"model.small_cnn_width": {"type": "grid", "values": [16, 8, 1]}})
     with pytest.raises(ConfigError, match=r"^search_space\.model\.small_cnn_width: .*greater than or equal to 4"):
@@ -147,6 +161,17 @@ def test_a_study_variant_must_validate_and_keep_the_budget(tmp_path):
         load_sweep(_study(tmp_path, variants={"seeded": ["training.seed=4"]}))
     with pytest.raises(ConfigError, match=r"^variants\.typo: objective\.alpha\.mod: an override must look like"):
         load_sweep(_study(tmp_path, variants={"typo": ["objective.alpha.mod"]}))
+
+
+def test_variant_keys_let_each_arm_keep_its_own_tuned_learning_rate_and_nothing_else(tmp_path):
+    arms = {"a": ["optim.lr=0.2"], "b": ["optim.lr=0.5", "objective.temperature=0.1"]}
+    with pytest.raises(ConfigError, match=r"^variants\.b: optim\.lr is 0\.5 but 0\.2 in variant a; .*objective\."):
+        load_sweep(_study(tmp_path, variants=arms))
+    sweep, _ = load_sweep(_study(tmp_path, variants=arms, variant_keys=["objective.", "optim.lr"]))
+    assert sweep.variant_keys == ["objective.", "optim.lr"]
+    # A name without the trailing '.' is one key, not a prefix.
+    with pytest.raises(ConfigError, match=r"^variants\.b: optim\.weight_decay is"):
+        load_sweep(_study(tmp_path, variants={"a": [], "b": ["optim.weight_decay=0.01"]}, variant_keys=["optim.w"]))
 
 
 def test_a_study_needs_fifo_one_sample_and_distinct_seeds(tmp_path):
