@@ -278,6 +278,35 @@ def group_statistics(groups: dict[str, list]) -> dict[str, dict[str, tuple[float
     return stats
 
 
+def paired_difference(differences: list[float]) -> dict[str, float]:
+    """Mean of paired differences (e.g. arm A − arm B per seed), its sample standard deviation, the 95 %
+    t-interval of the mean and the two-sided paired t-test's p-value (H0: mean 0). Needs n >= 2."""
+    from scipy import stats
+
+    n = len(differences)
+    if n < 2:
+        raise ValueError(f"paired_difference: needs at least 2 pairs, got {n}")
+    mean = sum(differences) / n
+    sd = math.sqrt(sum((d - mean) ** 2 for d in differences) / (n - 1))
+    half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    if sd > 0:
+        p = float(stats.ttest_1samp(differences, 0.0).pvalue)
+    else:  # identical differences: certain unless they are all 0
+        p = 1.0 if mean == 0 else 0.0
+    return {"n": n, "mean": mean, "sd": sd, "ci_low": mean - half, "ci_high": mean + half, "p": p}
+
+
+def holm_adjust(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment of p-values for the number of comparisons made (same order as given)."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted = [0.0] * len(p_values)
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
+
+
 def mean_and_std(stat: tuple[float, float, int] | None, digits: int) -> str:
     if stat is None or stat[2] == 0:
         return ""

@@ -167,6 +167,11 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> tuple[Sw
                 load_config(base_path, [*sweep.overrides, *overrides_from_params({key: sample})])
             except ConfigError as err:
                 raise ConfigError(f"search_space.{err}") from None
+    # rankme comes with every epoch's training statistics; kNN and the probe only with an evaluation.
+    if sweep.scheduler.name == "asha" and sweep.metric != "rankme" and base.eval.every_epochs != 1:
+        raise ConfigError(f"eval.every_epochs: ASHA compares trials on every epoch's {sweep.metric_key}, so the base "
+                          f"config must evaluate every epoch (got {base.eval.every_epochs}); set "
+                          "eval.every_epochs=1, or scheduler.name=fifo")
     check_variants(sweep, base_path)
     return sweep, base
 

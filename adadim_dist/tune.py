@@ -114,9 +114,9 @@ def run_sweep(sweep: SweepConfig, base: Config) -> dict[str, Any]:
                                  sweep_dict=sweep.model_dump(mode="json"), parent_run_id=parent.run_id),
             {"CPU": sweep.trial.trial_cpus},
         )
-        if sweep.is_study:
-            # A study is FIFO (no trial is compared during training) and evaluates only after the last epoch; Tune
-            # would otherwise fail the first epoch's report for lacking the metric.
+        if sweep.scheduler.name == "fifo":
+            # FIFO compares no trial during training, and its trials may evaluate only after the last epoch
+            # (studies, tuned comparisons); Tune would otherwise fail the first epoch's report for lacking the metric.
             os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
         if tune.Tuner.can_restore(sweep_dir):
             print(f"[adadim] resuming sweep from {sweep_dir}", flush=True)

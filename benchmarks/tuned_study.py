@@ -231,19 +231,26 @@ class FirstChannelPixels:
 
 def train_supervised(cfg, seed: int, device):
     """The encoder + a linear head trained with cross-entropy on both augmented views of every step: the same
-    encoder, loader, batch, epochs and LARS schedule as an SSL run (the upper bound of this budget)."""
+    encoder, loader, batch, epochs and LARS schedule as an SSL run (the upper bound of this budget; its lr is
+    the base config's, not tuned). One process using every core."""
     import torch
 
     from adadim_dist.data import build_ssl_loader
     from adadim_dist.models import build_model
-    from adadim_dist.training.optim import build_optimizer
+    from adadim_dist.training.optim import build_optimizer, build_scheduler
 
     torch.manual_seed(seed)
     model = build_model(cfg.model).to(device)
     loader = build_ssl_loader(cfg.data, cfg.training.global_batch_size, rank=0, world_size=1, seed=seed,
                               distributed=False)
     steps = len(loader)
-    optimizer, scheduler = build_optimizer(model, cfg.optim, steps_per_epoch=steps, epochs=cfg.training.epochs)
+    # The SSL runs' optimizer and schedule (LARS at the base config's lr, warm-up, cosine); the classifier head
+    # is the probe's parameter group.
+    encoder_params = list(model.encoder.parameters())
+    optimizer = build_optimizer(cfg.optim, cfg.training.global_batch_size, encoder_params,
+                                list(model.probe.parameters()))
+    scheduler = build_scheduler(optimizer, steps * cfg.training.epochs, int(cfg.optim.warmup_epochs * steps),
+                                cfg.optim.min_lr_ratio)
     started = time.time()
     try:
         for epoch in range(cfg.training.epochs):
@@ -264,7 +271,7 @@ def train_supervised(cfg, seed: int, device):
     return model.encoder.eval()
 
 
-def markers(out: Path, seeds: list[int]) -> None:
+def markers(out: Path, seeds: list[int], cfg=None) -> None:
     import torch
 
     from adadim_dist.data import prepare_datasets
@@ -273,7 +280,7 @@ def markers(out: Path, seeds: list[int]) -> None:
 
     table = out / "markers.csv"
     done = {(r["marker"], r["seed"]) for r in read_rows(table)}
-    cfg = final_config()
+    cfg = cfg or final_config()
     prepare_datasets(cfg.data)
     device = torch.device("cpu")
     fields = ["marker", "seed", "cpu", "knn_top1", "linear_top1", "linear_top1_l2", "commit"]
@@ -301,31 +308,15 @@ def markers(out: Path, seeds: list[int]) -> None:
 # --------------------------------------------------------------------------------------------- 4. verdict
 def paired(rows: list[dict], first: str, second: str, metric: str) -> dict | None:
     """Paired-by-seed differences first − second, only over seeds where both ran on one CPU model."""
-    from scipy import stats
+    from adadim_dist.compare import paired_difference
 
     by_key = {(r["arm"], r["seed"], r["cpu"]): float(r[metric]) for r in rows if r[metric] not in ("", None)}
     pairs = [(seed, cpu, value - by_key[(second, seed, cpu)]) for (arm, seed, cpu), value in by_key.items()
              if arm == first and (second, seed, cpu) in by_key]
     if len(pairs) < 2:
         return None
-    diffs = [d for _, _, d in pairs]
-    n = len(diffs)
-    mean = sum(diffs) / n
-    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
-    half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
-    p = float(stats.ttest_1samp(diffs, 0.0).pvalue) if sd > 0 else (0.0 if mean != 0 else 1.0)
-    return {"first": first, "second": second, "metric": metric, "n": n, "mean_diff": mean, "sd_diff": sd,
-            "ci95": [mean - half, mean + half], "p": p, "seeds": sorted({s for s, _, _ in pairs}),
-            "cpus": sorted({c for _, c, _ in pairs})}
-
-
-def holm(results: list[dict]) -> None:
-    """Holm's step-down adjustment over all the comparisons made (adds ``p_holm``)."""
-    order = sorted(range(len(results)), key=lambda i: results[i]["p"])
-    running = 0.0
-    for rank, index in enumerate(order):
-        running = max(running, min(1.0, (len(results) - rank) * results[index]["p"]))
-        results[index]["p_holm"] = running
+    return {"first": first, "second": second, "metric": metric, **paired_difference([d for _, _, d in pairs]),
+            "seeds": sorted({s for s, _, _ in pairs}), "cpus": sorted({c for _, c, _ in pairs})}
 
 
 def verdict(out: Path) -> None:
@@ -360,13 +351,16 @@ def verdict(out: Path) -> None:
                    for metric in ("knn_top1", "linear_top1")]
     comparisons = [c for c in comparisons if c is not None]
     if comparisons:
-        holm(comparisons)
+        from adadim_dist.compare import holm_adjust
+
+        for c, adjusted in zip(comparisons, holm_adjust([c["p"] for c in comparisons])):
+            c["p_holm"] = adjusted
         lines += ["", f"Paired by seed (same CPU model only); {len(comparisons)} comparisons, p-values Holm-adjusted "
                   "over all of them.", "",
                   "| comparison | metric | n | mean difference | 95 % CI | p | p (Holm) |", "|---|---|---|---|---|---|---|"]
         for c in comparisons:
-            lines.append(f"| {c['first']} − {c['second']} | {c['metric']} | {c['n']} | {c['mean_diff']:+.2f} | "
-                         f"[{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}] | {c['p']:.3f} | {c['p_holm']:.3f} |")
+            lines.append(f"| {c['first']} − {c['second']} | {c['metric']} | {c['n']} | {c['mean']:+.2f} | "
+                         f"[{c['ci_low']:+.2f}, {c['ci_high']:+.2f}] | {c['p']:.3f} | {c['p_holm']:.3f} |")
     markers_rows = read_rows(out / "markers.csv")
     if markers_rows:
         lines += ["", "Scale markers (same bank, test set and linear evaluation):", "",

@@ -245,3 +245,24 @@ def test_compare_overlays_the_final_spectra_of_the_runs(store, tmp_path):
     spectrum_plots = [p for p in plots if p.name.startswith("spectra_")]
     assert sorted(p.name for p in spectrum_plots) == ["spectra_r.png", "spectra_z.png"]
     assert all(p.stat().st_size > 5000 for p in spectrum_plots)
+
+
+def test_paired_difference_is_the_paired_t_interval_and_test():
+    """Closed form for differences 1, 2, 3: mean 2, sd 1, t(0.975, 2) = 4.3027 → 2 ± 2.4841; t = 2√3 → p = 0.0742."""
+    from adadim_dist.compare import paired_difference
+
+    result = paired_difference([1.0, 2.0, 3.0])
+    assert (result["n"], result["mean"], result["sd"]) == (3, 2.0, 1.0)
+    assert result["ci_low"] == pytest.approx(2 - 4.302653 / math.sqrt(3), abs=1e-5)
+    assert result["ci_high"] == pytest.approx(2 + 4.302653 / math.sqrt(3), abs=1e-5)
+    assert result["p"] == pytest.approx(0.07418, abs=1e-4)
+    assert paired_difference([0.5, 0.5])["p"] == 0.0 and paired_difference([0.0, 0.0])["p"] == 1.0
+    with pytest.raises(ValueError, match="at least 2 pairs"):
+        paired_difference([1.0])
+
+
+def test_holm_adjusts_for_every_comparison_in_step_down_order():
+    from adadim_dist.compare import holm_adjust
+
+    assert holm_adjust([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm_adjust([0.5, 0.9]) == pytest.approx([1.0, 1.0])

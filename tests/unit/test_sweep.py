@@ -48,6 +48,13 @@ def test_the_tuned_comparison_gives_every_arm_the_same_budget_and_selects_on_val
     assert {"objective.gamma", "objective.mi_sign", "objective.balance"} <= set(loaded["adadim"][0].search_space)
 
 
+def test_asha_needs_a_metric_every_epoch(tmp_path):
+    with pytest.raises(ConfigError, match=r"^eval\.every_epochs: ASHA compares trials on every epoch"):
+        load_sweep(_write(tmp_path, overrides=["eval.every_epochs=2"]))
+    load_sweep(_write(tmp_path, overrides=["eval.every_epochs=2"], scheduler={"name": "fifo"}))
+    load_sweep(_write(tmp_path, overrides=["eval.every_epochs=2"], metric="rankme"))  # in every epoch's report
+
+
 def test_a_bad_value_anywhere_in_a_list_is_refused_with_its_key(tmp_path):
     path = _write(tmp_path, search_space={"model.small_cnn_width": {"type": "grid", "values": [16, 8, 1]}})
     with pytest.raises(ConfigError, match=r"^search_space\.model\.small_cnn_width: .*greater than or equal to 4"):
