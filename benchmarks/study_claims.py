@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
 
     lines = [
         f"# The paper's claims on experiment `{args.experiment}` ({len(runs)} finished runs)", "",
-        "Definitions: `benchmarks/study_claims.py` (fixed before the results were read). Δ over the early window",
+        "Definitions: `benchmarks/study_claims.py` (committed after the seed-0 results of five variants; see "
+        "RESULTS.md). Δ over the early window",
         f"(first {EARLY:.0%} of logged steps) and the late window (last {LATE:.0%}); mean ± std over seeds.", "",
         "## Claim 1: early H(R) and I(R;Z) rise together (with erank(R)); late H(R) rises with uniformity while "
         "I(R;Z) plateaus or falls", "",
