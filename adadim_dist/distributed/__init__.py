@@ -1,12 +1,14 @@
 """Process-group aware pieces: autograd-aware collectives (gather, sum) and the DDP / DeepSpeed engines."""
 
 from .collectives import (
+    all_gather_objects,
     all_gather_rows,
     all_gather_with_grad,
     all_reduce_mean,
     all_reduce_with_grad,
     broadcast_from,
     broadcast_from_rank0,
+    broadcast_object,
     gather_to,
     is_distributed,
     object_to,
@@ -15,12 +17,14 @@ from .collectives import (
 )
 
 __all__ = [
+    "all_gather_objects",
     "all_gather_rows",
     "all_gather_with_grad",
     "all_reduce_mean",
     "all_reduce_with_grad",
     "broadcast_from",
     "broadcast_from_rank0",
+    "broadcast_object",
     "gather_to",
     "is_distributed",
     "object_to",

@@ -134,6 +134,24 @@ def object_to(obj, src: int, dst: int):
     return received[src] if received is not None else None
 
 
+def broadcast_object(obj, src: int = 0):
+    """Rank ``src``'s picklable ``obj`` on every rank (a collective: the others pass anything)."""
+    if not is_distributed():
+        return obj
+    holder = [obj if dist.get_rank() == src else None]
+    dist.broadcast_object_list(holder, src=src)
+    return holder[0]
+
+
+def all_gather_objects(obj) -> list:
+    """Every rank's picklable ``obj``, in rank order, on every rank."""
+    if not is_distributed():
+        return [obj]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def broadcast_from_rank0(value: torch.Tensor) -> torch.Tensor:
     """Rank 0's value on every worker, bit for bit (keeps α identical even if SVDs differ in the last ulp)."""
     return broadcast_from(value, 0)

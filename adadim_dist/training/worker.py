@@ -29,12 +29,12 @@ from ..distributed.engine import build_engine, to_memory_format
 from ..distributed.sync_batchnorm import convert_sync_batchnorm
 from ..models import build_model
 from ..objectives import adadim_from_config
-from .checkpoint import (STATE_FILE, check_compatible, checkpoint_files, is_complete, latest_complete_checkpoint,
-                         load_state, save_state)
+from .checkpoint import check_compatible, checkpoint_files, load_state, save_state
 from .driver import unsent_metrics_path
 from .evaluation import (accuracy, extract, forward_batch_for, forward_in_chunks, merge_neighbours,
                          nearest_neighbours, weighted_vote_top1)
 from .optim import build_optimizer, build_scheduler
+from .resume import agreed_resume_source
 from .timing import describe_startup, startup_phases
 from .tracking import MetricsSink, MLflowSink, resolve_tracking_uri
 
@@ -110,11 +110,9 @@ def train_loop_per_worker(config_dict: dict) -> None:
     start_epoch = 0
     saved_metrics: dict[str, float] = {}
     # Looked up again at every (re)start: a checkpoint persisted just before a failure may not be registered
-    # with Ray's controller yet, but it is complete on disk.
-    on_disk = latest_complete_checkpoint(Path(config_dict["run_dir"]), cfg.training.strategy) \
-        if config_dict.get("run_dir") else None
-    source = resume_source(ray.train.get_checkpoint(), str(on_disk) if on_disk else config_dict.get("resume_dir"),
-                           cfg.training.strategy)
+    # with Ray's controller yet, but it is complete on disk. Rank 0 decides for every rank.
+    source = agreed_resume_source(ray.train.get_checkpoint(), config_dict.get("run_dir"),
+                                  config_dict.get("resume_dir"), cfg.training.strategy, rank)
     if source is not None:
         with source as directory:
             state = load_state(Path(directory))
@@ -271,28 +269,6 @@ def build_objective(cfg: Config, total_steps: int, rank: int):
     """AdaDim wired to this process group's autograd-aware collectives (identity on one process)."""
     return adadim_from_config(cfg.objective, total_steps, gather=all_gather_with_grad,
                               all_reduce=all_reduce_with_grad, sync=broadcast_from_rank0, rank=rank)
-
-
-def resume_source(checkpoint, resume_dir: str | None, strategy: str = "ddp"):
-    """Where to resume from: Ray's latest registered checkpoint, or the driver's newest complete one on disk
-    (persisted but not yet registered when the previous driver died), whichever is later; a registered one
-    that lost a rank's shard since is passed over. A context manager yielding a directory, or None for a
-    fresh start."""
-    import contextlib
-
-    fallback = Path(resume_dir) if resume_dir else None
-    if fallback is not None and not (fallback / STATE_FILE).is_file():
-        fallback = None  # removed since (Ray keeps only the newest checkpoints)
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            registered_epoch = load_state(Path(directory))["epoch"] if is_complete(Path(directory), strategy) else -1
-        if registered_epoch < 0:
-            checkpoint = None
-    if checkpoint is None:
-        return contextlib.nullcontext(fallback) if fallback else None
-    if fallback is not None and load_state(fallback)["epoch"] > registered_epoch:
-        return contextlib.nullcontext(fallback)
-    return checkpoint.as_directory()
 
 
 def union_over_ranks(names: list[str], world_size: int) -> list[str]:
