@@ -162,6 +162,9 @@ class DeepSpeedEngine:
         }
         if ds_cfg.offload_optimizer:
             config["zero_optimization"]["offload_optimizer"] = {"device": "cpu"}
+            # The service's own optimizer (LARS, SGD or AdamW with the probe's group) steps the CPU partitions;
+            # DeepSpeed otherwise refuses any client optimizer but its DeepSpeedCPUAdam under offload.
+            config["zero_force_ds_cpu_optimizer"] = False
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model.to(device), optimizer=optimizer, lr_scheduler=scheduler, config=config,
             dist_init_required=False,
@@ -169,6 +172,7 @@ class DeepSpeedEngine:
         self.module = self.engine.module
         self.device = device
         self.zero_stage = ds_cfg.zero_stage
+        self.offload = bool(ds_cfg.offload_optimizer)
         self.step_buffers = StepBuffers(self.module)
 
     def __call__(self, x: torch.Tensor):
@@ -202,6 +206,10 @@ class DeepSpeedEngine:
             self.engine.optimizer._overflow_clean_up(None)
         else:
             self.engine.zero_grad()
+            if self.offload:
+                # ZeRO 1/2 with offload keep their own overflow flag, which only reset_cpu_buffers() clears (as
+                # their step does on an overflow); left set, has_overflow() would report every later step bad.
+                self.engine.optimizer.reset_cpu_buffers()
         self.step_buffers.restore()
 
     def step(self) -> None:

@@ -31,14 +31,15 @@ def small_model(seed: int = 0) -> SSLModel:
 
 
 def make_engine(strategy: str, stage: int, optim_name: str, rank: int, world_size: int, use_amp: bool = False,
-                model: nn.Module | None = None, lr: float = 0.5, global_batch: int = GLOBAL_BATCH):
+                model: nn.Module | None = None, lr: float = 0.5, global_batch: int = GLOBAL_BATCH,
+                offload: bool = False):
     _deepspeed_env(rank, world_size)
     model = model if model is not None else small_model()
     main, probe = model.parameter_groups()
     optim_cfg = SimpleNamespace(name=optim_name, lr=lr, momentum=0.9, weight_decay=0.1, probe_lr=0.1)
     optimizer = build_optimizer(optim_cfg, 256, main, probe)  # lr × 256/256
     scheduler = build_scheduler(optimizer, total_steps=10, warmup_steps=0, min_ratio=0.0)
-    ds_cfg = SimpleNamespace(zero_stage=stage, offload_optimizer=False, bf16=False)
+    ds_cfg = SimpleNamespace(zero_stage=stage, offload_optimizer=offload, bf16=False)
     return build_engine(strategy, model, optimizer, scheduler, torch.device("cpu"), ds_cfg=ds_cfg,
                         batch_size_per_worker=global_batch // world_size, world_size=world_size, use_amp=use_amp)
 
@@ -96,17 +97,24 @@ def lars_update_worker(rank: int, world_size: int, out_dir: str) -> None:
     torch.save(results, Path(out_dir, f"rank{rank}.pt"))
 
 
+NON_FINITE_CASES = (1, 2, 3, "1+offload", "2+offload")  # ZeRO stage, with the optimizer offloaded to the CPU
+
+
 def non_finite_worker(rank: int, world_size: int, out_dir: str) -> None:
-    """Under ZeRO 1, 2 and 3: a NaN gradient on rank 1 (its loss finite) is seen by every rank, and a run that
-    skips that step and then takes a clean one ends where a run that only took the clean one ends."""
+    """Under ZeRO 1, 2 and 3 (1 and 2 also with optimizer offload): a NaN gradient on rank 1 (its loss finite)
+    is seen by every rank, and a run that skips that step and then takes two clean ones ends where a run that
+    only took the clean ones ends (offload keeps its own overflow flag, which must not stay set)."""
     ends = {}
-    for stage in (1, 2, 3):
-        skipped_then_clean = make_engine("deepspeed", stage, "sgd", rank, world_size)
+    for case in NON_FINITE_CASES:
+        stage, offload = int(str(case)[0]), str(case).endswith("offload")
+        skipped_then_clean = make_engine("deepspeed", stage, "sgd", rank, world_size, offload=offload)
         applied = [train_step(skipped_then_clean, 0, rank, world_size, poison_rank=1),
-                   train_step(skipped_then_clean, 1, rank, world_size)]
-        clean = make_engine("deepspeed", stage, "sgd", rank, world_size)
+                   train_step(skipped_then_clean, 1, rank, world_size),
+                   train_step(skipped_then_clean, 2, rank, world_size)]
+        clean = make_engine("deepspeed", stage, "sgd", rank, world_size, offload=offload)
         train_step(clean, 1, rank, world_size)
-        ends[stage] = {"applied": applied, "skipped_then_clean": skipped_then_clean.full_state_dict(),
+        train_step(clean, 2, rank, world_size)
+        ends[str(case)] = {"applied": applied, "skipped_then_clean": skipped_then_clean.full_state_dict(),
                        "clean": clean.full_state_dict(), "lr_after_skip": skipped_then_clean.lr(),
                        "lr_clean": clean.lr()}
     torch.save(ends, Path(out_dir, f"rank{rank}.pt"))

@@ -10,6 +10,7 @@ from adadim_dist.objectives.information import information_terms
 
 from ._harness import run_distributed
 from .engine_workers import (
+    NON_FINITE_CASES,
     TinyBNNet,
     bn_batch,
     bn_loss_and_grads,
@@ -55,16 +56,16 @@ def test_lars_applies_trust_ratio_per_original_tensor_under_ddp_and_zero0(tmp_pa
 
 
 def test_non_finite_gradients_caught_under_every_zero_stage_and_skip_leaves_nothing_stale(tmp_path):
-    """A NaN gradient on rank 1 only (its loss finite) is seen by both ranks under ZeRO 1, 2 and 3, where
-    p.grad is already cleared. A skipped step leaves nothing stale (gradient partitions,
-    BatchNorm statistics its forward moved): skip + clean step ends bit-for-bit where the clean step alone
-    ends, and the learning-rate schedule did not advance."""
+    """A NaN gradient on rank 1 only (its loss finite) is seen by both ranks under ZeRO 1, 2 and 3 (1 and 2 also
+    with optimizer offload), where p.grad is already cleared. A skipped step leaves nothing stale (gradient
+    partitions, BatchNorm statistics its forward moved, offload's overflow flag): skip + two clean steps end
+    bit-for-bit where the clean steps alone end, and the learning-rate schedule did not advance."""
     run_distributed(non_finite_worker, 2, (str(tmp_path),))
     for rank in range(2):
         result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
-        assert sorted(result) == [1, 2, 3]
+        assert sorted(result) == sorted(str(case) for case in NON_FINITE_CASES)
         for stage, end in result.items():
-            assert end["applied"] == [False, True], stage
+            assert end["applied"] == [False, True, True], stage
             assert end["lr_after_skip"] == end["lr_clean"], stage
             for key, value in end["clean"].items():  # weights and BatchNorm running statistics
                 assert torch.equal(end["skipped_then_clean"][key], value), (stage, key)
