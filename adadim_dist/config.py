@@ -263,13 +263,6 @@ class Config(_Strict):
             )
         return self
 
-    @model_validator(mode="after")
-    def _remote_storage_needs_tracking_server(self) -> "Config":
-        if is_uri(self.run.storage_path) and self.tracking.uri is None and not os.environ.get("MLFLOW_TRACKING_URI"):
-            raise ValueError("tracking.uri: must name an MLflow server when run.storage_path is a URI "
-                             f"({self.run.storage_path}); the default sqlite file needs a local directory")
-        return self
-
 
 # ------------------------------------------------------------------------------------------------- loading
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -77,10 +77,12 @@ def run_sweep(sweep: SweepConfig, base: Config) -> dict[str, Any]:
     from ray.tune.search import BasicVariantGenerator
 
     from .data import prepare_datasets
-    from .training.driver import init_ray, read_run_file, resolve_paths, shutdown_ray, write_run_file
+    from .training.driver import (check_tracking_store, init_ray, read_run_file, resolve_paths, shutdown_ray,
+                                  write_run_file)
     from .training.tracking import MLflowSink, resolve_tracking_uri
 
     base = resolve_paths(base)
+    check_tracking_store(base)
     prepare_datasets(base.data, progress=True)
     storage = base.run.storage_path
     sweep_cfg = base.model_copy(update={"run": base.run.model_copy(update={"name": sweep.name})})

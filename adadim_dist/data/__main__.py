@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _write(args: argparse.Namespace) -> int:
     from .sources import read_source
-    from .writer import write_beton
+    from .writer import record_origin, write_beton
 
     if args.out.exists() and not args.overwrite:  # before reading a possibly large source
         raise FileExistsError(f"{args.out}: already exists (pass --overwrite to replace it)")
@@ -73,6 +73,9 @@ def _write(args: argparse.Namespace) -> int:
     summary = write_beton(image_set, args.out, as_rgb32=args.as_rgb32, limit=args.limit, overwrite=args.overwrite,
                           num_workers=args.num_workers, max_resolution=args.max_resolution,
                           progress=not args.quiet)  # fmt: skip
+    if args.imbalance_ratio is not None and args.limit is None:  # what data.train_imbalance_ratio checks for
+        record_origin(args.out, {"source": args.source, "split": args.split, "rows": None,
+                                 "imbalance_ratio": args.imbalance_ratio})
     print(summary.line())
     return 0
 

@@ -263,26 +263,29 @@ def ensure_beton(
 ):
     """Return the checked ``.beton`` at ``path``, writing it first from a built-in source if it is absent.
 
-    ``rows`` = (start, stop): only those images of the split (a validation split); the file then gets a
-    ``<path>.split.json`` record of its origin, and an existing file without the same record is refused, so a
-    held-out split can never silently be some other file (such as the real test set).
+    ``rows`` = (start, stop): only those images of the split (a validation split). With ``rows`` or
+    ``imbalance_ratio`` the file gets a ``<path>.split.json`` record of its origin, and an existing file without
+    the same record is refused: a held-out split can never silently be some other file (such as the real test
+    set), nor a long-tailed set a balanced one written earlier.
 
     Only the sources installed with the project (``fashion_mnist``, ``mnist``) are written on demand; for any
     other source a missing file is an error that names the ``write`` command to run. Call this once (from the
     driver or rank 0), not from every worker at once. ``imbalance_ratio`` writes a long-tailed subset
-    (``ImageSet.long_tailed``) when the file is absent; an existing file is used as it is.
+    (``ImageSet.long_tailed``).
     Returns :class:`~adadim_dist.data.beton.BetonInfo`.
     """
     from .beton import check_beton
 
     path = Path(path)
-    origin = None if rows is None else {"source": source, "split": split, "rows": list(rows)}
+    origin = None
+    if rows is not None or imbalance_ratio is not None:
+        origin = {"source": source, "split": split, "rows": None if rows is None else list(rows),
+                  "imbalance_ratio": imbalance_ratio}
     if path.exists() and origin is not None and _split_origin(path) != origin:
-        raise DataError(
-            f"{config_key}: {path} exists but is not the rows [{rows[0]}:{'' if rows[1] is None else rows[1]}] of "
-            f"{source}'s {split} split "
-            f"(no matching {_origin_path(path).name}); point {config_key} at a new file for the validation split"
-        )
+        what = (f"the rows [{rows[0]}:{'' if rows[1] is None else rows[1]}] of {source}'s {split} split"
+                if rows is not None else f"{source}'s {split} split long-tailed with ratio {imbalance_ratio:g}")
+        raise DataError(f"{config_key}: {path} exists but is not {what} (no matching {_origin_path(path).name}); "
+                        f"point {config_key} at a new file")
     if not path.exists():
         if source not in BUILTIN_SOURCES:
             rgb_flag = " --as-rgb32" if as_rgb32 else ""
@@ -297,9 +300,14 @@ def ensure_beton(
             image_set = image_set.rows(*rows)
         summary = write_beton(image_set, path, as_rgb32=as_rgb32, progress=progress)
         if origin is not None:
-            _origin_path(path).write_text(json.dumps(origin))
+            record_origin(path, origin)
         logger.info("%s", summary.line())
     return check_beton(path, need_labels=need_labels)
+
+
+def record_origin(path: Path, origin: dict) -> None:
+    """Write ``<path>.split.json``: which source, split, rows and imbalance ratio the file holds."""
+    _origin_path(Path(path)).write_text(json.dumps(origin))
 
 
 def _origin_path(path: Path) -> Path:

@@ -176,6 +176,7 @@ def fit(cfg: Config, fresh: bool = False) -> dict[str, Any]:
 
     stamps = {"command_started_at": process_started_at()}
     cfg = resolve_paths(cfg)
+    check_tracking_store(cfg)
     train_info, _ = prepare_datasets(cfg.data, progress=True)
     check_dataset_fits(cfg, train_info)
     check_knn_bank(cfg, train_info)
@@ -183,7 +184,6 @@ def fit(cfg: Config, fresh: bool = False) -> dict[str, Any]:
         start_fresh(cfg)
     check_resumable(cfg)
     changes = resume_changes(cfg)
-    check_tracking_store(cfg)
     fail_fast_http()
     try:
         check_reachable(resolve_tracking_uri(cfg.tracking.uri, cfg.run.storage_path))  # a down server: seconds
@@ -269,6 +269,11 @@ def fail_fast_http() -> None:
 
 
 def check_tracking_store(cfg: Config) -> None:
+    """The tracking store must work from every node. Checked here, with the driver's environment, not in the
+    config's validation, which the workers repeat in theirs (where MLFLOW_TRACKING_URI may not be set)."""
+    if is_uri(cfg.run.storage_path) and cfg.tracking.uri is None and not os.environ.get("MLFLOW_TRACKING_URI"):
+        raise ConfigError("tracking.uri: must name an MLflow server when run.storage_path is a URI "
+                          f"({cfg.run.storage_path}); the default sqlite file needs a local directory")
     uri = resolve_tracking_uri(cfg.tracking.uri, cfg.run.storage_path)
     unsafe = network_sqlite_store(uri)
     if unsafe:
@@ -290,6 +295,9 @@ def warn_if_sqlite_across_nodes(cfg: Config) -> None:
                        uri, len(nodes))
 
 
+ADDED_SINCE = "(absent: the key was added after this run started)"
+
+
 def resume_changes(cfg: Config) -> list[tuple[str, Any, Any]] | None:
     """What this start changes in a run that started before: [(key, was, now)], [] for an unchanged resume,
     None on a first start. A *finished* job with changes is refused: it would not be trained again, so the
@@ -297,8 +305,13 @@ def resume_changes(cfg: Config) -> list[tuple[str, Any, Any]] | None:
     previous = read_run_file(cfg, "config.yaml")
     if not previous:
         return None
-    was, now = flatten(with_defaults(yaml.safe_load(previous))), flatten(cfg)
+    saved = yaml.safe_load(previous)
+    was, now = flatten(with_defaults(saved)), flatten(cfg)
     changes = [(key, was.get(key), now.get(key)) for key in sorted(set(was) | set(now)) if was.get(key) != now.get(key)]
+    # Keys added to the service since the run started take their defaults, which may not be how the run was
+    # trained (model.sync_batchnorm came after runs with per-worker BatchNorm): recorded, not refused.
+    saved_keys, changed = set(flatten(saved)), {key for key, _, _ in changes}
+    added = [(key, ADDED_SINCE, value) for key, value in now.items() if key not in saved_keys | changed]
     checkpoint = local_resume_checkpoint(cfg)
     done = load_state(checkpoint)["epoch"] if checkpoint is not None else 0
     if changes and done >= cfg.training.epochs:
@@ -310,7 +323,7 @@ def resume_changes(cfg: Config) -> list[tuple[str, Any, Any]] | None:
             f"train and would report the old result, ignoring what changed: {listed}{more}. Start a new job with "
             "another run.name, or add --fresh to redo this one (the old run directory is kept aside)"
         )
-    return changes
+    return changes + added
 
 
 def record_resume(sink: MLflowSink, cfg: Config, changes: list[tuple[str, Any, Any]]) -> None:

@@ -172,7 +172,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
             # The consolidated state (every rank calls it: a collective under ZeRO-3, where each rank's module
             # holds only shards) is what is checked, evaluated and exported.
             final_state = engine.full_state_dict()
-            if not state_is_finite(final_state):
+            if not state_is_finite_on_every_rank(final_state, device):
                 raise NonFiniteLossError(f"non-finite parameters or BatchNorm statistics after epoch {epoch + 1}: "
                                          "checkpoint not written")
             _say(rank, f"epoch {epoch + 1} parameter fingerprint {parameter_fingerprint(final_state)}")
@@ -392,6 +392,13 @@ def train_epoch(engine, objective, loader, num_steps, epoch, cfg: Config, sink, 
 def state_is_finite(state: dict[str, torch.Tensor]) -> bool:
     """Parameters *and* buffers: a diverged forward pass moves BatchNorm's running statistics too."""
     return all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point())
+
+
+def state_is_finite_on_every_rank(state: dict[str, torch.Tensor], device) -> bool:
+    """Whether every rank's state is finite (a collective): each rank's BatchNorm statistics are its own under
+    per-worker BatchNorm, and ranks that decided alone would part ways (one saving, one stopping: a hang)."""
+    finite = torch.tensor([float(state_is_finite(state))], device=device)
+    return all_reduce_mean(finite).item() == 1.0
 
 
 def parameter_fingerprint(state: dict[str, torch.Tensor]) -> str:

@@ -173,6 +173,17 @@ def test_prepare_writes_a_long_tailed_training_file_from_the_config(tmp_path):
     train, test = prepare_datasets(cfg)
     expected = len(read_source("mnist", "train").long_tailed(100))
     assert train.num_samples == expected < 60000 // 3 and test.num_samples == 10000  # the test set stays whole
+    # An existing file is used only if it was written with this ratio: another ratio, or a balanced file, is
+    # refused (the ratio is logged as a param, so silently training on another file would mislabel the run).
+    other = DataConfig(source="mnist", train_path=tmp_path / "lt.beton", test_path=tmp_path / "t.beton",
+                       train_imbalance_ratio=10)
+    with pytest.raises(DataError, match=r"^data\.train_path: .*lt\.beton exists but is not mnist's train split "
+                                        r"long-tailed with ratio 10"):
+        prepare_datasets(other)
+    balanced = DataConfig(source="mnist", train_path=tmp_path / "t.beton", test_path=tmp_path / "t.beton",
+                          train_imbalance_ratio=100)
+    with pytest.raises(DataError, match=r"^data\.train_path: "):
+        prepare_datasets(balanced)
 
 
 def test_module_entry_point_exits_2_with_one_line(tmp_path):

@@ -32,3 +32,15 @@ def resume_worker(rank: int, world_size: int, root: str, epochs_by_rank: list[li
     except ResumeMismatchError as err:
         outcome = {"error": str(err)}
     Path(root, f"outcome{rank}.json").write_text(json.dumps(outcome))
+
+
+def finiteness_worker(rank: int, world_size: int, root: str) -> None:
+    """Rank 1's BatchNorm statistics are NaN, rank 0's finite: every rank must get the same answer."""
+    import torch
+
+    from adadim_dist.training.worker import state_is_finite_on_every_rank
+
+    state = {"weight": torch.ones(3), "running_mean": torch.full((3,), float("nan") if rank == 1 else 0.0)}
+    both = state_is_finite_on_every_rank(state, torch.device("cpu"))
+    clean = state_is_finite_on_every_rank({"weight": torch.ones(3)}, torch.device("cpu"))
+    Path(root, f"finite{rank}.json").write_text(json.dumps([both, clean]))

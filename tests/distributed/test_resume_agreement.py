@@ -1,4 +1,5 @@
-"""Rank 0 chooses the resume checkpoint for every rank (shared storage may show ranks different listings)."""
+"""Decisions every rank must share: the resume checkpoint (rank 0 chooses; shared storage may show ranks
+different listings) and whether the state is finite before a checkpoint."""
 
 import json
 from pathlib import Path
@@ -36,3 +37,11 @@ def test_a_rank_that_cannot_see_rank_0s_checkpoint_stops_every_rank_with_one_lin
 
 def test_no_checkpoint_on_rank_0_is_a_fresh_start_everywhere(tmp_path):
     assert outcomes(tmp_path, [[], [1]]) == [{"fresh": True}, {"fresh": True}]
+
+
+def test_ranks_agree_on_whether_the_state_is_finite_before_saving(tmp_path):
+    """Under per-worker BatchNorm each rank's statistics are its own: one NaN rank stops every rank."""
+    from .resume_workers import finiteness_worker
+
+    run_ranks(finiteness_worker, 2, (str(tmp_path),))
+    assert [json.loads(Path(tmp_path, f"finite{r}.json").read_text()) for r in range(2)] == [[False, True]] * 2

@@ -43,8 +43,22 @@ def test_relative_paths_become_absolute_and_uris_stay(tmp_path, monkeypatch):
     assert cfg.data.train_path == tmp_path / "d" / "train.beton" and cfg.run.storage_path == str(tmp_path / "runs")
     remote = resolve_paths(load_config(None, ["run.storage_path=s3://bucket/runs", "tracking.uri=http://m:5000"]))
     assert remote.run.storage_path == "s3://bucket/runs"
+
+
+
+def test_remote_storage_needs_a_tracking_server_named_in_the_drivers_environment(monkeypatch):
+    """Checked by the driver with its own environment; the workers re-validate the config in theirs, where a
+    MLFLOW_TRACKING_URI set on the driver only may be absent, and must not fail there."""
+    from adadim_dist.config import config_from_dict
+    from adadim_dist.training.driver import check_tracking_store
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    cfg = load_config(None, ["run.storage_path=s3://bucket/runs"])
+    check_tracking_store(cfg)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert config_from_dict(cfg.model_dump(mode="json")) == cfg  # a worker without the variable
     with pytest.raises(ConfigError, match="^tracking.uri: must name an MLflow server"):
-        load_config(None, ["run.storage_path=s3://bucket/runs"])
+        check_tracking_store(cfg)
 
 
 def test_ray_and_tracking_start_together_and_a_failure_of_either_undoes_the_other(monkeypatch):

@@ -27,7 +27,9 @@ def test_tracking_uri_is_the_config_key_then_the_environment_then_local_sqlite(t
     assert resolve_tracking_uri(None, tmp_path) == "http://mlflow:5000"
     assert resolve_tracking_uri("http://other:5000", tmp_path) == "http://other:5000"
     # The environment variable also satisfies object-store runs, which cannot keep a SQLite file.
-    assert load_config(None, ["run.storage_path=s3://bucket/runs"]).tracking.uri is None
+    from adadim_dist.training.driver import check_tracking_store
+
+    check_tracking_store(load_config(None, ["run.storage_path=s3://bucket/runs"]))
 
 
 @pytest.mark.parametrize("text, masked", [
@@ -59,10 +61,18 @@ def test_sqlite_on_a_network_file_system_is_named_and_refused(tmp_path):
 
 
 def test_the_multi_node_configs_name_a_tracking_server():
+    """The configs name the server (the parsed value, not a comment); where a cluster's nodes get it from the
+    environment instead, the launcher's start commands export it on the head and on every worker."""
+    import re
+
+    import yaml
+
     for name in ("cifar10_resnet18", "cifar100_resnet18", "imagenet100_resnet50"):
-        cfg = load_config(f"configs/{name}.yaml", [])
-        assert cfg.tracking.uri is None or cfg.tracking.uri.startswith("http"), name
-        assert cfg.tracking.uri is not None or "MLFLOW_TRACKING_URI" in open(f"configs/{name}.yaml").read(), name
+        assert load_config(f"configs/{name}.yaml", []).tracking.uri.startswith("http://"), name
+    launcher = yaml.safe_load(open("cluster/ray-cluster-gpu.yaml").read())
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):  # exported in the shell that starts Ray
+        assert any(re.search(r"export MLFLOW_TRACKING_URI=http[^;]*;\s*ray start", command)
+                   for command in launcher[key]), key
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -103,6 +113,19 @@ def test_a_resume_lists_what_it_changes(tmp_path):
                                                "optim.lr=0.1"]))
     assert resume_changes(changed) == [("optim.lr", 0.3, 0.1), ("training.epochs", 3, 5)]
     assert resume_changes(resolve_paths(load_config(None, [f"run.storage_path={tmp_path}", "run.name=new"]))) is None
+
+
+def test_keys_added_since_a_run_started_are_recorded_as_changes_on_resume(tmp_path):
+    """A run trained before model.sync_batchnorm existed resumes with its default (on): recorded, not silent."""
+    import yaml
+
+    from adadim_dist.training.driver import ADDED_SINCE
+
+    cfg = _started_job(tmp_path, 1)
+    saved = cfg.model_dump(mode="json")
+    del saved["model"]["sync_batchnorm"]  # as a config saved by an older version
+    write_run_file(cfg, "config.yaml", yaml.safe_dump(saved))
+    assert resume_changes(cfg) == [("model.sync_batchnorm", ADDED_SINCE, True)]
 
 
 def test_a_finished_job_with_a_changed_data_section_says_so_instead_of_reporting_the_old_result(tmp_path):
