@@ -57,7 +57,7 @@ def config_from_params(params: dict[str, str]):
 
 def load_encoder_and_config(args):
     """(encoder module in eval mode, validated Config, MLflow run id or None)."""
-    from .config import config_with_overrides, load_config
+    from .config import ConfigError, config_with_overrides, load_config
     from .models import build_model
     from .models.export import checkpoint_model_state
 
@@ -73,8 +73,19 @@ def load_encoder_and_config(args):
     from mlflow.artifacts import download_artifacts
     from mlflow.tracking import MlflowClient
 
+    from mlflow.exceptions import MlflowException
+
+    from .training.tracking import mask_credentials, sqlite_path
+
+    store_file = sqlite_path(args.tracking_uri or "")
+    if store_file is not None and not store_file.is_file():  # MLflow would create an empty store there
+        raise ConfigError(f"--tracking-uri: {store_file}: no such MLflow store")
     client = MlflowClient(tracking_uri=args.tracking_uri)
-    run = client.get_run(args.run_id)
+    try:
+        run = client.get_run(args.run_id)
+    except MlflowException as err:
+        where = mask_credentials(args.tracking_uri or "the default tracking store")
+        raise ConfigError(f"--run-id: no run {args.run_id} in {where} ({err.error_code})") from None
     cfg = load_config(args.config, args.overrides) if args.config else \
         config_with_overrides(config_from_params(run.data.params), args.overrides)
     path = download_artifacts(run_id=args.run_id, artifact_path="encoder", tracking_uri=args.tracking_uri)

@@ -22,6 +22,7 @@ PROG = "adadim_dist.data"
 #: Exception types that mean "the user asked for something impossible", reported in one line.
 USER_ERRORS = (DataError, ConfigError, FileNotFoundError, FileExistsError, IsADirectoryError,
                NotADirectoryError, PermissionError)  # fmt: skip
+MAX_PREVIEW_IMAGES = 64  # preview: one column per image
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     preview = commands.add_parser("preview", help="save a PNG of both views of the first images")
     preview.add_argument("path", type=Path)
     preview.add_argument("--out", required=True, type=Path, help="PNG file to write")
-    preview.add_argument("--num", type=int, default=8, help="number of images (default 8)")
+    preview.add_argument("--num", type=int, default=8,
+                         help=f"number of images (default 8, at most {MAX_PREVIEW_IMAGES})")
     preview.add_argument("--seed", type=int, default=0)
     preview.add_argument("--config", type=Path, help="take the view recipes from this config's data section")
     preview.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. data.view_b.blur_prob=1")
@@ -96,8 +98,8 @@ def _preview(args: argparse.Namespace) -> int:
     from ..config import load_config
     from .preview import save_preview
 
-    if args.num < 1:
-        raise DataError(f"--num must be at least 1, got {args.num}")
+    if not 1 <= args.num <= MAX_PREVIEW_IMAGES:  # one column per image: a figure, not a dataset dump
+        raise DataError(f"--num must be between 1 and {MAX_PREVIEW_IMAGES}, got {args.num}")
     data_cfg = load_config(args.config, args.overrides).data
     save_preview(data_cfg, args.path, args.out, num_images=args.num, seed=args.seed)
     print(f"wrote {args.out}: views of {args.num} images from {args.path}")

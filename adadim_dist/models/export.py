@@ -26,7 +26,7 @@ def checkpoint_model_state(directory: Path) -> tuple[dict[str, torch.Tensor], di
     """(the whole model's state dict on CPU, the job's resolved config) of a DDP or DeepSpeed checkpoint
     directory (``<run.storage_path>/<run.name>/epoch_NNNN``)."""
     from ..distributed.engine import MODEL_STATE
-    from ..training.checkpoint import CheckpointError, load_state
+    from ..training.checkpoint import CheckpointError, load_state, load_tensors
 
     directory = Path(directory)
     if not directory.is_dir():
@@ -35,8 +35,13 @@ def checkpoint_model_state(directory: Path) -> tuple[dict[str, torch.Tensor], di
         config = load_state(directory)["config"]
     except CheckpointError as err:
         raise ExportError(f"--checkpoint: {err}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise ExportError(f"--checkpoint: {directory / 'state.pt'} holds no job config")
     if (directory / MODEL_STATE).is_file():
-        return torch.load(directory / MODEL_STATE, map_location="cpu", weights_only=True), config
+        try:
+            return load_tensors(directory / MODEL_STATE), config
+        except CheckpointError as err:
+            raise ExportError(f"--checkpoint: {err}") from None
     deepspeed_dir = directory / "deepspeed"
     if not deepspeed_dir.is_dir():
         raise ExportError(f"--checkpoint: {directory} holds neither {MODEL_STATE} (DDP) nor deepspeed/ (DeepSpeed)")
@@ -114,8 +119,11 @@ def load_encoder(path: str | Path) -> nn.Module:
     path = Path(path)
     if not path.is_file():
         raise ExportError(f"{path}: no such file")
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types for bad headers
+        raise ExportError(f"{path}: not a safetensors file ({type(err).__name__})") from None
     if "adadim.backbone" not in metadata:
         raise ExportError(f"{path}: not an encoder written by adadim_dist.export (no adadim.backbone metadata)")
     config = {key: metadata[f"adadim.{key}"] for key in ARCHITECTURE_KEYS}

@@ -39,7 +39,18 @@ def load_state(directory: Path) -> dict:
     path = Path(directory) / STATE_FILE
     if not path.is_file():
         raise CheckpointError(f"checkpoint: {directory} has no {STATE_FILE}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return load_tensors(path)
+
+
+def load_tensors(path: Path):
+    """``torch.load(weights_only=True)`` of a checkpoint file; a file that is not one (truncated, corrupt, not
+    written by torch.save) is a :class:`CheckpointError` naming it, not the unpickler's traceback."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - pickle, zip and unpickler errors alike
+        # The unpickler's own text suggests weights_only=False, which is exactly what must not be done here.
+        raise CheckpointError(f"checkpoint: {path} cannot be read: not a file torch.save wrote, or damaged "
+                              f"({type(err).__name__})") from None
 
 
 def _lookup(tree: dict, dotted: str):

@@ -246,3 +246,11 @@ def test_preview_writes_a_png(fmnist_beton, tmp_path, capsys):
     assert main(["preview", str(fmnist_beton), "--out", str(out), "--num", "4", "data.view_b.solarize_prob=1"]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
     assert "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("num", ["0", "65"])
+def test_preview_refuses_a_number_of_images_that_is_not_a_figure(fmnist_beton, tmp_path, capsys, num):
+    out = tmp_path / "views.png"
+    assert main(["preview", str(fmnist_beton), "--out", str(out), "--num", num]) == 2
+    assert capsys.readouterr().err.strip() == f"adadim_dist.data: error: --num must be between 1 and 64, got {num}"
+    assert not out.exists()

@@ -72,6 +72,25 @@ def test_offline_evaluation_errors_are_one_line(tmp_path, capsys):
     assert main(["--checkpoint", str(tmp_path / "nowhere")]) == 2
     assert capsys.readouterr().err.strip() == (
         f"adadim_dist.evaluate: error: --checkpoint: {tmp_path / 'nowhere'} is not a directory")
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "state.pt").write_bytes(b"not a checkpoint")
+    assert main(["--checkpoint", str(corrupt)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"adadim_dist.evaluate: error: --checkpoint: checkpoint: "
+                                              f"{corrupt / 'state.pt'} cannot be read")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert main(["--run-id", "0123abcd", "--tracking-uri", uri]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"adadim_dist.evaluate: error: --tracking-uri: {tmp_path / 'mlflow.db'}: no such MLflow store")
+    assert not (tmp_path / "mlflow.db").exists()  # nothing created
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(tracking_uri=uri).search_experiments()  # an existing, empty store
+    capsys.readouterr()
+    assert main(["--run-id", "0123abcd", "--tracking-uri", uri]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"adadim_dist.evaluate: error: --run-id: no run 0123abcd in {uri} (RESOURCE_DOES_NOT_EXIST)")
 
 
 def test_offline_evaluation_of_a_runs_mlflow_encoder_with_the_runs_params(tiny_betons, tmp_path, capsys):

@@ -101,6 +101,15 @@ def test_export_command_round_trip_gives_bit_identical_features(tmp_path, overri
     assert loaded.state_dict().keys() == encoder_state(model.state_dict()).keys()
 
 
+def test_load_encoder_of_a_file_that_is_not_an_export_is_one_error(tmp_path):
+    from adadim_dist.models import load_encoder
+    from adadim_dist.models.export import ExportError
+
+    (tmp_path / "bad.safetensors").write_bytes(b"\x05\x00garbage")
+    with pytest.raises(ExportError, match=r"bad\.safetensors: not a safetensors file"):
+        load_encoder(tmp_path / "bad.safetensors")
+
+
 def test_export_errors_are_one_line_and_write_nothing(tmp_path, capsys):
     from adadim_dist.export import main
 
@@ -110,6 +119,11 @@ def test_export_errors_are_one_line_and_write_nothing(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["--checkpoint", str(tmp_path / "empty"), "--out", str(out)]) == 2
     assert "has no state.pt" in capsys.readouterr().err and not out.exists()
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "state.pt").write_bytes(b"\x00garbage")
+    assert main(["--checkpoint", str(tmp_path / "corrupt"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "state.pt cannot be read: not a file torch.save wrote" in err and not out.exists()
     _, directory = _checkpoint(tmp_path, ["model.small_cnn_width=4"])
     out.write_text("keep me")
     assert main(["--checkpoint", str(directory), "--out", str(out)]) == 2
