@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -224,6 +225,15 @@ class TrackingConfig(_Strict):
     uri: str | None = None  # None = sqlite file under run.storage_path
     experiment: str = "adadim"
 
+    @model_validator(mode="after")
+    def _no_password_in_a_server_uri(self) -> "TrackingConfig":
+        # MLflow's HTTP client does not take credentials from the URI (it fails to connect), and a password in a
+        # config ends up in files and logs: the server's credentials come from the environment.
+        if self.uri and re.match(r"^https?://[^/@\s]*:[^/@\s]*@", self.uri):
+            raise ValueError("uri: an MLflow server's credentials go in MLFLOW_TRACKING_USERNAME and "
+                             "MLFLOW_TRACKING_PASSWORD, not in the URI (give tracking.uri as http://HOST:PORT)")
+        return self
+
 
 class RunConfig(_Strict):
     name: str = "fmnist-smoke"
@@ -346,6 +356,19 @@ def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
         return Config.model_validate(saved).model_dump(mode="json")
     except Exception:  # noqa: BLE001 - compared as it is
         return saved
+
+
+def storable(cfg: BaseModel | dict) -> dict[str, Any]:
+    """The config as written to files (config.yaml, checkpoints): every string with the credentials a URI can
+    carry masked (a database URI such as postgresql://user:pw@host/db), so no file a job writes holds them."""
+    from .training.tracking import mask_credentials
+
+    def masked(node):
+        if isinstance(node, dict):
+            return {key: masked(value) for key, value in node.items()}
+        return mask_credentials(node) if isinstance(node, str) else node
+
+    return masked(cfg.model_dump(mode="json") if isinstance(cfg, BaseModel) else cfg)
 
 
 def flatten(cfg: BaseModel | dict, prefix: str = "") -> dict[str, Any]:

@@ -164,14 +164,16 @@ def main(argv: list[str] | None = None) -> int:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         results, test, test_labels = evaluate(encoder, cfg, device)
     except (ConfigError, DataError, CheckpointError, ExportError, FileNotFoundError) as err:
-        print(f"adadim_dist.evaluate: error: {err}", file=sys.stderr)
+        print(f"adadim_dist.evaluate: error: {mask_credentials(str(err))}", file=sys.stderr)
         return 2
     out = args.out or Path("reports") / "evaluate" / cfg.run.name
     out.mkdir(parents=True, exist_ok=True)
     figure = embedding_map(test, test_labels, out / "embeddings_map.png")
     (out / "results.json").write_text(json.dumps(results, indent=1))
 
-    uri = args.tracking_uri or resolve_tracking_uri(cfg.tracking.uri, Path(cfg.run.storage_path))
+    # A checkpoint's config has credentials masked (config.storable): such a URI cannot be used.
+    saved_uri = cfg.tracking.uri if cfg.tracking.uri and "***" not in cfg.tracking.uri else None
+    uri = args.tracking_uri or resolve_tracking_uri(saved_uri, Path(cfg.run.storage_path))
     logged = False
     if run_id and not args.no_log:
         try:
@@ -183,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             client.log_artifact(run_id, str(figure), "eval_offline")
             logged = True
         except Exception as err:  # noqa: BLE001 - the results are printed and saved either way
-            logger.warning("could not log to MLflow run %s (%s: %s)", run_id, type(err).__name__, err)
+            logger.warning("could not log to MLflow run %s (%s: %s)", run_id, type(err).__name__,
+                           mask_credentials(str(err)))
     width = max(len(k) for k in results)
     print("\n".join(["", "=== offline evaluation ==="]
                     + [f"{key:<{width}} : {value:.2f}" for key, value in results.items()]

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from ..config import Config, ConfigError, flatten, is_uri, with_defaults
+from ..config import Config, ConfigError, flatten, is_uri, storable, with_defaults
 from .checkpoint import check_compatible, latest_complete_checkpoint, load_state
 from .progress import ProgressBoard, ProgressPrinter
 from .timing import describe_startup, process_started_at
@@ -126,7 +126,7 @@ def open_tracking(cfg: Config, parent_run_id: str | None = None, extra_params: d
         params = {**flatten(cfg), **(extra_params or {})}
         sink.log_params({key: mask_credentials(value) if isinstance(value, str) else value
                          for key, value in params.items()})
-        write_run_file(cfg, RUN_ID_FILE, json.dumps({"run_id": sink.run_id, "tracking_uri": uri}))
+        write_run_file(cfg, RUN_ID_FILE, json.dumps({"run_id": sink.run_id, "tracking_uri": mask_credentials(uri)}))
     return sink
 
 
@@ -195,7 +195,7 @@ def fit(cfg: Config, fresh: bool = False) -> dict[str, Any]:
     try:
         if changes is not None:
             record_resume(sink, cfg, changes)
-        write_run_file(cfg, "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        write_run_file(cfg, "config.yaml", yaml.safe_dump(storable(cfg), sort_keys=False))
         warn_if_sqlite_across_nodes(cfg)
         board = progress_board()
         with ProgressPrinter(board):
@@ -306,7 +306,7 @@ def resume_changes(cfg: Config) -> list[tuple[str, Any, Any]] | None:
     if not previous:
         return None
     saved = yaml.safe_load(previous)
-    was, now = flatten(with_defaults(saved)), flatten(cfg)
+    was, now = flatten(with_defaults(saved)), flatten(storable(cfg))  # compared as stored: credentials masked
     changes = [(key, was.get(key), now.get(key)) for key in sorted(set(was) | set(now)) if was.get(key) != now.get(key)]
     # Keys added to the service since the run started take their defaults, which may not be how the run was
     # trained (model.sync_batchnorm came after runs with per-worker BatchNorm): recorded, not refused.
@@ -340,7 +340,8 @@ def record_resume(sink: MLflowSink, cfg: Config, changes: list[tuple[str, Any, A
                            f"resume.{number}.changes": described[:7900]}.items():
             sink.client.set_tag(sink.run_id, key, value)
     except Exception as err:  # noqa: BLE001 - the record is worth a warning, not a lost job
-        logger.warning("tracking: could not record this resume in MLflow (%s: %s)", type(err).__name__, err)
+        logger.warning("tracking: could not record this resume in MLflow (%s: %s)", type(err).__name__,
+                       mask_credentials(str(err)))
         return
     if changes:
         logger.info("resume %d of run %s (from epoch %d) changes: %s", number, cfg.run.name, epoch, described)

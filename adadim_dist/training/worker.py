@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import Config, config_from_dict
+from ..config import Config, config_from_dict, storable
 from ..distributed import (
     all_gather_rows, all_gather_with_grad, all_reduce_mean, all_reduce_with_grad, broadcast_from, broadcast_from_rank0,
     gather_to, is_distributed, object_to,
@@ -223,7 +223,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
                             "adadim": objective.state_dict(),
                             "loader_seed": cfg.training.seed,
                             "mlflow_run_id": sink.run_id or run_id,
-                            "config": cfg.model_dump(mode="json"),
+                            "config": storable(cfg),
                             "files": shard_files,  # every rank's part: a checkpoint is complete with all of them
                             "metrics": {k: float(v) for k, v in metrics.items()},  # reported again on a re-run
                         },

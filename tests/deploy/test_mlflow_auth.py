@@ -98,13 +98,43 @@ def test_a_job_logs_in_with_the_credentials_of_its_environment_and_logs_none(aut
         open_tracking(resolve_paths(load_config(None, [f"run.storage_path={tmp_path}", "run.name=refused"])))
 
 
-def test_credentials_in_a_tracking_uri_are_masked_in_params_and_messages(auth_server, tmp_path, monkeypatch):
-    from adadim_dist.config import load_config
-    from adadim_dist.training.driver import TrackingUnavailableError, open_tracking, resolve_paths
+def test_credentials_in_a_server_uri_are_refused_in_one_line_that_says_where_they_go(tmp_path):
+    """MLflow's HTTP client cannot use them (it fails to connect while the server is up), and a config's URI is
+    written to files: refused before anything starts, the password never echoed."""
+    from adadim_dist.config import ConfigError, load_config
 
-    host = auth_server["uri"].removeprefix("http://")
-    cfg = resolve_paths(load_config(None, [f"run.storage_path={tmp_path}", "run.name=inline",
-                                           f"tracking.uri=http://{ADMIN}:{PASSWORD}@{host}"]))
-    with pytest.raises(TrackingUnavailableError) as raised:
-        open_tracking(cfg)  # MLflow does not take credentials from the URI; the message must not show them
-    assert PASSWORD not in str(raised.value) and f"http://***@{host}" in str(raised.value)
+    with pytest.raises(ConfigError) as raised:
+        load_config(None, [f"run.storage_path={tmp_path}", f"tracking.uri=http://{ADMIN}:{PASSWORD}@127.0.0.1:5000"])
+    message = str(raised.value)
+    assert message.startswith("tracking.uri: an MLflow server's credentials go in MLFLOW_TRACKING_USERNAME and "
+                              "MLFLOW_TRACKING_PASSWORD") and PASSWORD not in message and "\n" not in message
+
+
+def test_no_file_a_job_writes_and_no_line_it_prints_holds_the_password(auth_server, tiny_betons, tmp_path,
+                                                                      ray_cluster):
+    """A whole job against the authenticated server, credentials from the environment: every file under its
+    storage (config.yaml, checkpoints' state.pt, mlflow_run.json, logs) and its output are free of them."""
+    from ..conftest import run_cli
+
+    out = run_cli(["--config", str(REPO / "configs/fmnist_smoke.yaml"), f"run.storage_path={tmp_path / 'runs'}",
+                   f"data.train_path={tiny_betons['train']}", f"data.test_path={tiny_betons['test']}",
+                   "run.name=secrets", "training.epochs=1", "training.max_steps_per_epoch=2",
+                   "training.global_batch_size=64", "eval.bank_size=256", "eval.knn_k=[5]", "eval.baselines=false",
+                   "eval.every_epochs=1", "tracking.experiment=secrets"], cwd=REPO,
+                  env={**ray_cluster["env"], "MLFLOW_TRACKING_URI": auth_server["uri"],
+                       "MLFLOW_TRACKING_USERNAME": ADMIN, "MLFLOW_TRACKING_PASSWORD": PASSWORD})
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert PASSWORD not in out.stdout + out.stderr
+    written = [path for path in (tmp_path / "runs").rglob("*") if path.is_file()]
+    assert any(path.name == "state.pt" for path in written) and any(path.name == "config.yaml" for path in written)
+    assert [path for path in written if PASSWORD.encode() in path.read_bytes()] == []
+
+
+def test_database_uris_are_masked_in_every_stored_config():
+    """A database store's URI (postgresql://user:pw@host/db) can only carry its password inline: what a job
+    stores (config.yaml, checkpoints) has it masked."""
+    from adadim_dist.config import load_config, storable
+
+    cfg = load_config(None, [f"tracking.uri=postgresql://mlflow:{PASSWORD}@db:5432/mlflow"])
+    assert storable(cfg)["tracking"]["uri"] == "postgresql://***@db:5432/mlflow"
+    assert PASSWORD not in str(storable(cfg))
