@@ -152,7 +152,9 @@ class DeepSpeedEngine:
             "train_micro_batch_size_per_gpu": batch_size_per_worker,
             "gradient_accumulation_steps": 1,
             "zero_optimization": {"stage": ds_cfg.zero_stage},
-            "torch_autocast": {"enabled": bool(use_amp), "dtype": "bfloat16"},
+            # No module reduces its gradients in bf16 (DeepSpeed's default does so for Linear and Conv): all-reduce
+            # in fp32 as DDP does, so one config means the same optimizer under both strategies.
+            "torch_autocast": {"enabled": bool(use_amp), "dtype": "bfloat16", "lower_precision_safe_modules": []},
             # DeepSpeed 0.19 clips the global gradient norm to 1.0 unless told otherwise; DDP does not clip, and
             # the same config must mean the same optimizer under both strategies.
             "gradient_clipping": 0.0,

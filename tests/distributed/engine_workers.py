@@ -129,10 +129,18 @@ def mixed_precision_worker(rank: int, world_size: int, out_dir: str) -> None:
             # A batch large enough for I(R;Z) to be a small difference of large entropies, as in training.
             engine = make_engine(strategy, stage, "sgd", rank, world_size, use_amp=use_amp, global_batch=256)
             view_a, view_b = batch(0, rank, world_size, global_batch=256)
+            # What the convolutions computed in: proof that autocast ran, whatever dtype the outputs come back in.
+            inner = []
+            hooks = [m.register_forward_hook(lambda _m, _i, out: inner.append(out.dtype))
+                     for m in engine.module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
             r_a, z_a, _ = engine(view_a)
             r_b, z_b, _ = engine(view_b)
+            for hook in hooks:
+                hook.remove()
             results[f"{name}_{'bf16' if use_amp else 'fp32'}"] = {
-                "outputs": [t.detach() for t in (r_a, r_b, z_a, z_b)]
+                "outputs": [t.detach() for t in (r_a, r_b, z_a, z_b)], "inner_dtypes": sorted({str(d) for d in inner}),
+                # DeepSpeed marks the parameters whose gradients it all-reduces in the autocast dtype.
+                "reduced_in_bf16": sorted(n for n, p in engine.module.named_parameters() if hasattr(p, "comm_dtype")),
             }
     torch.save(results, Path(out_dir, f"rank{rank}.pt"))
 

@@ -80,10 +80,18 @@ def test_objective_sees_float32_under_bf16_autocast(tmp_path):
     for engine in ("ddp", "zero2"):
         outputs = {}
         for precision in ("fp32", "bf16"):
-            shards = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True)[f"{engine}_{precision}"]["outputs"]
-                      for r in range(2)]
+            results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True)[f"{engine}_{precision}"]
+                       for r in range(2)]
+            shards = [result["outputs"] for result in results]
             assert all(t.dtype == torch.float32 for shard in shards for t in shard), (engine, precision)
+            # bf16 really ran inside (every convolution and linear layer), and not at all in the fp32 step.
+            want = "torch.bfloat16" if precision == "bf16" else "torch.float32"
+            assert all(result["inner_dtypes"] == [want] for result in results), (engine, precision, results[0])
+            # Gradients are all-reduced in fp32 under both strategies (DeepSpeed's default would mark every
+            # Linear and Conv weight for bf16 reduction; DDP never reduces in bf16).
+            assert all(result["reduced_in_bf16"] == [] for result in results), (engine, precision)
             outputs[precision] = [torch.cat([shards[0][i], shards[1][i]]) for i in range(4)]  # global batch
+        assert not torch.equal(outputs["bf16"][2], outputs["fp32"][2])  # the encoder's rounding shows
         stats = {p: AdaDim()(*outputs[p])[1] for p in outputs}
         assert stats["bf16"]["adadim/alpha"] == pytest.approx(stats["fp32"]["adadim/alpha"], rel=0.01)
         mi_fp32, mi_bf16 = float(stats["fp32"]["info/mi_rz"]), float(stats["bf16"]["info/mi_rz"])
