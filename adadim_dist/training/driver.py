@@ -22,7 +22,8 @@ from ..config import Config, ConfigError, flatten, is_uri, storable, with_defaul
 from .checkpoint import check_compatible, latest_complete_checkpoint, load_state
 from .progress import ProgressBoard, ProgressPrinter
 from .timing import describe_startup, process_started_at
-from .tracking import MLflowSink, check_reachable, mask_credentials, network_sqlite_store, resolve_tracking_uri
+from .tracking import (MLflowSink, check_reachable, mask_credentials, network_sqlite_store, refused_status,
+                       resolve_tracking_uri)
 
 logger = logging.getLogger(__name__)
 RUN_ID_FILE = "mlflow_run.json"
@@ -120,6 +121,11 @@ def open_tracking(cfg: Config, parent_run_id: str | None = None, extra_params: d
     except ConnectionError as err:
         raise TrackingUnavailableError(mask_credentials(f"tracking.uri: {err}")) from None
     except Exception as err:
+        refused = refused_status(err)
+        if refused is not None:  # not an outage: one line that says what to fix
+            raise TrackingUnavailableError(mask_credentials(
+                f"tracking.uri: MLflow at {uri} refused the credentials (HTTP {refused}); set "
+                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account of that server")) from None
         raise TrackingUnavailableError(
             mask_credentials(f"tracking.uri: cannot use MLflow at {uri} ({type(err).__name__}: {err})")) from None
     if previous is None:

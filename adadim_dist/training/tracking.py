@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,14 @@ def get_or_create_experiment(client, name: str, storage_path: Path, local_store:
         return experiment.experiment_id
 
 
+def refused_status(err: Exception) -> int | None:
+    """401 or 403 when MLflow refused the credentials (not an outage: retrying will not help), else None."""
+    status = getattr(err, "get_http_status_code", lambda: None)()
+    if status in (401, 403):
+        return status
+    return {"UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403}.get(getattr(err, "error_code", ""))
+
+
 def cpu_model() -> str:
     """The CPU's model name and core count (``/proc/cpuinfo``; the platform's processor elsewhere)."""
     import platform
@@ -129,15 +138,25 @@ class MetricsSink:
 
 
 class MLflowSink(MetricsSink):
+    MAX_PENDING = 200_000  # metric values queued while the server is unreachable (~1,000 steps of every metric)
+
     def __init__(self, tracking_uri: str, experiment: str, run_name: str, storage_path: Path,
                  run_id: str | None = None, tags: dict[str, str] | None = None,
-                 parent_run_id: str | None = None) -> None:
+                 parent_run_id: str | None = None, overflow_path: Path | None = None) -> None:
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri=tracking_uri)
-        self._pending: list = []
+        self._pending: list = []  # queued metric values, oldest first (the sender removes them once sent)
         self._pending_status: str | None = None
         self._outage_reported = False
+        self.overflow_path = overflow_path
+        self._lock = threading.Lock()  # guards _pending
+        self._send_lock = threading.Lock()  # held while a chunk is on its way
+        self._wake = threading.Event()
+        self._sender: threading.Thread | None = None
+        self._stopping = False
+        self._failing = False
+        self._attempts = 0
         local = tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
         self.experiment_id: str | None = None
         if run_id is not None:
@@ -158,54 +177,131 @@ class MLflowSink(MetricsSink):
             self.run_id = run.info.run_id
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        """Send metrics; while the tracking server is unreachable they are buffered (training goes on) and
-        sent, in order, by the first call that succeeds again."""
+        """Queue metrics and return at once: a background thread sends them in order, retrying with back-off
+        while the server is unreachable, so training never waits on tracking (MLflow's own retries take ~2 s,
+        and ~22 s when requests time out). At most ``MAX_PENDING`` values are kept; beyond that the oldest go
+        to ``overflow_path`` (replayable), or are dropped with a warning when the sink has none."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self._pending.extend(Metric(key, float(value), now, step) for key, value in metrics.items())
-        self.flush()
+        with self._lock:
+            self._pending.extend(Metric(key, float(value), now, step) for key, value in metrics.items())
+            overflow = len(self._pending) - self.MAX_PENDING
+        if overflow > 0:
+            self._shed(overflow)
+        self._start_sender()
+        self._wake.set()
 
-    def flush(self) -> bool:
-        """Send what is buffered; False while the server is still unreachable."""
-        while self._pending:
-            chunk = self._pending[:1000]  # MLflow's per-request limit
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until everything queued is sent; False once the server has failed again, or after
+        ``timeout_s``. During an outage it waits for one more attempt only, not for the outage to end."""
+        self._start_sender()
+        attempts = self._attempts
+        self._wake.set()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._pending:
+                    return True
+            if self._attempts > attempts and self._failing:
+                return False
+            time.sleep(0.02)
+        return False
+
+    def _start_sender(self) -> None:
+        if self._sender is None:
+            self._sender = threading.Thread(target=self._send_loop, name="mlflow-sink", daemon=True)
+            self._sender.start()
+
+    def _send_loop(self) -> None:
+        delay = 0.0
+        while not self._stopping:
+            self._wake.wait(timeout=delay or None)
+            self._wake.clear()
+            while not self._stopping and self._send_chunk():
+                pass
+            # Back off while failing: 1 s, doubling to 30 s; a flush or a new value wakes it at once.
+            delay = min(max(2 * delay, 1.0), 30.0) if self._failing else 0.0
+
+    def _send_chunk(self) -> bool:
+        """Send the oldest values (MLflow's per-request limit); True when more can be sent at once."""
+        with self._send_lock:
+            with self._lock:
+                chunk = self._pending[:1000]
+            if not chunk:
+                return False
             try:
                 self.client.log_batch(self.run_id, metrics=chunk, synchronous=True)
             except Exception as err:  # noqa: BLE001 - any transport error means "try again later"
-                if not self._outage_reported:
-                    logger.warning("MLflow unreachable (%s): buffering %d metric values, training continues",
-                                   type(err).__name__, len(self._pending))
-                    self._outage_reported = True
+                self._note_failure(err)
+                self._attempts += 1
                 return False
-            del self._pending[: len(chunk)]
-            if self._outage_reported and not self._pending:
+            with self._lock:
+                del self._pending[: len(chunk)]
+                left = len(self._pending)
+            self._failing = False
+            self._attempts += 1
+            if self._outage_reported and not left:
                 logger.warning("MLflow reachable again: buffered metrics sent")
                 self._outage_reported = False
-        return True
+            return True
 
-    def spill(self, path: Path) -> int:
-        """Write still-unsent metrics as JSON lines (key, value, timestamp, step), and the run's final status
-        if ``close`` could not set it; returns how many metric values."""
-        if not self._pending and self._pending_status is None:
-            return 0
+    def _note_failure(self, err: Exception) -> None:
+        self._failing = True
+        if self._outage_reported:
+            return
+        self._outage_reported = True
+        status = refused_status(err)
+        if status is not None:
+            # Not an outage: waiting will not help. Said once, loudly; the values stay queued and go to the
+            # unsent-metrics file at the epoch's end, to replay once the credentials are fixed.
+            logger.error("MLflow refused this job's credentials mid-run (HTTP %d): metrics are kept and written to "
+                         "the unsent-metrics file; check MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD and "
+                         "replay it", status)
+        else:
+            with self._lock:
+                queued = len(self._pending)
+            logger.warning("MLflow unreachable (%s): %d metric values queued, training continues",
+                           type(err).__name__, queued)
+
+    def _shed(self, count: int) -> None:
+        """The oldest ``count`` queued values go to ``overflow_path`` (or are dropped): the queue is bounded."""
+        with self._send_lock, self._lock:
+            oldest, self._pending[:count] = self._pending[:count], []
+        if self.overflow_path is not None:
+            self._write_rows(self.overflow_path, oldest)
+        else:
+            logger.warning("MLflow sink: %d queued metric values dropped (queue full, no overflow file)", count)
+
+    def _write_rows(self, path: Path, metrics: list) -> None:
         import json
 
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a") as handle:
-            for m in self._pending:
+            for m in metrics:
                 handle.write(json.dumps({"run_id": self.run_id, "key": m.key, "value": m.value,
                                          "timestamp": m.timestamp, "step": m.step}) + "\n")
-            if self._pending_status is not None:
+
+    def spill(self, path: Path) -> int:
+        """Write still-unsent metrics as JSON lines (key, value, timestamp, step), and the run's final status
+        if ``close`` could not set it; returns how many metric values. Waits for a send in flight, so no value
+        is both sent and written."""
+        with self._send_lock, self._lock:
+            unsent, self._pending = self._pending, []
+        if not unsent and self._pending_status is None:
+            return 0
+        import json
+
+        self._write_rows(Path(path), unsent)
+        if self._pending_status is not None:
+            with Path(path).open("a") as handle:
                 handle.write(json.dumps({"run_id": self.run_id, "status": self._pending_status,
                                          "end_time": int(time.time() * 1000)}) + "\n")
-        count = len(self._pending)
         logger.warning("MLflow still unreachable: %d metric values%s written to %s (replay with "
-                       "python -m adadim_dist.training.tracking replay %s)", count,
+                       "python -m adadim_dist.training.tracking replay %s)", len(unsent),
                        f" and the run's status {self._pending_status}" if self._pending_status else "", path, path)
-        self._pending.clear()
         self._pending_status = None
-        return count
+        return len(unsent)
 
     def record_machine(self, start_epoch: int) -> None:
         """Tag the CPU model this start trains on (``machine.cpu``), and every start's model in
@@ -234,7 +330,10 @@ class MLflowSink(MetricsSink):
 
     def close(self, status: str = "FINISHED") -> bool:
         """End the run with ``status``; False (status kept for ``spill``) while MLflow is unreachable."""
-        if self.flush():
+        sent = self.flush(timeout_s=30.0)
+        self._stopping = True
+        self._wake.set()
+        if sent:
             try:
                 self.client.set_terminated(self.run_id, status=status)
                 return True

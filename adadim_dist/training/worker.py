@@ -131,7 +131,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
         sink = MLflowSink(
             config_dict.get("tracking_uri") or resolve_tracking_uri(cfg.tracking.uri, cfg.run.storage_path),
             cfg.tracking.experiment,
-            cfg.run.name, cfg.run.storage_path, run_id=run_id,
+            cfg.run.name, cfg.run.storage_path, run_id=run_id, overflow_path=unsent_metrics_path(cfg),
         )
         sink.record_machine(start_epoch)
 

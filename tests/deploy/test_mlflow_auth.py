@@ -94,7 +94,8 @@ def test_a_job_logs_in_with_the_credentials_of_its_environment_and_logs_none(aut
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "not-the-password")
     from adadim_dist.training.driver import TrackingUnavailableError
 
-    with pytest.raises(TrackingUnavailableError, match="^tracking.uri: cannot use MLflow at http://127.0.0.1"):
+    with pytest.raises(TrackingUnavailableError, match=r"^tracking.uri: MLflow at http://127.0.0.1:\d+ refused the "
+                                                       r"credentials \(HTTP 401\); set MLFLOW_TRACKING_USERNAME"):
         open_tracking(resolve_paths(load_config(None, [f"run.storage_path={tmp_path}", "run.name=refused"])))
 
 
