@@ -112,3 +112,20 @@ def test_the_trainer_starts_no_ray_data_actor_without_ray_datasets(tmp_path):
     ours, rays = callbacks(torch_trainer_class()), callbacks(TorchTrainer)
     assert issubclass(torch_trainer_class(), TorchTrainer) and DatasetsCallback in rays
     assert ours == [kind for kind in rays if kind is not DatasetsCallback]
+
+
+def test_the_private_ray_and_deepspeed_hooks_the_service_uses_are_where_it_looks():
+    """The service reaches into three private places (each falls back to doing nothing, which is safe but slower
+    or wrong): Ray Data's autoscaling coordinator (started early), Ray Train's dataset hook (left out; tested
+    above) and DeepSpeed's ZeRO-3 overflow clean-up (a skipped step). An upgrade that moves one fails here."""
+    import deepspeed
+    import ray
+    from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3
+    from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
+    from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (  # noqa: F401
+        get_or_create_autoscaling_coordinator,
+    )
+
+    assert (ray.__version__, deepspeed.__version__) == ("2.60.0", "0.19.8"), "re-check these hooks after an upgrade"
+    assert callable(DeepSpeedZeroOptimizer_Stage3._overflow_clean_up)
+    assert callable(DeepSpeedZeroOptimizer.reset_cpu_buffers) and callable(DeepSpeedZeroOptimizer.has_overflow)
