@@ -69,10 +69,12 @@ def print_where_to_look(summary: dict) -> None:
         lines.append(f"tracking: {summary['tracking']}")
     lines.append(f"checkpoint: {summary['checkpoint']}")
     uri = summary["tracking_uri"]
-    if uri.startswith(("http://", "https://")):
+    if not uri.startswith(("http://", "https://")):
+        lines.append(f"MLflow UI:  mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000, then")
+    if summary.get("run_page"):
+        lines.append(f"this run:   {summary['run_page']}")  # metrics and charts one click away
+    elif uri.startswith(("http://", "https://")):
         lines.append(f"MLflow UI:  {uri}")
-    else:
-        lines.append(f"MLflow UI:  mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
     print("\n".join(lines), flush=True)
 
 

@@ -23,7 +23,7 @@ from .checkpoint import check_compatible, latest_complete_checkpoint, load_state
 from .progress import ProgressBoard, ProgressPrinter
 from .timing import describe_startup, process_started_at
 from .tracking import (MLflowSink, check_reachable, mask_credentials, network_sqlite_store, refused_status,
-                       resolve_tracking_uri)
+                       resolve_tracking_uri, run_page)
 
 logger = logging.getLogger(__name__)
 RUN_ID_FILE = "mlflow_run.json"
@@ -482,6 +482,8 @@ def summarise(cfg: Config, sink: MLflowSink, result) -> dict[str, Any]:
         "resumed_from_epoch": int(result.metrics.get("resumed_from_epoch", 0)) if result.metrics else 0,
         "checkpoint": checkpoint,
         "tracking_uri": mask_credentials(resolve_tracking_uri(cfg.tracking.uri, cfg.run.storage_path)),
+        "run_page": run_page(resolve_tracking_uri(cfg.tracking.uri, cfg.run.storage_path), sink.experiment_id,
+                             sink.run_id) if sink.experiment_id else None,
     }
     startup = describe_startup(metrics)
     if startup is not None:

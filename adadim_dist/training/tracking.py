@@ -80,19 +80,32 @@ def network_sqlite_store(tracking_uri: str, mounts_text: str | None = None) -> s
     return None
 
 
+# MLflow 3's UI opens an experiment without a kind on its GenAI view (traces, "no data"): these are training runs.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def get_or_create_experiment(client, name: str, storage_path: Path, local_store: bool) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
+        if not set(EXPERIMENT_KIND.items()) <= set((experiment.tags or {}).items()):
+            for key, value in EXPERIMENT_KIND.items():  # experiments created before the tag existed
+                client.set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
     # A local store would otherwise put artifacts in ./mlruns of whatever directory the worker runs in.
     location = (Path(storage_path).resolve() / "mlartifacts").as_uri() if local_store else None
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
     except Exception:  # another process created it between the lookup and the create
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
             raise
         return experiment.experiment_id
+
+
+def run_page(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """Where a run's own page is: on the tracking server, or on ``mlflow ui`` (default port) for a local store."""
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return mask_credentials(f"{base}/#/experiments/{experiment_id}/runs/{run_id}")
 
 
 def refused_status(err: Exception) -> int | None:

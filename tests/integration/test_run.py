@@ -112,6 +112,11 @@ def test_ddp_run_logs_every_metric_and_checkpoints(job, tmp_path):
     assert run.data.params["training.strategy"] == "ddp" and run.data.params["training.num_workers"] == "2"
     assert 0.0 <= summary["final_alpha"] <= 1.0
     assert "encoder" in [a.path for a in client.list_artifacts(summary["run_id"])]
+    # The summary names the run's own page, in an experiment MLflow's UI opens on the training view.
+    assert summary["run_page"] == (f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/"
+                                   f"{summary['run_id']}")
+    assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert run.data.tags["machine.cpu"] and "from epoch 0: " in run.data.tags["machine.cpu_history"]
     # Dimensional-collapse diagnostics of every evaluation: spectra as JSON and a figure per epoch.
     spectra = sorted(a.path for a in client.list_artifacts(summary["run_id"], "spectrum"))
     assert spectra == [f"spectrum/epoch_000{e}.{ext}" for e in (1, 2) for ext in ("json", "png")]

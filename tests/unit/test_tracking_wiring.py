@@ -156,3 +156,20 @@ def test_only_user_errors_are_one_line_exit_2_and_bugs_keep_their_traceback(monk
     monkeypatch.setattr(driver, "fit", fail_with(ValueError("math domain error")))
     with pytest.raises(ValueError, match="math domain error"):  # uncaught: Python prints it and exits 1
         run.main([])
+
+
+def test_experiments_are_tagged_as_model_development_and_the_summary_names_the_runs_page(tmp_path):
+    """MLflow 3's UI opens an experiment without a kind on its GenAI view; tagged, it opens on the runs."""
+    from mlflow.tracking import MlflowClient
+
+    from adadim_dist.training.tracking import EXPERIMENT_KIND, get_or_create_experiment, run_page
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    new = get_or_create_experiment(client, "fresh", tmp_path, local_store=True)
+    old = client.create_experiment("older", artifact_location=(tmp_path / "a").as_uri())  # made before the tag
+    assert get_or_create_experiment(client, "older", tmp_path, local_store=True) == old
+    for experiment_id in (new, old):
+        tags = client.get_experiment(experiment_id).tags
+        assert all(tags.get(k) == v for k, v in EXPERIMENT_KIND.items())
+    assert run_page("http://mlflow:5000/", "3", "abc") == "http://mlflow:5000/#/experiments/3/runs/abc"
+    assert run_page(f"sqlite:///{tmp_path}/mlflow.db", "3", "abc") == "http://127.0.0.1:5000/#/experiments/3/runs/abc"
