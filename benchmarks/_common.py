@@ -87,11 +87,15 @@ def checkout_at(repo, ref: str, parent):
 @contextlib.contextmanager
 def running_ray_cluster(parent):
     """A Ray head node started with ``ray start`` (token authentication on, dashboard on loopback), stopped on
-    exit: yields the environment a job needs to use it (``RAY_ADDRESS``), as on a user's running cluster."""
+    exit by killing its own processes (``ray stop`` would stop every Ray instance on the machine): yields the
+    environment a job needs to use it (``RAY_ADDRESS``), as on a user's running cluster."""
+    import signal
     import socket
     import subprocess
     import tempfile
     from pathlib import Path
+
+    import psutil
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -99,9 +103,21 @@ def running_ray_cluster(parent):
     ray = str(Path(sys.executable).parent / "ray")
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
     temp_dir = tempfile.mkdtemp(prefix="bench_ray_", dir="/tmp")  # short: Ray's socket paths have a limit
-    subprocess.run([ray, "start", "--head", f"--port={port}", "--dashboard-host=127.0.0.1", f"--temp-dir={temp_dir}",
-                    "--disable-usage-stats"], check=True, env=env, capture_output=True, cwd=parent)
+    log_path = Path(temp_dir) / "head.log"
+    head = subprocess.Popen([ray, "start", "--head", "--block", f"--port={port}", "--dashboard-host=127.0.0.1",
+                             f"--temp-dir={temp_dir}", "--disable-usage-stats"], env=env, cwd=parent,
+                            stdout=log_path.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
+        while "Ray runtime started" not in log_path.read_text():
+            if head.poll() is not None:
+                raise SystemExit(f"ray start failed:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
         yield {"RAY_ADDRESS": f"127.0.0.1:{port}", "RAY_AUTH_MODE": "token"}
     finally:
-        subprocess.run([ray, "stop", "--force"], capture_output=True, env=env)
+        if head.poll() is None:
+            descendants = psutil.Process(head.pid).children(recursive=True)
+            os.killpg(head.pid, signal.SIGKILL)
+            for child in descendants:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.kill()
+        head.wait(timeout=30)

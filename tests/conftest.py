@@ -46,20 +46,42 @@ from .distributed._harness import free_port  # noqa: E402  (one definition for e
 def ray_cluster():
     """One real head node (``ray start --head``: dashboard on loopback, token authentication at its default,
     on) shared by the integration tests, which saves a Ray start-up per training run. Yields the environment
-    a client needs to reach it, and the dashboard's address."""
+    a client needs to reach it, and the dashboard's address. Stopped by killing its own processes, not with
+    ``ray stop``, which would also stop every other Ray instance on the machine (a user's running job)."""
     ray = str(Path(sys.executable).parent / "ray")
     port, dashboard_port = free_port(), free_port()
     temp_dir = tempfile.mkdtemp(prefix="adadim_ray_", dir="/tmp")  # short: Ray's socket paths have a limit
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
-    subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--dashboard-host=127.0.0.1",
-                    f"--dashboard-port={dashboard_port}", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
-                   check=True, cwd=REPO, env=env, capture_output=True, timeout=180)
+    log_path = Path(temp_dir) / "head.log"
+    head = subprocess.Popen([ray, "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+                             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
+                             f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+                            cwd=REPO, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
     try:
+        deadline = time.time() + 180
+        while "Ray runtime started" not in log_path.read_text():
+            assert head.poll() is None and time.time() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.5)
         yield {"env": {"RAY_ADDRESS": f"127.0.0.1:{port}", "RAY_AUTH_MODE": "token"},
                "dashboard": f"http://127.0.0.1:{dashboard_port}", "dashboard_port": dashboard_port}
     finally:
-        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
+        stop_process_tree(head)
         shutil.rmtree(temp_dir, ignore_errors=True)  # the session's logs and sockets (~10 MB a session)
+
+
+def stop_process_tree(process: subprocess.Popen) -> None:
+    """SIGKILL a ``start_new_session`` process, its group and every descendant (Ray's workers need not share
+    the group), and reap it."""
+    import psutil
+
+    if process.poll() is None:
+        descendants = psutil.Process(process.pid).children(recursive=True)
+        os.killpg(process.pid, signal.SIGKILL)
+        for child in descendants:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+    process.wait(timeout=30)
 
 
 @pytest.fixture()
@@ -88,20 +110,12 @@ def two_node_cluster(tmp_path):
         def kill_second_node():
             """Everything the second `ray start` runs dies at once, as on a lost machine: its process group and
             every descendant (the raylet's workers need not share its group)."""
-            import psutil
-
-            descendants = psutil.Process(nodes[1].pid).children(recursive=True)
-            os.killpg(nodes[1].pid, signal.SIGKILL)
-            for process in descendants:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    process.kill()
+            stop_process_tree(nodes[1])
 
         yield {"env": {"RAY_ADDRESS": f"127.0.0.1:{port}", "RAY_AUTH_MODE": "token"}, "kill_second_node": kill_second_node}
     finally:
         for node in reversed(nodes):
-            if node.poll() is None:
-                os.killpg(node.pid, signal.SIGKILL)
-            node.wait(timeout=30)
+            stop_process_tree(node)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
