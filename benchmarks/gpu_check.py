@@ -1,4 +1,4 @@
-"""The GPU path end to end, in one command (``bash scripts/gpu_check.sh``, at most 8 minutes on one GPU).
+"""The GPU path end to end, in one command (``bash scripts/gpu_check.sh --full``, at most 8 minutes on one GPU).
 
 Three short training jobs through the real entry point, each with FFCV ``ToDevice``, NCCL and bf16 autocast
 (the objective in float32): DDP, DeepSpeed ZeRO-2 and ZeRO-3; then ``benchmarks/gpu_step.py``. Prints a table
