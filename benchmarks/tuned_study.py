@@ -319,12 +319,33 @@ def paired(rows: list[dict], first: str, second: str, metric: str) -> dict | Non
             "seeds": sorted({s for s, _, _ in pairs}), "cpus": sorted({c for _, c, _ in pairs})}
 
 
+def tuning_table(out: Path) -> list[str]:
+    """Each arm's tuning: trials run, diverged or failed, the best validation kNN and its parameters."""
+    lines = ["# Tuned comparison", "", "## Tuning (validation kNN, equal budget per arm)", "",
+             "| arm | trials | scored | best validation kNN | best parameters | CPU |", "|---|---|---|---|---|---|"]
+    for arm in ARMS:
+        path = out / f"tuning_{arm}.json"
+        if not path.exists():
+            lines.append(f"| {arm} | – | – | (not run yet) | | |")
+            continue
+        tuned = json.loads(path.read_text())
+        scored = [t for t in tuned["trials"] if t["val_knn_top1"] is not None]
+        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in tuned["summary"]["best_params"].items())
+        cpus = ", ".join(sorted({t["cpu"] for t in tuned["trials"] if t["cpu"]}))
+        lines.append(f"| {arm} | {len(tuned['trials'])} | {len(scored)} | {tuned['summary']['best_score']:.2f} | "
+                     f"{params} | {cpus} |")
+    return lines
+
+
 def verdict(out: Path) -> None:
     rows = read_rows(out / "final_trials.csv")
+    lines = tuning_table(out)
     if not rows:
-        log("verdict: no final trial yet")
+        (out / "verdict.md").write_text("\n".join(lines + ["", "No final run yet."]) + "\n")
+        print("\n".join(lines))
         return
-    lines = ["# Tuned comparison: final runs", "",
+    lines += ["", "## Final runs", "",
              "Each arm's best configuration (selected on validation kNN), trained on the 60,000 training images "
              f"for {FINAL_EPOCHS} epochs; kNN (k = 20, bank = first 10,000 training images) and offline linear "
              "evaluation on the 10,000 test images. Written by `python benchmarks/tuned_study.py --stages verdict`.",
