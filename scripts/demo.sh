@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/python -m adadim_dist.run --config configs/fmnist_smoke.yaml "$@"
+# The set-up above runs in this process; Python reports it apart from its own start-up (ADADIM_EXEC_AT).
+ADADIM_EXEC_AT="$(date +%s.%N)" exec .venv/bin/python -m adadim_dist.run --config configs/fmnist_smoke.yaml "$@"

@@ -21,7 +21,7 @@ import yaml
 from ..config import Config, ConfigError, flatten, is_uri, storable, with_defaults
 from .checkpoint import check_compatible, latest_complete_checkpoint, load_state
 from .progress import ProgressBoard, ProgressPrinter
-from .timing import describe_startup, process_started_at
+from .timing import describe_startup, process_started_at, time_before_python
 from .tracking import (MLflowSink, check_reachable, mask_credentials, network_sqlite_store, refused_status,
                        resolve_tracking_uri, run_page)
 
@@ -180,7 +180,7 @@ def check_resumable(cfg: Config) -> None:
 def fit(cfg: Config, fresh: bool = False) -> dict[str, Any]:
     from ..data import prepare_datasets
 
-    stamps = {"command_started_at": process_started_at()}
+    stamps = {"command_started_at": process_started_at(), "before_python_s": time_before_python()}
     cfg = resolve_paths(cfg)
     check_tracking_store(cfg)
     train_info, _ = prepare_datasets(cfg.data, progress=True)

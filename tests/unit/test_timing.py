@@ -33,3 +33,27 @@ def test_no_first_step_yet_means_no_total_and_no_summary_line():
 
 def test_this_process_started_before_now():
     assert 0 <= time.time() - process_started_at() < 24 * 3600
+
+
+def test_a_launch_script_that_execs_python_is_reported_apart(tmp_path):
+    """scripts/demo.sh runs its set-up, then execs Python in the same process: the process's creation time is
+    the script's. With ADADIM_EXEC_AT, start-up counts from Python, and the script's time is named apart."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from adadim_dist.training.timing import process_started_at, time_before_python as b; "
+            "import time; print(time.time() - process_started_at(), b())")
+    script = tmp_path / "launch.sh"
+    script.write_text(f'sleep 2\nADADIM_EXEC_AT="$(date +%s.%N)" exec {sys.executable} -c "{code}"\n')
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    since_python, before = map(float, subprocess.run(["bash", str(script)], capture_output=True, text=True,
+                                                      env=env, check=True).stdout.split())
+    assert since_python < 2.0 <= before < 10.0
+    # A stale value inherited from an earlier launcher is ignored.
+    env["ADADIM_EXEC_AT"] = "1000.0"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split()[1] == "None"
+    phases = startup_phases({**STAMPS, "before_python_s": before})
+    assert describe_startup(phases).endswith(f"; before that, {before:.0f} s in the launch script before Python "
+                                             "started")
