@@ -154,7 +154,8 @@ def zero_check(stage: int, device: torch.device) -> dict:
     try:
         import deepspeed  # noqa: F401
     except Exception as err:  # noqa: BLE001 - not carried along: reported, not failed
-        return {"check": f"zero{stage}_step", "passed": True, "skipped": f"deepspeed not importable ({type(err).__name__})"}
+        return {"check": f"zero{stage}_step", "passed": True,
+                "skipped": f"deepspeed not importable ({type(err).__name__})"}
     from adadim_dist.distributed.engine import build_engine
     from adadim_dist.models import SSLModel
     from adadim_dist.objectives import AdaDim

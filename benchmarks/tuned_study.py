@@ -361,8 +361,10 @@ def verdict(out: Path) -> None:
             if not values:
                 return "–"
             mean = sum(values) / len(values)
-            sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else float("nan")
-            return f"{mean:.{digits}f} ± {sd:.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
+            if len(values) == 1:
+                return f"{mean:.{digits}f}"
+            sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+            return f"{mean:.{digits}f} ± {sd:.{digits}f}"
 
         shares = " / ".join(summary(f"grad_share_{t}") for t in ("dim", "sample", "mi"))
         lines.append(f"| {arm} | {len(mine)} | {summary('knn_top1')} | {summary('linear_top1')} | "
@@ -378,7 +380,8 @@ def verdict(out: Path) -> None:
             c["p_holm"] = adjusted
         lines += ["", f"Paired by seed (same CPU model only); {len(comparisons)} comparisons, p-values Holm-adjusted "
                   "over all of them.", "",
-                  "| comparison | metric | n | mean difference | 95 % CI | p | p (Holm) |", "|---|---|---|---|---|---|---|"]
+                  "| comparison | metric | n | mean difference | 95 % CI | p | p (Holm) |",
+                  "|---|---|---|---|---|---|---|"]
         for c in comparisons:
             lines.append(f"| {c['first']} − {c['second']} | {c['metric']} | {c['n']} | {c['mean']:+.2f} | "
                          f"[{c['ci_low']:+.2f}, {c['ci_high']:+.2f}] | {c['p']:.3f} | {c['p_holm']:.3f} |")

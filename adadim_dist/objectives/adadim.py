@@ -454,8 +454,8 @@ class AdaDim:
 
     def _weighted_sum(self, loss_dim, loss_sample, mutual_info, alpha, beta, needs_mi_grad, z_a, z_b, world,
                       with_stats):
-        """(1 − α)·L_dim/s_dim + α·L_sample/s_sample − sign·β·I/s_mi → (loss, objective/* stats); the scales s are
-        1 unless ``balance`` is on. ``world`` = the number of workers (global rows / local rows). With
+        """(1 − α)·L_dim/s_dim + α·L_sample/s_sample − sign·β·I/s_mi → (loss, objective/* stats); the scales
+        s are 1 unless ``balance`` is on. ``world`` = the number of workers (global rows / local rows). With
         ``with_stats`` (and a graph to Z), each weighted term's gradient norm with respect to Z, as shares of
         their sum."""
         scale_dim, scale_sample, scale_mi = self._term_scales(
