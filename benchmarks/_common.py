@@ -89,7 +89,6 @@ def running_ray_cluster(parent):
     """A Ray head node started with ``ray start`` (token authentication on, dashboard on loopback), stopped on
     exit by killing its own processes (``ray stop`` would stop every Ray instance on the machine): yields the
     environment a job needs to use it (``RAY_ADDRESS``), as on a user's running cluster."""
-    import signal
     import socket
     import subprocess
     import tempfile
@@ -103,21 +102,18 @@ def running_ray_cluster(parent):
     ray = str(Path(sys.executable).parent / "ray")
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
     temp_dir = tempfile.mkdtemp(prefix="bench_ray_", dir="/tmp")  # short: Ray's socket paths have a limit
-    log_path = Path(temp_dir) / "head.log"
-    head = subprocess.Popen([ray, "start", "--head", "--block", f"--port={port}", "--dashboard-host=127.0.0.1",
-                             f"--temp-dir={temp_dir}", "--disable-usage-stats"], env=env, cwd=parent,
-                            stdout=log_path.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    subprocess.run([ray, "start", "--head", f"--port={port}", "--dashboard-host=127.0.0.1", f"--temp-dir={temp_dir}",
+                    "--disable-usage-stats"], check=True, env=env, capture_output=True, cwd=parent)
     try:
-        while "Ray runtime started" not in log_path.read_text():
-            if head.poll() is not None:
-                raise SystemExit(f"ray start failed:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
         yield {"RAY_ADDRESS": f"127.0.0.1:{port}", "RAY_AUTH_MODE": "token"}
     finally:
-        if head.poll() is None:
-            descendants = psutil.Process(head.pid).children(recursive=True)
-            os.killpg(head.pid, signal.SIGKILL)
-            for child in descendants:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    child.kill()
-        head.wait(timeout=30)
+        # The head's processes name its temp dir or its address on their command lines.
+        own = [p for p in psutil.process_iter(["cmdline"])
+               if any(temp_dir in part or part.endswith(f":{port}") for part in p.info["cmdline"] or [])]
+        for process in own:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                for child in process.children(recursive=True):
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        child.kill()
+                process.kill()
+        psutil.wait_procs(own, timeout=30)

@@ -46,28 +46,40 @@ from .distributed._harness import free_port  # noqa: E402  (one definition for e
 def ray_cluster():
     """One real head node (``ray start --head``: dashboard on loopback, token authentication at its default,
     on) shared by the integration tests, which saves a Ray start-up per training run. Yields the environment
-    a client needs to reach it, and the dashboard's address. Stopped by killing its own processes, not with
-    ``ray stop``, which would also stop every other Ray instance on the machine (a user's running job)."""
+    a client needs to reach it, and the dashboard's address. Stopped by killing its own processes (those of its
+    temp dir), not with ``ray stop``, which would also stop every other Ray instance on the machine."""
     ray = str(Path(sys.executable).parent / "ray")
     port, dashboard_port = free_port(), free_port()
     temp_dir = tempfile.mkdtemp(prefix="adadim_ray_", dir="/tmp")  # short: Ray's socket paths have a limit
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
-    log_path = Path(temp_dir) / "head.log"
-    head = subprocess.Popen([ray, "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
-                             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
-                             f"--temp-dir={temp_dir}", "--disable-usage-stats"],
-                            cwd=REPO, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
     try:
-        deadline = time.time() + 180
-        while "Ray runtime started" not in log_path.read_text():
-            assert head.poll() is None and time.time() < deadline, log_path.read_text()[-3000:]
-            time.sleep(0.5)
+        subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--dashboard-host=127.0.0.1",
+                        f"--dashboard-port={dashboard_port}", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+                       check=True, cwd=REPO, env=env, capture_output=True, timeout=180)
         yield {"env": {"RAY_ADDRESS": f"127.0.0.1:{port}", "RAY_AUTH_MODE": "token"},
                "dashboard": f"http://127.0.0.1:{dashboard_port}", "dashboard_port": dashboard_port}
     finally:
-        stop_process_tree(head)
+        stop_ray_instance(temp_dir, port)
         shutil.rmtree(temp_dir, ignore_errors=True)  # the session's logs and sockets (~10 MB a session)
+
+
+def stop_ray_instance(temp_dir: str, port: int) -> None:
+    """SIGKILL the Ray processes of the head started with ``--temp-dir=temp_dir --port=port`` (each names the
+    directory or the head's address on its command line) and their descendants (workers), leaving any other
+    Ray instance on the machine alone."""
+    import psutil
+
+    def is_own(cmdline: list[str]) -> bool:
+        return any(temp_dir in part or part.endswith(f":{port}") for part in cmdline)
+
+    own = [p for p in psutil.process_iter(["cmdline"]) if is_own(p.info["cmdline"] or [])]
+    for process in own:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for child in process.children(recursive=True):
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.kill()
+            process.kill()
+    psutil.wait_procs(own, timeout=30)
 
 
 def stop_process_tree(process: subprocess.Popen) -> None:
