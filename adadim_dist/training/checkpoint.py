@@ -49,6 +49,9 @@ def load_tensors(path: Path):
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - pickle, zip and unpickler errors alike
         # The unpickler's own text suggests weights_only=False, which is exactly what must not be done here.
+        if "GLOBAL" in str(err):  # the unpickler met a class or function: refused, never run
+            raise CheckpointError(f"checkpoint: {path} holds objects other than tensors and plain data: refused "
+                                  "(checkpoints are loaded with weights_only=True)") from None
         raise CheckpointError(f"checkpoint: {path} cannot be read: not a file torch.save wrote, or damaged "
                               f"({type(err).__name__})") from None
 

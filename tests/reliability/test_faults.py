@@ -216,7 +216,8 @@ def test_checkpoint_loading_refuses_pickled_code(tmp_path):
     from adadim_dist.training import checkpoint
 
     torch.save({"epoch": 1, "payload": _Evil()}, tmp_path / "state.pt")
-    with pytest.raises(Exception, match="Weights only load failed|Unsupported global"):
+    with pytest.raises(checkpoint.CheckpointError, match=r"state\.pt holds objects other than tensors and plain "
+                                                          r"data: refused \(checkpoints are loaded with weights_only"):
         checkpoint.load_state(tmp_path)
 
 
