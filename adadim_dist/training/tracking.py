@@ -205,19 +205,25 @@ class MLflowSink(MetricsSink):
         self._start_sender()
         self._wake.set()
 
-    def flush(self, timeout_s: float = 10.0) -> bool:
-        """Wait until everything queued is sent; False once the server has failed again, or after
-        ``timeout_s``. During an outage it waits for one more attempt only, not for the outage to end."""
+    def flush(self, timeout_s: float = 10.0, attempts: int = 1) -> bool:
+        """Wait until everything queued is sent; False once ``attempts`` more sends have failed (a second
+        apart), or after ``timeout_s``: during an outage it waits for a few attempts, not for the outage to end."""
         self._start_sender()
-        attempts = self._attempts
+        seen, failures = self._attempts, 0
         self._wake.set()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             with self._lock:
                 if not self._pending:
                     return True
-            if self._attempts > attempts and self._failing:
-                return False
+            if self._attempts > seen:
+                seen = self._attempts
+                if self._failing:
+                    failures += 1
+                    if failures >= attempts:
+                        return False
+                    time.sleep(min(1.0, max(deadline - time.monotonic(), 0.0)))
+                    self._wake.set()  # retry now, not after the sender's back-off
             time.sleep(0.02)
         return False
 
@@ -343,7 +349,7 @@ class MLflowSink(MetricsSink):
 
     def close(self, status: str = "FINISHED") -> bool:
         """End the run with ``status``; False (status kept for ``spill``) while MLflow is unreachable."""
-        sent = self.flush(timeout_s=30.0)
+        sent = self.flush(timeout_s=30.0, attempts=3)  # the end of a job: worth a few retries
         self._stopping = True
         self._wake.set()
         if sent:
