@@ -176,7 +176,10 @@ class DeepSpeedConfig(_Strict):
 
 
 class TrainingConfig(_Strict):
-    epochs: int = Field(3, ge=1)
+    epochs: int = Field(3, ge=1)  # the length of the learning-rate schedule (warm-up, cosine decay) and of training
+    # Train only the first N epochs of that schedule, then evaluate: tuning trials that see the learning rates a
+    # full-length run sees early on (a rate that diverges in epoch 2 of 15 does so in the trial too).
+    stop_after_epochs: int | None = Field(None, ge=1)
     global_batch_size: int = Field(256, ge=2)
     num_workers: int = Field(2, ge=1)  # Ray Train workers
     cpus_per_worker: float = Field(1.0, gt=0)
@@ -192,12 +195,23 @@ class TrainingConfig(_Strict):
     non_finite: Literal["stop", "skip"] = "stop"
 
     @model_validator(mode="after")
+    def _stop_within_the_schedule(self) -> "TrainingConfig":
+        if self.stop_after_epochs is not None and self.stop_after_epochs > self.epochs:
+            raise ValueError(f"stop_after_epochs: {self.stop_after_epochs} is beyond training.epochs ({self.epochs})")
+        return self
+
+    @model_validator(mode="after")
     def _batch_divides(self) -> "TrainingConfig":
         if self.global_batch_size % self.num_workers:
             raise ValueError(
                 f"global_batch_size: {self.global_batch_size} is not divisible by num_workers ({self.num_workers})"
             )
         return self
+
+    @property
+    def trained_epochs(self) -> int:
+        """How many epochs a job trains: ``stop_after_epochs`` if set, else ``epochs``."""
+        return min(self.stop_after_epochs or self.epochs, self.epochs)
 
     @property
     def batch_size_per_worker(self) -> int:

@@ -126,7 +126,7 @@ def run_sweep(sweep: SweepConfig, base: Config) -> dict[str, Any]:
         else:
             scheduler = (
                 ASHAScheduler(time_attr="epoch", grace_period=sweep.scheduler.grace_period,
-                              reduction_factor=sweep.scheduler.reduction_factor, max_t=base.training.epochs)
+                              reduction_factor=sweep.scheduler.reduction_factor, max_t=base.training.trained_epochs)
                 if sweep.scheduler.name == "asha" else FIFOScheduler()
             )
             tuner = tune.Tuner(
@@ -145,7 +145,7 @@ def run_sweep(sweep: SweepConfig, base: Config) -> dict[str, Any]:
                 run_config=tune.RunConfig(name=sweep.name, storage_path=storage),
             )
         results = tuner.fit()
-        mark_stopped_trials(sweep, results, parent, base.training.epochs)
+        mark_stopped_trials(sweep, results, parent, base.training.trained_epochs)
         summary = summarise_sweep(sweep, base, results, parent, sweep_cfg)
         status = "FINISHED"
     finally:

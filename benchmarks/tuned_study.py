@@ -5,7 +5,7 @@ Stages (``--stages``, in this order; each skips what its committed result files 
 command resumes a study after a stop, in this session or the next):
 
 1. ``tune``: for each arm, ``python -m adadim_dist.tune --config configs/study/tuned/tune_<arm>.yaml`` (6 trials
-   × 3 epochs, FIFO, selected on validation kNN, the last 10,000 training images) → ``tuning_<arm>.json`` (the
+   × the first 3 epochs of the final runs' 15-epoch schedule, FIFO, selected on validation kNN, the last 10,000 training images) → ``tuning_<arm>.json`` (the
    summary and every trial's parameters, validation kNN and CPU).
 2. ``final``: for each seed, each arm's best configuration trained on all 60,000 training images for 15 epochs
    (one one-trial study per arm and seed, ``final_study_<arm>_s<seed>.yaml``), tested on the test set: kNN
@@ -52,6 +52,7 @@ FINAL_OVERRIDES = [
     "data.train_path=data/fashion_mnist_train.beton",
     "data.test_path=data/fashion_mnist_test.beton",
     f"training.epochs={FINAL_EPOCHS}",
+    "training.stop_after_epochs=null",  # the whole schedule whose first 3 epochs the tuning trials trained
     f"eval.every_epochs={FINAL_EPOCHS}",
     "tracking.experiment=adadim-tuned-final",
 ]

@@ -208,7 +208,7 @@ def fit(cfg: Config, fresh: bool = False) -> dict[str, Any]:
             result = build_trainer(cfg, sink.run_id, resume_from=local_resume_checkpoint(cfg),
                                    progress=board, stamps=stamps).fit()
         status = "FINISHED"
-        log_tail(sink, board, cfg.training.epochs)
+        log_tail(sink, board, cfg.training.trained_epochs)
     finally:
         if not sink.close(status):  # MLflow down at the end: the status waits in the file with the metrics
             sink.spill(unsent_metrics_path(cfg))
@@ -320,14 +320,14 @@ def resume_changes(cfg: Config) -> list[tuple[str, Any, Any]] | None:
     added = [(key, ADDED_SINCE, value) for key, value in now.items() if key not in saved_keys | changed]
     checkpoint = local_resume_checkpoint(cfg)
     done = load_state(checkpoint)["epoch"] if checkpoint is not None else 0
-    if changes and done >= cfg.training.epochs:
+    if changes and done >= cfg.training.trained_epochs:
         listed = "; ".join(f"{key} was {mask_credentials(repr(old))}, now {mask_credentials(repr(new))}"
                            for key, old, new in changes[:5])
         more = f" (and {len(changes) - 5} more)" if len(changes) > 5 else ""
         raise ConfigError(
-            f"run.name: {cfg.run.name} has finished ({done} of {cfg.training.epochs} epochs), so this start would not "
-            f"train and would report the old result, ignoring what changed: {listed}{more}. Start a new job with "
-            "another run.name, or add --fresh to redo this one (the old run directory is kept aside)"
+            f"run.name: {cfg.run.name} has finished ({done} of {cfg.training.trained_epochs} epochs), so this start "
+            f"would not train and would report the old result, ignoring what changed: {listed}{more}. Start a new job "
+            "with another run.name, or add --fresh to redo this one (the old run directory is kept aside)"
         )
     return changes + added
 

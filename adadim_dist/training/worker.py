@@ -153,10 +153,10 @@ def train_loop_per_worker(config_dict: dict) -> None:
     try:
         metrics: dict[str, float] = {}
         final_state = None
-        for epoch in range(start_epoch, cfg.training.epochs):
+        for epoch in range(start_epoch, cfg.training.trained_epochs):
             train_loader.set_epoch(epoch)
             epoch_start = time.perf_counter()
-            is_last_epoch = epoch + 1 == cfg.training.epochs
+            is_last_epoch = epoch + 1 == cfg.training.trained_epochs
             is_eval_epoch = (epoch + 1) % cfg.eval.every_epochs == 0 or is_last_epoch
             spectra: dict = {}  # filled with the last global training batch's, then the test embeddings'
             train_metrics = train_epoch(
@@ -199,14 +199,14 @@ def train_loop_per_worker(config_dict: dict) -> None:
                         metrics["time/eval_s"] = time.perf_counter() - eval_start
                 if is_last_epoch and with_baselines and eval_loaders is not None:
                     sink.log(cached_baseline_knn(eval_loaders, cfg, device, shared=shared_eval),
-                             step=cfg.training.epochs)
+                             step=cfg.training.trained_epochs)
                 metrics.update(sweep_metrics(metrics, cfg))
                 if rank == 0:
                     epoch_metrics = {k: v for k, v in metrics.items()
                                      if k.startswith(("knn/", "probe/", "eval/", "spectrum/", "time/"))}
                     epoch_metrics["train/epoch_seconds"] = epoch_seconds
                     sink.log(epoch_metrics, step=epoch + 1)
-                    _say(rank, f"epoch {epoch + 1}/{cfg.training.epochs} done in {epoch_seconds:.0f}s "
+                    _say(rank, f"epoch {epoch + 1}/{cfg.training.trained_epochs} done in {epoch_seconds:.0f}s "
                          + " ".join(f"{k}={v:.2f}" for k, v in epoch_metrics.items()
                                     if k != "train/epoch_seconds" and not k.startswith(("spectrum/dim", "time/"))))
                     if epoch == start_epoch and describe_startup(epoch_metrics):
@@ -235,7 +235,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
                     checkpoint_dir_name=f"epoch_{epoch + 1:04d}",
                 )
 
-        if start_epoch >= cfg.training.epochs:  # re-run of a finished job: nothing to train, report where it stands
+        if start_epoch >= cfg.training.trained_epochs:  # re-run of a finished job: nothing to train, report where it stands
             # The metrics this checkpoint was reported with: a restored Tune trial still has its score.
             ray.train.report({**saved_metrics, "epoch": start_epoch, "resumed_from_epoch": start_epoch})
         elif exports_encoder:
@@ -379,8 +379,8 @@ def train_epoch(engine, objective, loader, num_steps, epoch, cfg: Config, sink, 
                  f"{logged['train/images_per_s']:.0f} img/s")
             if progress_board is not None:
                 progress_board.post.remote({
-                    "epoch": epoch + 1, "epochs": cfg.training.epochs, "step": global_step + 1,
-                    "total_steps": num_steps * cfg.training.epochs, "images_per_s": logged["train/images_per_s"],
+                    "epoch": epoch + 1, "epochs": cfg.training.trained_epochs, "step": global_step + 1,
+                    "total_steps": num_steps * cfg.training.trained_epochs, "images_per_s": logged["train/images_per_s"],
                     "steps_per_s": window_images / max(elapsed, 1e-9) / (view_a.shape[0] * world_size),
                     "loss": logged["loss/total"], "alpha": logged["adadim/alpha"], "time": time.time(),
                 })

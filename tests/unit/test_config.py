@@ -102,3 +102,12 @@ def test_lars_under_zero_partitions_is_refused_with_the_alternatives(stage):
 ])
 def test_supported_optimizer_strategy_combinations_validate(overrides):
     load_config(None, overrides)
+
+
+def test_a_job_can_stop_early_in_a_longer_schedule():
+    """Tuning trials train the first epochs of the final runs' schedule: the schedule is training.epochs long."""
+    cfg = load_config(None, ["training.epochs=15", "training.stop_after_epochs=3"])
+    assert (cfg.training.epochs, cfg.training.trained_epochs) == (15, 3)
+    assert load_config(None, ["training.epochs=4"]).training.trained_epochs == 4
+    with pytest.raises(ConfigError, match=r"^training.stop_after_epochs: 16 is beyond training.epochs \(15\)"):
+        load_config(None, ["training.epochs=15", "training.stop_after_epochs=16"])
