@@ -343,6 +343,9 @@ class AdaDim:
         # A caller under bf16 autocast still gets a float32 objective: upcast, and no op inside is autocast.
         with torch.autocast(device_type=z_a.device.type, enabled=False):
             r_a, r_b, z_a, z_b = (_at_least_float32(t) for t in (r_a, r_b, z_a, z_b))
+            # The gradient shares differentiate down to Z only. Engines hook their outputs (DeepSpeed refuses any
+            # backward but its own there), so they stop at these aliases, one step short of the engine's tensors.
+            z_a, z_b = (t.view_as(t) if t.requires_grad else t for t in (z_a, z_b))
             if self.compute == "sharded":
                 return self._sharded(r_a, r_b, z_a, z_b, with_stats)
             return self._replicated(r_a, r_b, z_a, z_b, with_stats)
