@@ -21,8 +21,8 @@ def test_the_gpu_core_check_runs_every_check_on_tiny_cpu_shapes():
                             "zero2_step", "zero3_step"}
     assert all(r["passed"] for r in results.values())
     assert results["step_resnet18_32"]["images_per_s"] > 0 and 0 < results["step_resnet18_32"]["objective_share"] < 1
-    assert results["step_resnet18_32"]["p5_epoch_s"] == pytest.approx(60000 / results["step_resnet18_32"]["images_per_s"],
-                                                                       rel=0.01)
+    step = results["step_resnet18_32"]
+    assert step["p5_epoch_s"] == pytest.approx(60000 / step["images_per_s"], rel=0.01)
     assert results["syncbn_one_process"]["layer"] == "GlobalBatchNorm"  # SyncBatchNorm on CUDA
     assert "skipped" not in results["zero2_step"] and "skipped" not in results["zero3_step"]  # DeepSpeed is here
     assert "GPU core check on cpu" in out.stdout
