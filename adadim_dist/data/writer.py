@@ -316,9 +316,11 @@ def _origin_path(path: Path) -> Path:
 
 def _split_origin(path: Path) -> dict | None:
     try:
-        return json.loads(_origin_path(path).read_text())
+        origin = json.loads(_origin_path(path).read_text())
     except (OSError, ValueError):
         return None
+    # Records written before long-tailed subsets existed have no ratio: they describe plain row ranges.
+    return {"imbalance_ratio": None, **origin} if isinstance(origin, dict) else None
 
 
 def prepare_datasets(data_cfg, *, progress: bool = False) -> tuple:

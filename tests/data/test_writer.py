@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -213,6 +215,10 @@ def test_validation_split_is_carved_out_of_the_training_split_and_never_the_test
     assert np.array_equal(stored_labels(tmp_path / "val.beton"), source.labels[-500:])
     assert np.array_equal(read_stored_image(tmp_path / "val.beton", 0)[2:30, 2:30, 0], source.images[-500])
     assert prepare_datasets(cfg)[1].num_samples == 500  # the second time: checked, not rewritten
+    record = tmp_path / "val.beton.split.json"
+    older = {k: v for k, v in json.loads(record.read_text()).items() if k != "imbalance_ratio"}
+    record.write_text(json.dumps(older))  # as written before long-tailed subsets had a ratio in the record
+    assert prepare_datasets(cfg)[1].num_samples == 500
     real_test = DataConfig(source="mnist", train_path=tmp_path / "fit.beton", test_path=fmnist_beton,
                            validation_size=500)
     with pytest.raises(DataError, match=r"^data\.test_path: .* is not the rows \[-500:\]"):
