@@ -24,6 +24,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from .evaluation.spectra import plot_spectra
 from .training.tracking import resolve_tracking_uri
 
 TRAJECTORIES = [
@@ -97,20 +98,6 @@ def _as_number(value: str | None):
         return float(value)
     except (TypeError, ValueError):
         return value
-
-
-def plot_spectra(curves: dict[str, list[float]], path: Path, title: str) -> Path:
-    """Sorted singular values (log scale, each normalised by its largest) of one or more embeddings."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, values in curves.items():
-        top = values[0] if values and values[0] > 0 else 1.0
-        ax.semilogy(range(1, len(values) + 1), [max(v / top, 1e-12) for v in values], label=name, lw=1.2)
-    ax.axhline(1e-3, color="grey", ls="--", lw=0.8, label="collapse threshold (1e-3 · σ₁)")
-    ax.set(xlabel="index i (sorted)", ylabel="σ_i / σ_1", ylim=(1e-8, 2))
-    ax.legend(fontsize=7)
-    return save_figure(fig, title, path)
 
 
 def final_spectra(client, runs, tracking_uri: str) -> dict[str, dict[str, list[float]]]:

@@ -7,7 +7,6 @@ message naming the dotted key. The same spelling is used end to end: config key 
 from __future__ import annotations
 
 import copy
-import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -225,7 +224,7 @@ class EvalConfig(_Strict):
     every_epochs: int = Field(1, ge=1)
     baselines: bool = False  # also report kNN of a random encoder and of raw pixels
     # Every rank embeds its part of the bank and of the test set and searches its part of the bank (false: rank 0
-    # evaluates alone; kept for side-by-side measurement, benchmarks/eval_tail.py).
+    # evaluates alone; kept for side-by-side measurement, benchmarks/job_phases.py --variants after,after_rank0_eval).
     split_across_ranks: bool = True
 
     @model_validator(mode="after")
@@ -259,6 +258,9 @@ class RunConfig(_Strict):
     # Ray's dashboard for a local instance the job starts (a cluster's is the cluster's own): its processes cost
     # ~5 s of a 2-core machine's start-up (BENCHMARKS.md, "Start-up and tail"); true to watch the job in it.
     dashboard: bool = False
+    # The workers' own output (Ray Train's reports, controller messages, every logged step) on the console; off,
+    # the console shows the progress bar, a line per epoch and the summary, which names the log files.
+    verbose: bool = False
 
 
 def is_uri(path: str | Path) -> bool:
@@ -372,11 +374,19 @@ def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
         return saved
 
 
+# scheme://user:password@host -> scheme://***@host; also ?password=... / &token=... in query strings.
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+_SECRET_QUERY = re.compile(r"(?P<key>[?&](?:password|passwd|pwd|token|secret|access_key|api_key)=)[^&\s]+", re.I)
+
+
+def mask_credentials(text: str) -> str:
+    """``text`` with the credentials a URI can carry replaced by ``***``: safe to log, print or store."""
+    return _SECRET_QUERY.sub(r"\g<key>***", _USERINFO.sub(r"\g<scheme>***@", str(text)))
+
+
 def storable(cfg: BaseModel | dict) -> dict[str, Any]:
     """The config as written to files (config.yaml, checkpoints): every string with the credentials a URI can
     carry masked (a database URI such as postgresql://user:pw@host/db), so no file a job writes holds them."""
-    from .training.tracking import mask_credentials
-
     def masked(node):
         if isinstance(node, dict):
             return {key: masked(value) for key, value in node.items()}

@@ -3,9 +3,14 @@
 Offline evaluation of a trained encoder: frozen features of the training images (the kNN bank and the linear
 classifier's training set: the first ``eval.bank_size`` images, or all) and of the test images, with a
 progress bar; kNN top-1 for each ``eval.knn_k`` and linear evaluation top-1 on raw and on L2-normalised
-features (recipe: ``adadim_dist/training/linear_eval.py``); a 2-D PCA map of the test embeddings coloured by
+features (recipe: ``adadim_dist/evaluation/linear.py``); a 2-D PCA map of the test embeddings coloured by
 label (``embeddings_map.png``). Printed as a table and one JSON line, and logged to the training run in
-MLflow under ``eval_offline/`` (figure included).
+MLflow under ``eval_offline/`` (figure included). The extraction, kNN and label-free statistics are the
+training worker's own (``adadim_dist.evaluation``).
+
+Without a labelled test set (``data.test_path=null``, as a run trained on unlabelled images has), the
+evaluation is label-free, as in training: RankMe, H(R) and, from a checkpoint (which has the projector),
+I(R;Z) and the uniformity of Z, on the first 2,048 training images.
 
 ``--checkpoint``: a checkpoint directory (DDP or DeepSpeed); its saved config is the base, ``key=value``
 overrides apply on top (e.g. ``data.test_path=...`` to evaluate on other data). ``--run-id``: the encoder
@@ -56,10 +61,11 @@ def config_from_params(params: dict[str, str]):
 
 
 def load_encoder_and_config(args):
-    """(encoder module in eval mode, validated Config, MLflow run id or None)."""
+    """(encoder module in eval mode, validated Config, MLflow run id or None, the whole model or None): a
+    checkpoint has the whole model (projector included), a run's logged encoder the encoder alone."""
     from .config import ConfigError, config_with_overrides, load_config
     from .models import build_model
-    from .models.export import checkpoint_model_state
+    from .training.checkpoint import checkpoint_model_state
 
     if args.checkpoint is not None:
         model_state, saved = checkpoint_model_state(args.checkpoint)
@@ -69,7 +75,7 @@ def load_encoder_and_config(args):
         from .training.checkpoint import load_state
 
         run_id = load_state(args.checkpoint).get("mlflow_run_id")
-        return model.encoder.eval(), cfg, run_id
+        return model.encoder.eval(), cfg, run_id, model.eval()
     from mlflow.artifacts import download_artifacts
     from mlflow.tracking import MlflowClient
 
@@ -90,30 +96,30 @@ def load_encoder_and_config(args):
         config_with_overrides(config_from_params(run.data.params), args.overrides)
     path = download_artifacts(run_id=args.run_id, artifact_path="encoder", tracking_uri=args.tracking_uri)
     program = torch.export.load(str(Path(path) / "data" / "model.pt2"))
-    return program.module(), cfg, args.run_id
+    return program.module(), cfg, args.run_id, None
 
 
-def features_of(encoder, cfg, path, device, limit, label):
+def features_of(encoder, cfg, path, device, limit, label, labels: bool = True):
     from tqdm import tqdm
 
     from .data import build_eval_loader
-    from .training.evaluation import extract
+    from .evaluation import extract, label_free_embeddings
 
     loader = build_eval_loader(cfg.data, path, 512, rank=0, world_size=1, distributed=False,
-                               device=device if device.type == "cuda" else None)
+                               device=device if device.type == "cuda" else None, labels=labels)
     try:
         total = len(loader) if limit is None else min(len(loader), -(-limit // 512))
         # tqdm redraws in place on a terminal; in a log (ray job logs, CI) it writes a line every 30 s at most.
         interactive = sys.stderr.isatty()
         bar = tqdm(loader, total=total, desc=f"features of {label}", unit="batch", file=sys.stderr,
                    mininterval=0.5 if interactive else 30, dynamic_ncols=interactive)
-        return extract(encoder, bar, device, limit)
+        return extract(encoder, bar, device, limit) if labels else label_free_embeddings(encoder, bar, device, limit)
     finally:
         loader.close()
 
 
-def embedding_map(features: torch.Tensor, labels: torch.Tensor, out: Path) -> Path:
-    """The test embeddings on their first two principal components, coloured by label."""
+def embedding_map(features: torch.Tensor, labels: torch.Tensor | None, out: Path) -> Path:
+    """Embeddings on their first two principal components, coloured by label when there are labels."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -123,25 +129,37 @@ def embedding_map(features: torch.Tensor, labels: torch.Tensor, out: Path) -> Pa
     _, _, v = torch.pca_lowrank(centred, q=2, center=False, niter=4)
     points = (centred @ v[:, :2]).numpy()
     fig, ax = plt.subplots(figsize=(6.5, 6))
-    scatter = ax.scatter(points[:, 0], points[:, 1], c=labels.numpy(), cmap="tab10", s=2, alpha=0.6)
-    ax.legend(*scatter.legend_elements(), title="label", loc="best", fontsize=7, markerscale=0.8)
-    ax.set(xlabel="PC 1", ylabel="PC 2", title=f"test embeddings (PCA), n = {len(points)}")
+    if labels is None:
+        ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.6)
+        which = "training embeddings (no labels)"
+    else:
+        scatter = ax.scatter(points[:, 0], points[:, 1], c=labels.numpy(), cmap="tab10", s=2, alpha=0.6)
+        ax.legend(*scatter.legend_elements(), title="label", loc="best", fontsize=7, markerscale=0.8)
+        which = "test embeddings"
+    ax.set(xlabel="PC 1", ylabel="PC 2", title=f"{which} (PCA), n = {len(points)}")
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
 
 
-def evaluate(encoder, cfg, device: torch.device) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
-    from .training.evaluation import knn_top1_for_each_k
-    from .training.linear_eval import linear_probe_top1
+def evaluate(encoder, cfg, device: torch.device, model=None) -> tuple[dict[str, float], torch.Tensor,
+                                                                      torch.Tensor | None]:
+    """(results, test embeddings, their labels): kNN and linear evaluation, or without a labelled test set
+    the label-free statistics of the first training images (``model``, the whole SSL model, adds Z's)."""
+    from .evaluation import LABEL_FREE_IMAGES, knn_top1_across_ranks, label_free_metrics, linear_probe_top1
 
-    encoder = encoder.to(device)
+    encoder = encoder.to(device)  # in eval mode already (a torch.export program refuses .eval())
+    if cfg.data.test_path is None:
+        forward = model.to(device).eval() if model is not None else encoder
+        r, z = features_of(forward, cfg, cfg.data.train_path, device, LABEL_FREE_IMAGES, "train", labels=False)
+        metrics = label_free_metrics(r, z, cfg.objective)
+        return {f"eval_offline/{key.removeprefix('eval/')}": value for key, value in metrics.items()}, r, None
     bank, bank_labels, _ = features_of(encoder, cfg, cfg.data.train_path, device, cfg.eval.bank_size, "train")
     test, test_labels, _ = features_of(encoder, cfg, cfg.data.test_path, device, None, "test")
-    results = {f"eval_offline/knn_top1_k{k}": value
-               for k, value in knn_top1_for_each_k(bank, bank_labels, test, test_labels, tuple(cfg.eval.knn_k),
-                                                   cfg.eval.knn_temperature, cfg.model.num_classes).items()}
+    top1 = knn_top1_across_ranks(bank, bank_labels, test, test_labels, tuple(cfg.eval.knn_k),
+                                 cfg.eval.knn_temperature, cfg.model.num_classes, device, shared=False)
+    results = {f"eval_offline/knn_top1_k{k}": value for k, value in top1.items()}
     for name, l2 in (("raw", False), ("l2", True)):
         results[f"eval_offline/linear_top1_{name}"] = linear_probe_top1(
             bank, bank_labels, test, test_labels, cfg.model.num_classes, l2_normalise=l2)
@@ -160,9 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     from .training.tracking import mask_credentials, resolve_tracking_uri
 
     try:
-        encoder, cfg, run_id = load_encoder_and_config(args)
+        encoder, cfg, run_id, model = load_encoder_and_config(args)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        results, test, test_labels = evaluate(encoder, cfg, device)
+        results, test, test_labels = evaluate(encoder, cfg, device, model)
     except (ConfigError, DataError, CheckpointError, ExportError, FileNotFoundError) as err:
         print(f"adadim_dist.evaluate: error: {mask_credentials(str(err))}", file=sys.stderr)
         return 2

@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     args = parser.parse_args(argv)
 
-    from .models.export import ExportError, checkpoint_model_state, encoder_state, export_encoder
+    from .models.export import ExportError, encoder_state, export_encoder
+    from .training.checkpoint import checkpoint_model_state
 
     try:
         if args.out.exists() and not args.overwrite:

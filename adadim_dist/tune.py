@@ -43,7 +43,8 @@ def run_trial(params: dict[str, Any], base: dict, sweep_dict: dict, parent_run_i
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from .training.driver import build_trainer, open_tracking, unsent_metrics_path
+    from .training.driver import build_trainer, open_tracking
+    from .training.tracking import unsent_metrics_path
 
     sweep = SweepConfig.model_validate(sweep_dict)
     trial_id = tune.get_context().get_trial_id()

@@ -1,4 +1,6 @@
-"""Shared helpers for benchmark scripts: machine description and the JSON result line."""
+"""Shared helpers for the benchmark scripts: the machine's description and the JSON result line, side-by-side
+timing, running a job as a user does and reading its figures back, a free port, a before/after checkout and a
+running Ray cluster."""
 
 from __future__ import annotations
 
@@ -45,6 +47,26 @@ def alternating_medians(steps: dict[str, Callable[[], None]], timed: int, warmup
     return {name: statistics.median(values) for name, values in seconds.items()}
 
 
+def free_port() -> int:
+    """A free TCP port on the loopback interface (for a process group's rendezvous or a Ray head node)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def images_per_s_windows(client, run_id: str) -> list[float]:
+    """A job's ``train/images_per_s`` windows in step order, the first (start-up, JIT compilation) dropped."""
+    history = sorted(client.get_metric_history(run_id, "train/images_per_s"), key=lambda m: m.step)
+    return [m.value for m in history[1:]]
+
+
+def time_metrics(client, run_id: str) -> dict[str, float]:
+    """A job's start-up phases, evaluation and tail (the ``time/*`` metrics, ``adadim_dist/training/timing.py``)."""
+    return {k: v for k, v in client.get_run(run_id).data.metrics.items() if k.startswith("time/")}
+
+
 def run_service_job(overrides: list[str], name: str, cwd, env: dict | None = None) -> tuple[dict, object, float]:
     """``python -m adadim_dist.run`` with ``overrides`` as a user runs it (``env`` added to the environment):
     (its summary, an MLflow client for its tracking store, wall seconds). Exits with the job's output if it
@@ -89,16 +111,13 @@ def running_ray_cluster(parent):
     """A Ray head node started with ``ray start`` (token authentication on, dashboard on loopback), stopped on
     exit by killing its own processes (``ray stop`` would stop every Ray instance on the machine): yields the
     environment a job needs to use it (``RAY_ADDRESS``), as on a user's running cluster."""
-    import socket
     import subprocess
     import tempfile
     from pathlib import Path
 
     import psutil
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     ray = str(Path(sys.executable).parent / "ray")
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
     temp_dir = tempfile.mkdtemp(prefix="bench_ray_", dir="/tmp")  # short: Ray's socket paths have a limit

@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from adadim_dist.config import Config  # noqa: E402
 from adadim_dist.models import build_model  # noqa: E402
-from adadim_dist.training.evaluation import CPU_FORWARD_BATCH, forward_in_chunks  # noqa: E402
+from adadim_dist.evaluation import CPU_FORWARD_BATCH, forward_in_chunks  # noqa: E402
 
 try:
     from _common import alternating_medians, emit

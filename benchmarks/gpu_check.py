@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -19,9 +20,9 @@ import time
 from pathlib import Path
 
 try:
-    from _common import emit
+    from _common import emit, images_per_s_windows
 except ImportError:
-    from benchmarks._common import emit
+    from benchmarks._common import emit, images_per_s_windows
 
 REPO = Path(__file__).resolve().parents[1]
 JOBS = {
@@ -57,10 +58,10 @@ def run_job(name: str, args: list[str], storage: Path, steps: int, workers: int,
         return {"check": name, "passed": False, "reason": f"exit {out.returncode}: {tail}", "seconds": round(seconds)}
     summary = json.loads(lines[-1])
     client = MlflowClient(tracking_uri=summary["tracking_uri"])
-    rates = [m.value for m in client.get_metric_history(summary["run_id"], "train/images_per_s")][1:]
+    rates = images_per_s_windows(client, summary["run_id"])
     peaks = [m.value for m in client.get_metric_history(summary["run_id"], "train/gpu_peak_gib")]
     return {"check": name, "passed": summary["knn_top1"] is not None, "seconds": round(seconds),
-            "images_per_s": round(sorted(rates)[len(rates) // 2], 1) if rates else None,
+            "images_per_s": round(statistics.median(rates), 1) if rates else None,
             "peak_gib": round(max(peaks), 2) if peaks else None, "knn_top1": summary["knn_top1"]}
 
 

@@ -1,6 +1,8 @@
-"""Start-up and evaluation tail of the demo job, this checkout against an earlier commit, side by side.
+"""Start-up and evaluation tail of the demo job, side by side: this checkout against an earlier commit, on a
+local Ray instance or a running cluster, warm or cold, its evaluation split across the ranks or on rank 0 alone.
 
     python benchmarks/job_phases.py --before REF [--steps 20] [--repeats 2] [--variants before,after,...]
+    python benchmarks/job_phases.py --variants after,after_rank0_eval     # no --before without a before* variant
 
 Runs ``configs/fmnist_smoke.yaml`` (the demo: 2 DDP workers, kNN bank of 20,000 training images, 10,000 test
 queries, k = 20 and 200, random-encoder and raw-pixel baselines) for one short epoch of ``--steps`` steps, so
@@ -12,11 +14,13 @@ that a job is start-up, a few steps and the full evaluation. Variants, taking tu
 - ``before_cluster`` and ``after_cluster``: each checkout's job on a running Ray cluster (``RAY_ADDRESS``: a
   head node the benchmark starts with ``ray start`` and keeps up), as jobs on a user's cluster run;
 - ``after_cold``: this checkout with an empty numba cache (``NUMBA_CACHE_DIR``, fresh for each job) and a local
-  instance: what a job pays where no earlier job ran (the operating system's file cache stays warm).
+  instance: what a job pays where no earlier job ran (the operating system's file cache stays warm);
+- ``after_rank0_eval``: this checkout with ``eval.split_across_ranks=false`` (rank 0 evaluates alone; the
+  default splits the bank and the test set across every rank).
 
-The first three start a local Ray instance per job, as a user's job does without ``RAY_ADDRESS``. One untimed
-warm-up job per checkout first fills the baseline cache and numba's cache (and, with cluster variants, one per
-checkout on the cluster). Reports each variant's medians of the ``time/*`` metrics (start-up phases,
+Variants without ``_cluster`` start a local Ray instance per job, as a user's job does without ``RAY_ADDRESS``.
+One untimed warm-up job per checkout first fills the baseline cache and numba's cache (and, with cluster
+variants, one per checkout on the cluster). Reports each variant's medians of the ``time/*`` metrics (start-up phases,
 evaluation, ``time/tail_s``) and of the job's wall time.
 """
 
@@ -33,14 +37,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 try:
-    from _common import checkout_at, demo_data_overrides, emit, run_service_job, running_ray_cluster
+    from _common import checkout_at, demo_data_overrides, emit, run_service_job, running_ray_cluster, time_metrics
 except ImportError:  # run as a module
-    from benchmarks._common import checkout_at, demo_data_overrides, emit, run_service_job, running_ray_cluster
+    from benchmarks._common import (checkout_at, demo_data_overrides, emit, run_service_job, running_ray_cluster,
+                                    time_metrics)
 
 DATA = demo_data_overrides(REPO)
 
 
-VARIANTS = ("before", "after", "after_with_dashboard", "before_cluster", "after_cluster", "after_cold")
+VARIANTS = ("before", "after", "after_with_dashboard", "before_cluster", "after_cluster", "after_cold",
+            "after_rank0_eval")
 COLD = "cold"  # a variant's environment marker: a fresh, empty numba cache for each of its jobs
 
 
@@ -50,14 +56,12 @@ def run_job(checkout: Path, storage: Path, name: str, extra: list[str], steps: i
         ["--config", "configs/fmnist_smoke.yaml", "training.epochs=1", f"training.max_steps_per_epoch={steps}",
          f"run.storage_path={storage}", f"run.name={name}", "tracking.experiment=job-phases", *DATA, *extra],
         name, checkout, env)
-    metrics = client.get_run(summary["run_id"]).data.metrics
-    return {"wall_s": wall, "knn_top1": summary["knn_top1"],
-            **{k: v for k, v in metrics.items() if k.startswith("time/")}}
+    return {"wall_s": wall, "knn_top1": summary["knn_top1"], **time_metrics(client, summary["run_id"])}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--before", required=True, help="git ref of the code to compare against")
+    parser.add_argument("--before", help="git ref of the code to compare against (needed by the before* variants)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--variants", default="before,after,before_cluster,after_cluster",
@@ -66,15 +70,18 @@ def main(argv: list[str] | None = None) -> int:
     chosen = args.variants.split(",")
     if unknown := set(chosen) - set(VARIANTS):
         parser.error(f"--variants: unknown {', '.join(sorted(unknown))}")
+    needs_before = any(v.startswith("before") for v in chosen)
+    if needs_before and not args.before:
+        parser.error("--before REF is needed by the before* variants")
     with contextlib.ExitStack() as stack:
         scratch = stack.enter_context(tempfile.TemporaryDirectory())
-        before = stack.enter_context(checkout_at(REPO, args.before, scratch))
+        before = stack.enter_context(checkout_at(REPO, args.before, scratch)) if needs_before else None
         cluster = stack.enter_context(running_ray_cluster(scratch)) if any(v.endswith("_cluster") for v in chosen) \
             else None
         known = {"before": (before, [], None), "after": (REPO, [], None),
                  "after_with_dashboard": (REPO, ["run.dashboard=true"], None),
                  "before_cluster": (before, [], cluster), "after_cluster": (REPO, [], cluster),
-                 "after_cold": (REPO, [], COLD)}
+                 "after_cold": (REPO, [], COLD), "after_rank0_eval": (REPO, ["eval.split_across_ranks=false"], None)}
         variants = {variant: known[variant] for variant in chosen}
         results: dict[str, list[dict[str, float]]] = {variant: [] for variant in variants}
         storage = Path(scratch) / "runs"

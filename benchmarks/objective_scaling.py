@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import tempfile
 import time
@@ -47,9 +46,9 @@ FORMS = ("sharded", "replicated")
 BYTES_F32, BYTES_F64 = 4, 8
 
 try:
-    from _common import emit
+    from _common import emit, free_port
 except ImportError:  # run as a module
-    from benchmarks._common import emit
+    from benchmarks._common import emit, free_port
 
 
 # ------------------------------------------------------------------------------------------------- cost model
@@ -162,12 +161,6 @@ def fitted_elementwise_rate(compute_seconds: dict[str, float], costs: dict[str, 
 
 
 # ------------------------------------------------------------------------------------------------ measurement
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _peak_bytes(step) -> int:
     from torch.profiler import ProfilerActivity, profile
 
@@ -277,7 +270,7 @@ def measure(world_size: int, args: argparse.Namespace) -> dict[str, dict[str, fl
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory() as out_dir:
-        mp.spawn(_worker, args=(world_size, _free_port(), args, out_dir), nprocs=world_size, join=True)
+        mp.spawn(_worker, args=(world_size, free_port(), args, out_dir), nprocs=world_size, join=True)
         ranks = [json.loads(Path(out_dir, f"rank{r}.json").read_text()) for r in range(world_size)]
     return {
         form: {

@@ -31,9 +31,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 try:
-    from _common import emit, run_service_job
+    from _common import emit, images_per_s_windows, run_service_job, time_metrics
 except ImportError:  # run as a module
-    from benchmarks._common import emit, run_service_job
+    from benchmarks._common import emit, images_per_s_windows, run_service_job, time_metrics
 
 CONFIG = "configs/fmnist_smoke.yaml"
 WINDOW = 20
@@ -89,10 +89,8 @@ def service(steps: int, storage: Path, name: str) -> tuple[list[float], dict]:
         ["--config", CONFIG, "training.epochs=1", f"training.max_steps_per_epoch={steps}",
          f"training.log_every={WINDOW}", f"run.storage_path={storage}", f"run.name={name}",
          "tracking.experiment=service-overhead"], name, REPO)
-    run = client.get_run(summary["run_id"])
-    history = sorted(client.get_metric_history(run.info.run_id, "train/images_per_s"), key=lambda m: m.step)
-    timings = {k: round(v, 1) for k, v in run.data.metrics.items() if k.startswith("time/")}
-    return [m.value for m in history[1:]], {"wall_s": round(wall, 1), **timings}
+    timings = {k: round(v, 1) for k, v in time_metrics(client, summary["run_id"]).items()}
+    return images_per_s_windows(client, summary["run_id"]), {"wall_s": round(wall, 1), **timings}
 
 
 def main(argv: list[str] | None = None) -> int:

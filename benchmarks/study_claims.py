@@ -22,7 +22,6 @@ sign: do not contain 0); otherwise it is reported as not resolvable at this scal
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path

@@ -16,22 +16,18 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 try:
-    from _common import emit
+    from _common import emit, images_per_s_windows, run_service_job
 except ImportError:  # run as a module
-    from benchmarks._common import emit
+    from benchmarks._common import emit, images_per_s_windows, run_service_job
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def measure(study: Path, width: int, steps: int, storage: Path) -> dict:
-    from mlflow.tracking import MlflowClient
-
     from adadim_dist.sweep import load_sweep
 
     sweep, base = load_sweep(study)
@@ -42,18 +38,10 @@ def measure(study: Path, width: int, steps: int, storage: Path) -> dict:
                  f"training.cpus_per_worker={sweep.trial.cpus_per_worker}",
                  f"run.storage_path={storage}", "tracking.experiment=study-sizing", f"run.name={name}"]
     config = REPO / "configs" / "fmnist_smoke.yaml" if sweep.base_config is None else study.parent / sweep.base_config
-    start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "adadim_dist.run", "--config", str(config), "--fresh", *overrides],
-                         cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    wall = time.perf_counter() - start
-    if out.returncode != 0:
-        raise SystemExit(f"study_sizing: width {width} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    client = MlflowClient(tracking_uri=f"sqlite:///{storage / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("study-sizing")
-    run = client.search_runs([experiment.experiment_id], filter_string=f"tags.mlflow.runName = '{name}'",
-                             order_by=["attributes.start_time DESC"], max_results=1)[0]
-    windows = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "train/images_per_s"),
-                                       key=lambda m: m.step)][1:]
+    summary, client, wall = run_service_job(["--config", str(config), "--fresh", *overrides],
+                                            f"study_sizing: width {width}", REPO, {"PYTHONUNBUFFERED": "1"})
+    run = client.get_run(summary["run_id"])
+    windows = images_per_s_windows(client, summary["run_id"])
     rate = statistics.median(windows)
     train_seconds = steps * base.training.global_batch_size / rate
     return {"width": width, "images_per_s": round(rate, 1), "windows": len(windows), "job_wall_s": round(wall, 1),

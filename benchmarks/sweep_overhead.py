@@ -4,9 +4,10 @@
 
 Per finished trial run: its wall time in MLflow (end − start: the trial's start-up, training, evaluation,
 checkpoints and export) and its training time (the sum of ``train/epoch_seconds``, the time inside the epochs'
-step loops, which includes the first step's FFCV pipeline compilation). The sweep's wall time runs from its first trial's start to its last trial's end, so the gaps
-between trials (Tune starting the next one) count as overhead too. Trials that logged their start-up phases
-and evaluations (``time/*``, since 2026-12-03) also give the median of each. Prints one JSON line.
+step loops, which includes the first step's FFCV pipeline compilation). The sweep's wall time runs from its
+first trial's start to its last trial's end, so the gaps between trials (Tune starting the next one) count as
+overhead too. Trials that logged their start-up phases and evaluations (``time/*``, since 2026-12-03) also give
+the median of each. Prints one JSON line.
 """
 
 from __future__ import annotations

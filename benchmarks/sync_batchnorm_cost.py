@@ -23,7 +23,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks._common import emit  # noqa: E402
+from benchmarks._common import emit, free_port  # noqa: E402
 
 
 def worker(rank: int, world_size: int, port: int, args, out: str) -> None:
@@ -88,8 +88,6 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128, help="images per worker and view")
     args = parser.parse_args()
     import torch.multiprocessing as mp
-
-    from tests.distributed._harness import free_port
 
     with tempfile.TemporaryDirectory() as directory:
         out = str(Path(directory) / "result.pt")

@@ -147,3 +147,63 @@ def steps_done_before(text: str, epoch: int) -> int:
 
     steps = [int(s) for s in re.findall(rf"epoch {epoch} step (\d+)/", text)]
     return max(steps, default=0)
+
+
+class S3Server:
+    """A running S3-compatible server on 127.0.0.1 (moto's, in its own process): buckets made with boto3,
+    pyarrow URIs that carry the endpoint and the credentials (as user info, which every stored copy masks)."""
+
+    ACCESS_KEY, SECRET_KEY = "adadim-test-key", "adadim-s3-secret-5f1c9"
+
+    def __init__(self, port: int) -> None:
+        self.endpoint = f"127.0.0.1:{port}"
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=f"http://{self.endpoint}", aws_access_key_id=self.ACCESS_KEY,
+                            aws_secret_access_key=self.SECRET_KEY, region_name="us-east-1")
+
+    def bucket(self) -> str:
+        """A new, empty bucket's name."""
+        import uuid
+
+        name = f"adadim-{uuid.uuid4().hex[:12]}"
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def uri(self, bucket: str, prefix: str = "") -> str:
+        return (f"s3://{self.ACCESS_KEY}:{self.SECRET_KEY}@{bucket}{'/' + prefix if prefix else ''}"
+                f"?endpoint_override={self.endpoint}&scheme=http&region=us-east-1")
+
+    def objects(self, bucket: str) -> dict[str, bytes]:
+        """Every object in ``bucket``: key -> content."""
+        client = self.client()
+        keys = [item["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+                for item in page.get("Contents", [])]
+        return {key: client.get_object(Bucket=bucket, Key=key)["Body"].read() for key in keys}
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server (``moto_server``, a real HTTP server in a subprocess) on a free loopback port."""
+    import urllib.error
+    import urllib.request
+
+    port = free_port()
+    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+                break
+            except urllib.error.HTTPError:
+                break  # it answers
+            except OSError:
+                assert server.poll() is None and time.time() < deadline, "moto_server did not start"
+                time.sleep(0.1)
+        yield S3Server(port)
+    finally:
+        stop_process_tree(server)

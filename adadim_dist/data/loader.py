@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import queue
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
@@ -34,6 +32,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from .._files import replace_atomically
 from ..config import DataConfig
 from .beton import BetonInfo, check_beton
 
@@ -65,14 +64,7 @@ def stage_to_cache(path: str | Path, cache_dir: str | Path) -> Path:
         target_stat = target.stat()
         if target_stat.st_size == source_stat.st_size and target_stat.st_mtime_ns == source_stat.st_mtime_ns:
             return target
-    handle, temp_name = tempfile.mkstemp(dir=cache_dir, prefix=f".{target.name}.", suffix=".partial")
-    os.close(handle)
-    try:
-        shutil.copy2(path, temp_name)
-        os.replace(temp_name, target)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    replace_atomically(target, lambda temporary: shutil.copy2(path, temporary))
     logger.info("copied %s to %s", path, target)
     return target
 

@@ -174,6 +174,16 @@ class _SeededImageOp(Operation):
         _check_uint8_image_state(previous_state, type(self).__name__)
         return replace(previous_state, jit_mode=False), AllocationQuery(previous_state.shape, np.dtype("uint8"))
 
+    def _shim(self, kernel: "_Kernel", *parameters) -> Callable:
+        """The operation's code: ``kernel(images, dst, indices, seed, prob, *parameters)``."""
+        compiled, seed, prob = kernel.select(), self.seed, self.prob
+
+        def apply(images, dst, indices):
+            return compiled(images, dst, indices, seed, prob, *parameters)
+
+        apply.with_indices = True
+        return apply
+
     def _with_work_buffer(self, previous_state: State):
         """Output buffer plus a float32 scratch image per sample (jitter and blur compute in float)."""
         _check_uint8_image_state(previous_state, type(self).__name__)
@@ -205,13 +215,7 @@ class SeededHorizontalFlip(_SeededImageOp):
     """Mirror left–right with probability ``prob`` (FFCV's ``RandomHorizontalFlip``, seeded)."""
 
     def generate_code(self) -> Callable:
-        kernel, seed, prob = _FLIP.select(), self.seed, self.prob
-
-        def flip(images, dst, indices):
-            return kernel(images, dst, indices, seed, prob)
-
-        flip.with_indices = True
-        return flip
+        return self._shim(_FLIP)
 
 
 # ----------------------------------------------------------------------------------------- colour jitter
@@ -402,13 +406,7 @@ class RandomGrayscale(_SeededImageOp):
     """With probability ``prob``, replace each pixel by its luma (0.2989 R + 0.587 G + 0.114 B) in all channels."""
 
     def generate_code(self) -> Callable:
-        kernel, seed, prob = _GRAYSCALE.select(), self.seed, self.prob
-
-        def grayscale(images, dst, indices):
-            return kernel(images, dst, indices, seed, prob)
-
-        grayscale.with_indices = True
-        return grayscale
+        return self._shim(_GRAYSCALE)
 
 
 # ------------------------------------------------------------------------------------------------- blur
@@ -539,13 +537,7 @@ class RandomSolarize(_SeededImageOp):
         self.threshold = int(threshold)
 
     def generate_code(self) -> Callable:
-        kernel, seed, prob, threshold = _SOLARIZE.select(), self.seed, self.prob, self.threshold
-
-        def solarize(images, dst, indices):
-            return kernel(images, dst, indices, seed, prob, threshold)
-
-        solarize.with_indices = True
-        return solarize
+        return self._shim(_SOLARIZE, self.threshold)
 
 
 # ------------------------------------------------------------------------------ normalise to a tensor

@@ -2,7 +2,8 @@
 parameter names for ResNet-18/50 (``conv1``, ``bn1``, ``layer1``–``layer4``; no ``fc``), this project's own
 names for the small CNN, and the architecture in the file's metadata so ``load_encoder`` can rebuild it.
 
-Pure torch (plus DeepSpeed's offline ZeRO consolidation for DeepSpeed checkpoints): no Ray, FFCV or MLflow.
+Pure torch: no Ray, FFCV or MLflow. Reading a checkpoint (DDP or DeepSpeed) is
+``training.checkpoint.checkpoint_model_state``.
 """
 
 from __future__ import annotations
@@ -20,41 +21,6 @@ ENCODER_PREFIX = "encoder."
 
 class ExportError(ValueError):
     """A checkpoint or file that cannot be exported or loaded; the message names it."""
-
-
-def checkpoint_model_state(directory: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """(the whole model's state dict on CPU, the job's resolved config) of a DDP or DeepSpeed checkpoint
-    directory (``<run.storage_path>/<run.name>/epoch_NNNN``)."""
-    from ..distributed.engine import MODEL_STATE
-    from ..training.checkpoint import CheckpointError, load_state, load_tensors
-
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise ExportError(f"--checkpoint: {directory} is not a directory")
-    try:
-        config = load_state(directory)["config"]
-    except CheckpointError as err:
-        raise ExportError(f"--checkpoint: {err}") from None
-    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
-        raise ExportError(f"--checkpoint: {directory / 'state.pt'} holds no job config")
-    if (directory / MODEL_STATE).is_file():
-        try:
-            return load_tensors(directory / MODEL_STATE), config
-        except CheckpointError as err:
-            raise ExportError(f"--checkpoint: {err}") from None
-    deepspeed_dir = directory / "deepspeed"
-    if not deepspeed_dir.is_dir():
-        raise ExportError(f"--checkpoint: {directory} holds neither {MODEL_STATE} (DDP) nor deepspeed/ (DeepSpeed)")
-    # DeepSpeed's own files hold more than tensors and load only with weights_only=False (README, Known limits):
-    # export checkpoints your own jobs wrote.
-    if config["training"]["deepspeed"]["zero_stage"] == 0:
-        (model_file,) = sorted(deepspeed_dir.glob("mp_rank_*_model_states.pt"))[:1] or [None]
-        if model_file is None:
-            raise ExportError(f"--checkpoint: {deepspeed_dir} has no mp_rank_*_model_states.pt")
-        return torch.load(model_file, map_location="cpu", weights_only=False)["module"], config
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    return get_fp32_state_dict_from_zero_checkpoint(str(directory), tag="deepspeed"), config
 
 
 def encoder_state(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

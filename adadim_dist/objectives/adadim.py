@@ -45,8 +45,7 @@ from .information import (
     effective_rank,
     effective_rank_sharded,
     information_terms,
-    renyi2_block_sums,
-    renyi2_information_terms,
+    information_terms_sharded,
     uniformity,
     uniformity_sharded,
 )
@@ -397,7 +396,7 @@ class AdaDim:
         ``all_reduce``, and the gathered batch serves only as the columns of NT-Xent and the Gram blocks."""
         z_a_global, z_b_global = self.gather(z_a), self.gather(z_b)
         num_global, row_offset = z_a_global.shape[0], self.rank * z_a.shape[0]
-        self._check_row_offset(z_a, z_a_global, row_offset)
+        self._check_rank_rows(z_a, z_a_global, row_offset)
         step_erank_z: list[torch.Tensor] = []  # the α estimate's erank(Z), reused by this step's statistics
 
         def estimate_rank() -> torch.Tensor:
@@ -420,14 +419,9 @@ class AdaDim:
             with torch.set_grad_enabled(needs_mi_grad and torch.is_grad_enabled()):
                 r_a_global, r_b_global = self.gather(r_a), self.gather(r_b)
                 if self.mi_is_sharded:
-                    # Both views' six sums in one all-reduce.
-                    sums = self.all_reduce(torch.stack([
-                        renyi2_block_sums(r_a, z_a, r_a_global, z_a_global, row_offset, self.kernel,
-                                          self.kernel_sigma),
-                        renyi2_block_sums(r_b, z_b, r_b_global, z_b_global, row_offset, self.kernel,
-                                          self.kernel_sigma),
-                    ]))
-                    info_a, info_b = (renyi2_information_terms(view_sums) for view_sums in sums.unbind(0))
+                    info_a, info_b = information_terms_sharded(
+                        [(r_a, z_a, r_a_global, z_a_global), (r_b, z_b, r_b_global, z_b_global)], row_offset,
+                        self.all_reduce, self.kernel, self.kernel_sigma)
                 else:
                     info_a = information_terms(r_a_global, z_a_global, self.mi_order, self.kernel,
                                                self.kernel_sigma)
@@ -516,7 +510,7 @@ class AdaDim:
             total = norms.sum()
             return (norms / total).tolist() if total > 0 else [0.0] * len(norms)
 
-    def _check_row_offset(self, z_a: torch.Tensor, z_a_global: torch.Tensor, row_offset: int) -> None:
+    def _check_rank_rows(self, z_a: torch.Tensor, z_a_global: torch.Tensor, row_offset: int) -> None:
         """Once per objective: the local rows must sit where ``rank`` says in the gathered batch, or NT-Xent
         would pair the wrong positives and mask the wrong self-similarities without any error."""
         if self._row_offset_checked:

@@ -23,7 +23,7 @@ every worker at O(n·N·d + d²) per worker instead of O(N²·d):
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -299,20 +299,18 @@ def renyi2_information_terms(sums: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def information_terms_sharded(
-    x: torch.Tensor,
-    y: torch.Tensor,
-    x_global: torch.Tensor,
-    y_global: torch.Tensor,
+    views: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
     row_offset: int,
     all_reduce: AllReduce,
     kernel: str = "cosine",
     sigma: float | None = None,
-) -> dict[str, torch.Tensor]:
-    """Order-2 ``information_terms`` of the gathered batch from this worker's row block, on every worker; the
-    gradient reaches every worker's rows through ``all_reduce`` and the gather behind ``x_global``."""
-    return renyi2_information_terms(
-        all_reduce(renyi2_block_sums(x, y, x_global, y_global, row_offset, kernel, sigma))
-    )
+) -> list[dict[str, torch.Tensor]]:
+    """Order-2 ``information_terms`` of the gathered batch, for each view's (x, y, x_global, y_global), from
+    this worker's row block, on every worker; every view's sums share one ``all_reduce``. The gradient reaches
+    every worker's rows through ``all_reduce`` and the gather behind ``x_global``."""
+    sums = all_reduce(torch.stack([renyi2_block_sums(x, y, x_global, y_global, row_offset, kernel, sigma)
+                                   for x, y, x_global, y_global in views]))
+    return [renyi2_information_terms(view_sums) for view_sums in sums.unbind(0)]
 
 
 def uniformity_sharded(

@@ -157,12 +157,10 @@ def additive_augmentation_view_covariances(
 
 
 def spectral_contrastive_landscape(
-    data_covariance: np.ndarray,
+    data_covariance: np.ndarray | None,
     augmentation_covariance: np.ndarray | None = None,
     weight_decay: float = 0.0,
-    *,
-    cross_view_covariance: np.ndarray | None = None,
-    view_covariance: np.ndarray | None = None,
+    **views: np.ndarray,
 ) -> QuarticLandscape:
     """Expected spectral contrastive loss of a linear encoder as a ``QuarticLandscape`` with P = 2S, Q = C.
 
@@ -181,19 +179,15 @@ def spectral_contrastive_landscape(
     complete collapse iff ``gamma >= 2 lambda_max(A)``. An augmentation that lowers the cross-view covariance
     ``S`` (views sharing less of the sample) collapses the directions where ``2 s_i <= gamma``.
     """
-    cross_view, single_view = _view_covariances(
-        data_covariance, augmentation_covariance, cross_view_covariance, view_covariance
-    )
+    cross_view, single_view = _view_covariances(data_covariance, augmentation_covariance, **views)
     return QuarticLandscape(growth=2.0 * cross_view, saturation=single_view, weight_decay=weight_decay)
 
 
 def alignment_variance_landscape(
-    data_covariance: np.ndarray,
+    data_covariance: np.ndarray | None,
     augmentation_covariance: np.ndarray | None = None,
     weight_decay: float = 0.0,
-    *,
-    cross_view_covariance: np.ndarray | None = None,
-    view_covariance: np.ndarray | None = None,
+    **views: np.ndarray,
 ) -> QuarticLandscape:
     """Non-contrastive alignment + variance loss of a linear encoder as a ``QuarticLandscape``: P = 3S - C.
 
@@ -208,9 +202,7 @@ def alignment_variance_landscape(
     augmentation variance ``b_i >= 2 a_i - gamma``; survivors have ``W`` squared singular value
     ``(2a_i - b_i - gamma) / (2 (a_i + b_i/2)^2)``.
     """
-    cross_view, single_view = _view_covariances(
-        data_covariance, augmentation_covariance, cross_view_covariance, view_covariance
-    )
+    cross_view, single_view = _view_covariances(data_covariance, augmentation_covariance, **views)
     return QuarticLandscape(
         growth=3.0 * cross_view - single_view,
         saturation=0.5 * (single_view + cross_view),
@@ -328,8 +320,9 @@ def predict_stationary_solution(landscape: QuarticLandscape, output_dim: int | N
     )
 
 
-def _view_covariances(data_covariance, augmentation_covariance, cross_view_covariance, view_covariance):
-    """(S, C) from either (A, B) under additive noise or from explicit (S, C)."""
+def _view_covariances(data_covariance, augmentation_covariance, cross_view_covariance=None, view_covariance=None):
+    """(S, C) from either (A, B) under additive noise or from explicit (S, C) (the landscapes' keyword-only
+    ``cross_view_covariance`` and ``view_covariance``; any other keyword is a TypeError)."""
     if cross_view_covariance is not None or view_covariance is not None:
         if cross_view_covariance is None or view_covariance is None:
             raise ValueError("give both cross_view_covariance and view_covariance, or neither")

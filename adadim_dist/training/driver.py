@@ -20,10 +20,11 @@ import yaml
 
 from ..config import Config, ConfigError, flatten, is_uri, storable, with_defaults
 from .checkpoint import check_compatible, latest_complete_checkpoint, load_state
+from .storage import Location
 from .progress import ProgressBoard, ProgressPrinter
 from .timing import describe_startup, process_started_at, time_before_python
 from .tracking import (MLflowSink, check_reachable, mask_credentials, network_sqlite_store, refused_status,
-                       resolve_tracking_uri, run_page)
+                       resolve_tracking_uri, run_page, unsent_metrics_path)
 
 logger = logging.getLogger(__name__)
 RUN_ID_FILE = "mlflow_run.json"
@@ -67,42 +68,27 @@ def resolve_paths(cfg: Config) -> Config:
     return cfg.model_copy(update={"data": data, "run": run})
 
 
-def _storage(cfg: Config):
-    """(pyarrow filesystem, path of the run directory on it): local, NFS and object stores alike."""
-    import pyarrow.fs
-
-    if is_uri(cfg.run.storage_path):
-        fs, root = pyarrow.fs.FileSystem.from_uri(cfg.run.storage_path)
-    else:
-        fs, root = pyarrow.fs.LocalFileSystem(), cfg.run.storage_path
-    return fs, f"{root.rstrip('/')}/{cfg.run.name}"
+def run_location(cfg: Config) -> Location:
+    """The run directory, ``<run.storage_path>/<run.name>``: local, NFS and object stores alike (the place Ray
+    Train writes the run's checkpoints to)."""
+    return Location.of(cfg.run.storage_path) / cfg.run.name
 
 
 def read_run_file(cfg: Config, name: str) -> str | None:
-    import pyarrow.fs
-
-    fs, directory = _storage(cfg)
-    if fs.get_file_info(f"{directory}/{name}").type != pyarrow.fs.FileType.File:
-        return None
-    with fs.open_input_stream(f"{directory}/{name}") as stream:
-        return stream.read().decode()
+    file = run_location(cfg) / name
+    return file.read_text() if file.is_file() else None
 
 
 def write_run_file(cfg: Config, name: str, text: str) -> None:
-    fs, directory = _storage(cfg)
-    fs.create_dir(directory, recursive=True)
-    with fs.open_output_stream(f"{directory}/{name}") as stream:
-        stream.write(text.encode())
+    (run_location(cfg) / name).write_text(text)
 
 
 def start_fresh(cfg: Config) -> None:
     """--fresh: move the previous run's directory aside (never delete a user's checkpoints)."""
-    import pyarrow.fs
-
-    fs, directory = _storage(cfg)
-    if fs.get_file_info(directory).type != pyarrow.fs.FileType.NotFound:
-        aside = f"{directory}.old-{time.strftime('%Y%m%d-%H%M%S')}"
-        fs.move(directory, aside)
+    directory = run_location(cfg)
+    if directory.exists():
+        aside = directory.parent / f"{directory.name}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+        directory.move_to(aside)
         print(f"[adadim] --fresh: previous run moved to {aside}", flush=True)
 
 
@@ -136,16 +122,28 @@ def open_tracking(cfg: Config, parent_run_id: str | None = None, extra_params: d
     return sink
 
 
+#: Where the workers' output goes while the console hides it (run.verbose=false): the Ray session's logs.
+worker_logs_dir: str | None = None
+
+
 def init_ray(cfg: Config) -> None:
+    """Connect to ``run.ray_address`` (or RAY_ADDRESS), or start a local instance. The workers' own output
+    (Ray Train's reports, controller chatter, rank 0's step lines) reaches the console only with
+    ``run.verbose``; otherwise rank 0's story arrives through the progress board and the rest stays in the
+    session's log files, which the summary names."""
+    global worker_logs_dir
     import ray
 
     if ray.is_initialized():
         return
     address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS")
+    quiet = {"log_to_driver": cfg.run.verbose, "logging_level": logging.INFO if cfg.run.verbose else logging.WARNING}
     if address:
-        ray.init(address=address, log_to_driver=True)
+        context = ray.init(address=address, **quiet)
     else:
-        ray.init(include_dashboard=cfg.run.dashboard, dashboard_host=cfg.run.dashboard_host, log_to_driver=True)
+        context = ray.init(include_dashboard=cfg.run.dashboard, dashboard_host=cfg.run.dashboard_host, **quiet)
+    session_dir = (getattr(context, "address_info", None) or {}).get("session_dir")
+    worker_logs_dir = None if cfg.run.verbose or not session_dir else str(Path(session_dir) / "logs")
     start_autoscaling_coordinator()
 
 
@@ -204,7 +202,7 @@ def fit(cfg: Config, fresh: bool = False) -> dict[str, Any]:
         write_run_file(cfg, "config.yaml", yaml.safe_dump(storable(cfg), sort_keys=False))
         warn_if_sqlite_across_nodes(cfg)
         board = progress_board()
-        with ProgressPrinter(board):
+        with ProgressPrinter(board, show_lines=not cfg.run.verbose):
             result = build_trainer(cfg, sink.run_id, resume_from=local_resume_checkpoint(cfg),
                                    progress=board, stamps=stamps).fit()
         status = "FINISHED"
@@ -259,12 +257,6 @@ def progress_board():
 
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
     return ray.remote(num_cpus=0)(ProgressBoard).options(scheduling_strategy=here).remote()
-
-
-def unsent_metrics_path(cfg: Config) -> Path:
-    """Where metric values and a final status that MLflow could not take wait for ``replay``."""
-    root = Path.home() / ".adadim" if is_uri(cfg.run.storage_path) else Path(cfg.run.storage_path)
-    return root / cfg.run.name / "unsent_metrics.jsonl"
 
 
 def fail_fast_http() -> None:
@@ -360,10 +352,10 @@ def shutdown_ray() -> None:
         ray.shutdown()
 
 
-def local_resume_checkpoint(cfg: Config) -> Path | None:
-    if is_uri(cfg.run.storage_path):
-        return None  # object stores: Ray's own run snapshot is the record
-    return latest_complete_checkpoint(Path(cfg.run.storage_path) / cfg.run.name, cfg.training.strategy)
+def local_resume_checkpoint(cfg: Config) -> Location | None:
+    """The newest complete checkpoint in the run directory, local or on an object store (the name is older than
+    object-store support)."""
+    return latest_complete_checkpoint(run_location(cfg), cfg.training.strategy)
 
 
 def set_controller_defaults() -> None:
@@ -378,7 +370,7 @@ def set_controller_defaults() -> None:
     os.environ.setdefault(PREEMPTION_WATCHER_ENV, "0")
 
 
-def build_trainer(cfg: Config, run_id: str | None, callbacks: list | None = None, resume_from: Path | None = None,
+def build_trainer(cfg: Config, run_id: str | None, callbacks: list | None = None, resume_from: Location | None = None,
                   progress=None, stamps: dict[str, float] | None = None):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
@@ -389,12 +381,11 @@ def build_trainer(cfg: Config, run_id: str | None, callbacks: list | None = None
         train_loop_per_worker,
         # Ray 2.60 deprecates resume_from_checkpoint: the worker weighs this path against get_checkpoint().
         train_loop_config={"config": cfg.model_dump(mode="json"), "mlflow_run_id": run_id,
-                           "resume_dir": str(resume_from) if resume_from else None,
+                           "resume_dir": resume_from.uri if resume_from else None,  # a path or a URI
                            "tracking_uri": resolve_tracking_uri(cfg.tracking.uri, cfg.run.storage_path),
                            "progress_board": progress,
                            "stamps": stamps or {},  # start-up timeline (training/timing.py)
-                           "run_dir": None if is_uri(cfg.run.storage_path)
-                           else str(Path(cfg.run.storage_path) / cfg.run.name)},
+                           "run_dir": run_location(cfg).uri},
         scaling_config=ScalingConfig(
             num_workers=cfg.training.num_workers,
             use_gpu=cfg.training.use_gpu,
@@ -492,6 +483,8 @@ def summarise(cfg: Config, sink: MLflowSink, result) -> dict[str, Any]:
         summary["tail_s"] = round(metrics["time/tail_s"], 1)
     if tracking_note:
         summary["tracking"] = tracking_note
+    if worker_logs_dir is not None:
+        summary["worker_logs"] = worker_logs_dir  # the workers' full output (run.verbose=true shows it live)
     if cfg.data.test_path is None:
         summary["evaluation"] = ("label-free (data.test_path=null: no labelled test set, so no kNN, probe or "
                                  "baselines): RankMe, H(R), I(R;Z) and uniformity of the first 2048 training images")

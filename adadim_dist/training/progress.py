@@ -1,9 +1,11 @@
-"""A live progress bar in the driver (epoch, step, images/s, loss, α, ETA) while the workers train.
+"""A live progress bar in the driver (epoch, step, images/s, loss, α, ETA) while the workers train, and rank
+0's story (a line per epoch, resumes, warnings) on the driver's console, which hides the workers' own output
+unless ``run.verbose``.
 
-Rank 0 posts its latest step to a small Ray actor (``ProgressBoard``, 0 CPUs, fire-and-forget calls); a
-thread in the driver reads it and draws. On a terminal the bar redraws in place every second; elsewhere (a
-log file, ``ray job logs``, CI) it prints one plain line at most every ``quiet_interval_s`` seconds, so logs
-are not flooded.
+Rank 0 posts its latest step and its lines to a small Ray actor (``ProgressBoard``, 0 CPUs, fire-and-forget
+calls); a thread in the driver reads it and draws. Lines are printed as they come; on a terminal the bar
+redraws in place every second, elsewhere (a log file, ``ray job logs``, CI) it prints one plain line at most
+every ``quiet_interval_s`` seconds, so logs are not flooded.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ class ProgressBoard:
 
     def __init__(self) -> None:
         self.latest: dict | None = None
+        self.lines: list[str] = []  # rank 0's story (epochs, resumes, warnings), for the driver's console
         self.startup_claimed = False
 
     def claim_startup(self) -> bool:
@@ -29,8 +32,15 @@ class ProgressBoard:
     def post(self, progress: dict) -> None:
         self.latest = progress
 
+    def post_line(self, line: str) -> None:
+        self.lines.append(line)
+
     def read(self) -> dict | None:
         return self.latest
+
+    def read_since(self, first_line: int) -> tuple[dict | None, list[str]]:
+        """The latest progress and the lines from index ``first_line`` on."""
+        return self.latest, self.lines[first_line:]
 
 
 def describe(progress: dict, now: float) -> str:
@@ -47,14 +57,17 @@ def describe(progress: dict, now: float) -> str:
 class ProgressPrinter:
     """Polls a ``ProgressBoard`` actor from a daemon thread and draws what it holds on ``stream``."""
 
-    def __init__(self, board, stream=None, interval_s: float = 1.0, quiet_interval_s: float = 60.0) -> None:
+    def __init__(self, board, stream=None, interval_s: float = 1.0, quiet_interval_s: float = 60.0,
+                 show_lines: bool = True) -> None:
         self.board = board
+        self.show_lines = show_lines  # False when the workers' own output reaches the console (run.verbose)
         self.stream = stream or sys.stderr
         self.interactive = bool(getattr(self.stream, "isatty", lambda: False)())
         self.interval_s = interval_s if self.interactive else quiet_interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="adadim-progress", daemon=True)
         self._last_drawn: tuple | None = None
+        self._lines_shown = 0
 
     def __enter__(self) -> "ProgressPrinter":
         self._thread.start()
@@ -69,17 +82,27 @@ class ProgressPrinter:
             self.stream.flush()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self._draw()
+        last_bar = time.monotonic()
+        while not self._stop.wait(min(1.0, self.interval_s)):  # lines as they come; the bar at its interval
+            now = time.monotonic()
+            self._draw(bar=now - last_bar >= self.interval_s)
+            last_bar = now if now - last_bar >= self.interval_s else last_bar
 
-    def _draw(self) -> None:
+    def _draw(self, bar: bool = True) -> None:
         import ray
 
         try:
-            progress = ray.get(self.board.read.remote(), timeout=5)
+            progress, lines = ray.get(self.board.read_since.remote(self._lines_shown), timeout=5)
         except Exception:  # noqa: BLE001 - the bar must never disturb the job
             return
-        if progress is None:
+        for line in lines if self.show_lines else ():
+            self.stream.write(f"\r\033[K[adadim] {line}\n" if self.interactive else f"[adadim] {line}\n")
+        self._lines_shown += len(lines)
+        lines = lines if self.show_lines else []
+        if lines and self.interactive:
+            self._last_drawn = None  # the bar was wiped by the line: draw it again below
+        if progress is None or not bar and not (lines and self.interactive):
+            self.stream.flush()
             return
         key = (progress["epoch"], progress["step"])
         if key == self._last_drawn and not self.interactive:

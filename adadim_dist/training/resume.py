@@ -8,12 +8,11 @@ chooses, every rank opens that same checkpoint, and if any rank cannot, every ra
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..distributed import all_gather_objects, broadcast_object
 from .checkpoint import STATE_FILE, is_complete, latest_complete_checkpoint, load_state
+from .storage import Location
 
 
 class ResumeMismatchError(RuntimeError):
@@ -33,22 +32,22 @@ class ResumeChoice:
         return f"{self.name or 'the registered checkpoint'} (after epoch {self.epoch})"
 
 
-def _epoch_if_complete(directory: Path, strategy: str) -> int:
+def _epoch_if_complete(directory: Location, strategy: str) -> int:
     return load_state(directory)["epoch"] if is_complete(directory, strategy) else -1
 
 
 def choose_resume(checkpoint, run_dir: str | None, resume_dir: str | None, strategy: str) -> ResumeChoice | None:
-    """Ray's latest registered checkpoint, or the newest complete one on disk (persisted but not yet registered
-    when the previous driver died: under ``run_dir``, else the driver's ``resume_dir``), whichever is later; a
-    registered one that lost a rank's shard since is passed over. None: a fresh start."""
-    on_disk = latest_complete_checkpoint(Path(run_dir), strategy) if run_dir else None
-    fallback = on_disk or (Path(resume_dir) if resume_dir else None)
+    """Ray's latest registered checkpoint, or the newest complete one in storage (persisted but not yet
+    registered when the previous driver died: under ``run_dir``, else the driver's ``resume_dir``; each a local
+    path or a URI such as ``s3://...``), whichever is later; a registered one that lost a rank's shard since is
+    passed over. None: a fresh start."""
+    on_disk = latest_complete_checkpoint(run_dir, strategy) if run_dir else None
+    fallback = on_disk or (Location.of(resume_dir) if resume_dir else None)
     if fallback is not None and not (fallback / STATE_FILE).is_file():
         fallback = None  # removed since (Ray keeps only the newest checkpoints)
     registered_epoch = -1
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            registered_epoch = _epoch_if_complete(Path(directory), strategy)
+    if checkpoint is not None:  # checked where Ray keeps it: nothing is downloaded to choose
+        registered_epoch = _epoch_if_complete(Location.of_checkpoint(checkpoint), strategy)
     fallback_epoch = load_state(fallback)["epoch"] if fallback is not None else -1
     if fallback is not None and fallback_epoch > registered_epoch:
         return ResumeChoice("disk", fallback_epoch, fallback.name)
@@ -58,23 +57,22 @@ def choose_resume(checkpoint, run_dir: str | None, resume_dir: str | None, strat
 def open_choice(choice: ResumeChoice | None, checkpoint, run_dir: str | None, resume_dir: str | None,
                 strategy: str):
     """(a context manager yielding the chosen checkpoint's directory on this rank, or None; what is wrong on
-    this rank, or None)."""
+    this rank, or None). A checkpoint on an object store is downloaded into a temporary directory."""
     if choice is None:
         return None, None
     if choice.kind == "registered":
         if checkpoint is None:
             return None, "Ray gave this rank no registered checkpoint"
-        with checkpoint.as_directory() as directory:
-            epoch = _epoch_if_complete(Path(directory), strategy)
+        epoch = _epoch_if_complete(Location.of_checkpoint(checkpoint), strategy)
         if epoch != choice.epoch:
             return None, f"its registered checkpoint is {'incomplete' if epoch < 0 else f'after epoch {epoch}'}"
         return checkpoint.as_directory(), None
-    base = Path(run_dir) if run_dir else Path(resume_dir).parent
+    base = Location.of(run_dir) if run_dir else Location.of(resume_dir).parent
     directory = base / choice.name
     epoch = _epoch_if_complete(directory, strategy) if directory.is_dir() else -1
     if epoch != choice.epoch:
         return None, f"{directory} is {'missing or incomplete' if epoch < 0 else f'after epoch {epoch}'} there"
-    return contextlib.nullcontext(directory), None
+    return directory.local_copy(), None
 
 
 def agreed_resume_source(checkpoint, run_dir: str | None, resume_dir: str | None, strategy: str, rank: int):

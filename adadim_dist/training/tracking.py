@@ -8,23 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from ..config import is_uri, mask_credentials
+
 logger = logging.getLogger(__name__)
-
-# scheme://user:password@host -> scheme://***@host; also ?password=... / &token=... in query strings.
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
-_SECRET_QUERY = re.compile(r"(?P<key>[?&](?:password|passwd|pwd|token|secret|access_key|api_key)=)[^&\s]+", re.I)
-
-
-def mask_credentials(text: str) -> str:
-    """``text`` with the credentials a URI can carry replaced by ``***``: safe to log, print or store."""
-    return _SECRET_QUERY.sub(r"\g<key>***", _USERINFO.sub(r"\g<scheme>***@", str(text)))
-
 
 def default_tracking_uri(storage_path: Path) -> str:
     return f"sqlite:///{Path(storage_path).resolve() / 'mlflow.db'}"
@@ -80,19 +71,26 @@ def network_sqlite_store(tracking_uri: str, mounts_text: str | None = None) -> s
     return None
 
 
-# MLflow 3's UI opens an experiment without a kind on its GenAI view (traces, "no data"): these are training runs.
+# What these experiments are (training runs, not GenAI traces). MLflow 3.17's UI no longer reads this tag to pick
+# its view (scripts/mlflow_ui_check.py): the run page's URL carries the view instead (``run_page``).
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
-def get_or_create_experiment(client, name: str, storage_path: Path, local_store: bool) -> str:
+def get_or_create_experiment(client, name: str, storage_path: Path, local_store: bool,
+                             tracking_uri: str | None = None) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         if not set(EXPERIMENT_KIND.items()) <= set((experiment.tags or {}).items()):
             for key, value in EXPERIMENT_KIND.items():  # experiments created before the tag existed
                 client.set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
-    # A local store would otherwise put artifacts in ./mlruns of whatever directory the worker runs in.
-    location = (Path(storage_path).resolve() / "mlartifacts").as_uri() if local_store else None
+    # A local store would otherwise put artifacts in ./mlruns of whatever directory the worker runs in: they go
+    # under run.storage_path, or beside the SQLite file when the storage is an object store (s3://...).
+    location = None
+    if local_store and "://" not in str(storage_path):
+        location = (Path(storage_path).resolve() / "mlartifacts").as_uri()
+    elif local_store and tracking_uri and sqlite_path(tracking_uri) is not None:
+        location = (sqlite_path(tracking_uri).resolve().parent / "mlartifacts").as_uri()
     try:
         return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
     except Exception:  # another process created it between the lookup and the create
@@ -103,9 +101,11 @@ def get_or_create_experiment(client, name: str, storage_path: Path, local_store:
 
 
 def run_page(tracking_uri: str, experiment_id: str, run_id: str) -> str:
-    """Where a run's own page is: on the tracking server, or on ``mlflow ui`` (default port) for a local store."""
+    """Where a run's own page is: on the tracking server, or on ``mlflow ui`` (default port) for a local store. In
+    the UI's "Model training" view: a new user's browser otherwise opens it in the GenAI view (MLflow 3.17
+    picks the view from the URL or the browser's storage, default GenAI; scripts/mlflow_ui_check.py)."""
     base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
-    return mask_credentials(f"{base}/#/experiments/{experiment_id}/runs/{run_id}")
+    return mask_credentials(f"{base}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning")
 
 
 def refused_status(err: Exception) -> int | None:
@@ -175,14 +175,14 @@ class MLflowSink(MetricsSink):
         if run_id is not None:
             self.run_id = run_id
             try:
-                self.experiment_id = get_or_create_experiment(self.client, experiment, storage_path, local)
+                self.experiment_id = get_or_create_experiment(self.client, experiment, storage_path, local, tracking_uri)
                 self.client.update_run(run_id, status="RUNNING")
             except Exception as err:  # noqa: BLE001 - a worker restarted during an outage keeps training
                 logger.warning("MLflow unreachable (%s): run %s stays as it was, metrics are buffered",
                                type(err).__name__, run_id)
                 self._outage_reported = True
         else:
-            self.experiment_id = get_or_create_experiment(self.client, experiment, storage_path, local)
+            self.experiment_id = get_or_create_experiment(self.client, experiment, storage_path, local, tracking_uri)
             all_tags = dict(tags or {})
             if parent_run_id:
                 all_tags["mlflow.parentRunId"] = parent_run_id
@@ -361,6 +361,12 @@ class MLflowSink(MetricsSink):
                                status)
         self._pending_status = status
         return False
+
+
+def unsent_metrics_path(cfg) -> Path:
+    """Where metric values and a final status that MLflow could not take wait for ``replay``."""
+    root = Path.home() / ".adadim" if is_uri(cfg.run.storage_path) else Path(cfg.run.storage_path)
+    return root / cfg.run.name / "unsent_metrics.jsonl"
 
 
 def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:

@@ -38,7 +38,7 @@ def finiteness_worker(rank: int, world_size: int, root: str) -> None:
     """Rank 1's BatchNorm statistics are NaN, rank 0's finite: every rank must get the same answer."""
     import torch
 
-    from adadim_dist.training.worker import state_is_finite_on_every_rank
+    from adadim_dist.training.state_checks import state_is_finite_on_every_rank
 
     state = {"weight": torch.ones(3), "running_mean": torch.full((3,), float("nan") if rank == 1 else 0.0)}
     both = state_is_finite_on_every_rank(state, torch.device("cpu"))

@@ -121,7 +121,9 @@ def shared_evaluation_worker(rank: int, world_size: int, storage: str) -> None:
     from adadim_dist.config import load_config
     from adadim_dist.distributed import all_gather_rows, gather_to, object_to
     from adadim_dist.models import build_model
-    from adadim_dist.training.worker import baseline_knn, cached_baseline_knn, evaluate, part_range, rank0_state
+    from adadim_dist.evaluation.baselines import baseline_knn, cached_baseline_knn
+    from adadim_dist.evaluation.online import evaluate_labelled as evaluate
+    from adadim_dist.evaluation.online import part_range, rank0_state
 
     rows = torch.arange(rank + 1, dtype=torch.float32).unsqueeze(1).expand(-1, 2)  # rank r holds r + 1 rows
     gathered = all_gather_rows(rows)

@@ -40,7 +40,9 @@ def stage_args(betons, storage, stage, *extra):
         f"data.train_path={betons['train']}", f"data.test_path={betons['test']}",
         f"run.storage_path={storage}", f"run.name=zero{stage}", "training.epochs=2",
         "training.global_batch_size=64", "training.max_steps_per_epoch=2", "training.log_every=1",
-        "training.cpus_per_worker=0.5", "eval.every_epochs=2", "eval.knn_k=[20]", *LIGHT_VIEWS, *extra,
+        "training.cpus_per_worker=0.5", "eval.every_epochs=2", "eval.knn_k=[20]", *LIGHT_VIEWS,
+        "run.verbose=true",  # the tests read the workers' parameter fingerprints
+        *extra,
     ]
 
 

@@ -31,8 +31,8 @@ def test_offline_evaluation_of_a_checkpoint_matches_a_direct_computation(tiny_be
     from mlflow.tracking import MlflowClient
 
     from adadim_dist.evaluate import main
-    from adadim_dist.training.evaluation import knn_top1
-    from adadim_dist.training.linear_eval import linear_probe_top1
+    from adadim_dist.evaluation import knn_top1
+    from adadim_dist.evaluation import linear_probe_top1
 
     cfg = load_config(None, [f"data.train_path={tiny_betons['train']}", f"data.test_path={tiny_betons['test']}",
                              f"run.storage_path={tmp_path}", "run.name=offline", "model.small_cnn_width=8",
@@ -110,7 +110,7 @@ def test_offline_evaluation_of_a_runs_mlflow_encoder_with_the_runs_params(tiny_b
     from adadim_dist.config import flatten
     from adadim_dist.evaluate import main
     from adadim_dist.training.tracking import MLflowSink
-    from adadim_dist.training.worker import log_encoder, saved_encoder
+    from adadim_dist.evaluation.export import log_encoder, saved_encoder
 
     cfg = load_config(None, [f"data.train_path={tiny_betons['train']}", f"data.test_path={tiny_betons['test']}",
                              f"run.storage_path={tmp_path}", "run.name=logged", "model.small_cnn_width=8",
@@ -137,9 +137,9 @@ def test_offline_evaluation_of_a_runs_mlflow_encoder_with_the_runs_params(tiny_b
     import argparse
 
     from adadim_dist.evaluate import features_of, load_encoder_and_config
-    from adadim_dist.training.evaluation import knn_top1
+    from adadim_dist.evaluation import knn_top1
 
-    program, rebuilt, _ = load_encoder_and_config(argparse.Namespace(
+    program, rebuilt, _, _ = load_encoder_and_config(argparse.Namespace(
         checkpoint=None, run_id=sink.run_id, tracking_uri=uri, config=None, overrides=[]))
     features = {}
     for name, encoder in (("run", program), ("checkpoint", model.encoder)):

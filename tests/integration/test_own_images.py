@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -63,6 +64,21 @@ def test_a_folder_of_unlabelled_images_trains_and_is_evaluated_without_labels(tm
     assert "evaluation: label-free" in out.stdout and "RankMe" in out.stdout
     # The driver's progress line (not a terminal: plain lines, the last one at the end of training).
     assert "[progress] epoch 1/1 step 3/3 (100%)" in out.stderr, out.stderr[-2000:]
+    # A quiet console by default: rank 0's epoch line, no Ray Train chatter; the workers' logs are named.
+    assert "[adadim] epoch 1/1 done in" in out.stderr, out.stderr[-2000:]
+    assert "TrainingReport(" not in out.stdout + out.stderr and "RayTrainWorker" not in out.stdout + out.stderr
+    assert any(Path(summary["worker_logs"]).glob("worker-*.out")), summary["worker_logs"]
+
+    # The offline evaluation of its checkpoint takes the worker's label-free path: the same figures.
+    from adadim_dist.evaluate import main as evaluate_main
+
+    capsys.readouterr()
+    assert evaluate_main(["--checkpoint", summary["checkpoint"], "--out", str(tmp_path / "report"),
+                          "--no-log"]) == 0
+    offline = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("rankme", "h_r", "mi_rz"):
+        assert offline[f"eval_offline/{key}"] == pytest.approx(summary[f"eval_{key}"], rel=1e-6), key
+    assert offline["eval_offline/images"] == 300 and (tmp_path / "report" / "embeddings_map.png").is_file()
 
 
 def test_folder_errors_are_one_line(tmp_path, capsys):

@@ -35,7 +35,9 @@ def smoke_args(betons, storage, name, *extra):
         f"data.train_path={betons['train']}", f"data.test_path={betons['test']}",
         f"run.storage_path={storage}", f"run.name={name}",
         "training.global_batch_size=64", "training.max_steps_per_epoch=6", "training.log_every=2",
-        "training.cpus_per_worker=0.5", "eval.baselines=false", "eval.every_epochs=1", *extra,
+        "training.cpus_per_worker=0.5", "eval.baselines=false", "eval.every_epochs=1",
+        "run.verbose=true",  # the tests read the workers' step lines
+        *extra,
     ]
 
 
@@ -112,9 +114,9 @@ def test_ddp_run_logs_every_metric_and_checkpoints(job, tmp_path):
     assert run.data.params["training.strategy"] == "ddp" and run.data.params["training.num_workers"] == "2"
     assert 0.0 <= summary["final_alpha"] <= 1.0
     assert "encoder" in [a.path for a in client.list_artifacts(summary["run_id"])]
-    # The summary names the run's own page, in an experiment MLflow's UI opens on the training view.
+    # The summary names the run's own page, in MLflow's training view (scripts/mlflow_ui_check.py opens it).
     assert summary["run_page"] == (f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/"
-                                   f"{summary['run_id']}")
+                                   f"{summary['run_id']}?workflowType=machine_learning")
     assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     assert run.data.tags["machine.cpu"] and "from epoch 0: " in run.data.tags["machine.cpu_history"]
     # Dimensional-collapse diagnostics of every evaluation: spectra as JSON and a figure per epoch.
@@ -146,7 +148,7 @@ def test_baselines_reach_rank0_and_match_a_direct_computation(job):
     from adadim_dist.config import DataConfig
     from adadim_dist.data.sources import read_source
     from adadim_dist.data.writer import to_rgb
-    from adadim_dist.training.evaluation import knn_top1
+    from adadim_dist.evaluation import knn_top1
 
     summary = job["summary"]
     assert 0.0 <= summary["knn_top1_random_encoder"] <= 100.0

@@ -28,7 +28,7 @@ def args_for(betons, storage, name, *extra):
         f"data.train_path={betons['train']}", f"data.test_path={betons['test']}",
         f"run.storage_path={storage}", f"run.name={name}", "training.global_batch_size=64",
         "training.log_every=2", "training.cpus_per_worker=0.5", "eval.baselines=false", "eval.knn_k=[20]",
-        "eval.every_epochs=1", *extra,
+        "eval.every_epochs=1", "run.verbose=true", *extra,  # the tests read the workers' step lines
     ]
 
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from adadim_dist.training.evaluation import (CPU_FORWARD_BATCH, accuracy, extract, forward_batch_for,
-                                            forward_in_chunks, knn_top1, knn_top1_for_each_k)
+from adadim_dist.evaluation import (CPU_FORWARD_BATCH, accuracy, extract, forward_batch_for, forward_in_chunks,
+                                    knn_top1, knn_top1_for_each_k)
 
 
 def test_knn_recovers_well_separated_classes_and_fails_on_shuffled_labels():

@@ -165,7 +165,7 @@ def test_alignment_of_identical_and_opposite_views():
         (lambda: joint_entropy(torch.randn(4, 3, 2), torch.randn(4, 3)), "x"),
         (lambda: alignment(torch.randn(4, 3), torch.randn(4, 2)), "z_a, z_b"),
         (lambda: gram_block(torch.randn(4, 3), torch.randn(8, 3), kernel="gaussian"), "sigma"),
-        (lambda: information_terms_sharded(*[torch.randn(4, 3)] * 2, *[torch.randn(8, 3)] * 2, row_offset=6,
+        (lambda: information_terms_sharded([(*[torch.randn(4, 3)] * 2, *[torch.randn(8, 3)] * 2)], row_offset=6,
                                            all_reduce=lambda x: x), "row_offset"),
         (lambda: uniformity_sharded(torch.randn(4, 3), torch.randn(8, 3), -1, lambda x: x), "row_offset"),
         (lambda: renyi2_information_terms(torch.ones(5)), "sums"),
@@ -233,7 +233,7 @@ def test_sharded_estimators_equal_the_gathered_ones_on_every_worker(num_shards, 
     def worker(shard, all_reduce):
         rows = slice(shard * n, (shard + 1) * n)
         return {
-            **information_terms_sharded(r[rows], z[rows], r, z, shard * n, all_reduce, kernel, sigma),
+            **information_terms_sharded([(r[rows], z[rows], r, z)], shard * n, all_reduce, kernel, sigma)[0],
             "erank": effective_rank_sharded(z[rows], z, all_reduce),
             "uniformity": uniformity_sharded(z[rows], z, shard * n, all_reduce),
             "alignment": alignment_sharded(z[rows], z_b[rows], all_reduce, num_global),

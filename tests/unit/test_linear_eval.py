@@ -2,7 +2,7 @@
 
 import torch
 
-from adadim_dist.training.linear_eval import linear_probe_top1
+from adadim_dist.evaluation.linear import linear_probe_top1
 
 
 def _blobs(n_per_class: int, classes: int, dim: int, spread: float, seed: int):

@@ -19,7 +19,7 @@ class _Remote:
     """A local stand-in for the actor handle: ``.read.remote()`` returns what ray.get then unwraps."""
 
     def __init__(self, board):
-        self.read = type("Method", (), {"remote": staticmethod(lambda: board.read())})
+        self.read_since = type("Method", (), {"remote": staticmethod(lambda first: board.read_since(first))})
 
 
 def test_a_log_gets_a_line_only_when_something_changed(monkeypatch):
@@ -39,6 +39,29 @@ def test_a_log_gets_a_line_only_when_something_changed(monkeypatch):
     lines = log.getvalue().splitlines()
     assert [line.split(" step ")[1].split(" ")[0] for line in lines] == ["300/936", "301/936"]
     assert all(line.startswith("[progress] epoch 2/4") and "\r" not in line for line in lines)
+
+
+def test_rank0s_lines_are_printed_once_each_as_they_come_and_not_when_verbose(monkeypatch):
+    import time
+
+    import ray
+
+    monkeypatch.setattr(ray, "get", lambda value, timeout=None: value)
+    for show_lines in (True, False):
+        board, log = ProgressBoard(), io.StringIO()
+        # A bar interval longer than the test: only the lines (and the final bar at exit) are drawn.
+        with ProgressPrinter(_Remote(board), stream=log, quiet_interval_s=60, show_lines=show_lines):
+            board.post(PROGRESS)
+            board.post_line("epoch 1/4 done in 10s knn/top1_k20=70.00")
+            time.sleep(1.5)
+            assert log.getvalue().splitlines() == (["[adadim] epoch 1/4 done in 10s knn/top1_k20=70.00"]
+                                                   if show_lines else [])
+            board.post_line("epoch 2/4 done in 10s")
+        lines = log.getvalue().splitlines()
+        assert [line for line in lines if line.startswith("[adadim]")] == (
+            ["[adadim] epoch 1/4 done in 10s knn/top1_k20=70.00", "[adadim] epoch 2/4 done in 10s"]
+            if show_lines else [])
+        assert lines[-1].startswith("[progress] epoch 2/4 step 300/936")
 
 
 def test_only_the_first_worker_group_of_a_driver_claims_its_start_up():

@@ -171,5 +171,5 @@ def test_experiments_are_tagged_as_model_development_and_the_summary_names_the_r
     for experiment_id in (new, old):
         tags = client.get_experiment(experiment_id).tags
         assert all(tags.get(k) == v for k, v in EXPERIMENT_KIND.items())
-    assert run_page("http://mlflow:5000/", "3", "abc") == "http://mlflow:5000/#/experiments/3/runs/abc"
-    assert run_page(f"sqlite:///{tmp_path}/mlflow.db", "3", "abc") == "http://127.0.0.1:5000/#/experiments/3/runs/abc"
+    assert run_page("http://mlflow:5000/", "3", "abc") == "http://mlflow:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
+    assert run_page(f"sqlite:///{tmp_path}/mlflow.db", "3", "abc") == "http://127.0.0.1:5000/#/experiments/3/runs/abc?workflowType=machine_learning"

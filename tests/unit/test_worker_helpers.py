@@ -1,11 +1,10 @@
 """Small pieces of the worker loop that need no Ray: the non-finite diagnosis and the baseline hand-over."""
 
-import math
 
 import torch
 
 from adadim_dist.objectives import AdaDim
-from adadim_dist.training.worker import _scalar_stats
+from adadim_dist.training.state_checks import non_finite_terms
 
 
 def test_naming_non_finite_terms_leaves_alpha_state_alone():
@@ -16,14 +15,14 @@ def test_naming_non_finite_terms_leaves_alpha_state_alone():
     before = objective.state_dict()
     bad = z.clone()
     bad[0, 0] = float("nan")
-    stats = _scalar_stats(objective, r, r, torch.randn(32, 8), bad)
+    bad_terms = non_finite_terms(objective, r, r, torch.randn(32, 8), bad)
     assert objective.state_dict() == before
-    assert not math.isfinite(stats["loss/total"])
+    assert "loss/total" in bad_terms and "adadim/alpha" not in bad_terms
 
 
 def test_grey_pixels_keep_their_knn_on_one_channel_and_colour_pixels_are_left_whole():
-    from adadim_dist.training.evaluation import knn_top1
-    from adadim_dist.training.worker import first_channel, is_grey
+    from adadim_dist.evaluation import knn_top1
+    from adadim_dist.evaluation.baselines import first_channel, is_grey
 
     torch.manual_seed(0)
     labels = torch.arange(200) % 4
@@ -44,7 +43,7 @@ def test_a_skipped_step_leaves_batchnorm_statistics_and_the_checkpoint_check_see
     import torch
 
     from adadim_dist.distributed.engine import StepBuffers
-    from adadim_dist.training.worker import state_is_finite
+    from adadim_dist.training.state_checks import state_is_finite
 
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3)).train()
     model(torch.randn(8, 4))
@@ -64,7 +63,7 @@ def test_baselines_are_cached_by_what_they_depend_on_only(tmp_path, monkeypatch)
     """The random-encoder and raw-pixel kNN do not depend on training: the second job with the same data,
     bank, k and architecture reads them back; a different bank or encoder computes them again."""
     from adadim_dist.config import load_config
-    from adadim_dist.training import worker
+    from adadim_dist.evaluation import baselines as worker
 
     for name in ("train.beton", "test.beton"):
         (tmp_path / name).write_bytes(b"x" * 10)
@@ -99,7 +98,7 @@ def test_evaluation_reports_collapsed_dimensions_of_the_held_out_embeddings():
 
     from adadim_dist.config import load_config
     from adadim_dist.models import build_model
-    from adadim_dist.training.worker import evaluate
+    from adadim_dist.evaluation.online import evaluate_labelled as evaluate
 
     cfg = load_config(None, ["model.small_cnn_width=4", "model.projector_dims=[32, 16]", "eval.knn_k=[5]"])
     torch.manual_seed(0)
@@ -119,7 +118,7 @@ def test_evaluation_reports_collapsed_dimensions_of_the_held_out_embeddings():
 
 def test_batch_spectrum_metrics_have_their_own_names():
     """The global training batch's spectra sit beside the test embeddings', under ``*_batch`` names."""
-    from adadim_dist.training.worker import spectrum_metrics
+    from adadim_dist.evaluation.spectra import spectrum_metrics
 
     torch.manual_seed(0)
     r, z = torch.randn(64, 32), torch.randn(64, 4) @ torch.randn(4, 16)  # Z spans 4 of its 16 dimensions
@@ -130,7 +129,7 @@ def test_batch_spectrum_metrics_have_their_own_names():
 
 
 def test_evaluation_parts_are_contiguous_cover_everything_and_differ_by_at_most_one():
-    from adadim_dist.training.worker import part_range
+    from adadim_dist.evaluation.online import part_range
 
     for count, parts in ((10, 3), (7, 7), (20000, 2), (5, 1)):
         ranges = [part_range(count, part, parts) for part in range(parts)]
@@ -140,7 +139,7 @@ def test_evaluation_parts_are_contiguous_cover_everything_and_differ_by_at_most_
 
 
 def test_rank0_state_on_one_process_is_the_state_itself():
-    from adadim_dist.training.worker import rank0_state
+    from adadim_dist.evaluation.online import rank0_state
 
     state = {"w": torch.randn(3, 2), "running_mean": torch.randn(2), "num_batches_tracked": torch.tensor(4)}
     assert rank0_state(state, torch.device("cpu")) is state

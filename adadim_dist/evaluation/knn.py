@@ -1,9 +1,11 @@
-"""Label-based evaluation of frozen features: weighted kNN (Wu et al. 2018) and probe accuracy."""
+"""Weighted kNN (Wu et al. 2018) on frozen features, on one process or with the bank split across ranks."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from ..distributed import all_gather_rows, gather_to
 
 
 @torch.no_grad()
@@ -89,57 +91,27 @@ def weighted_vote_top1(
     return {k: 100.0 * correct[k] / max(similarities.shape[0], 1) for k in ks}
 
 
-#: Images per forward pass when evaluating on a CPU. A loader's batch of 512 gives the small CNN a 33 MB first
-#: activation, above glibc's largest dynamic mmap threshold (32 MB): every pass then maps fresh pages and
-#: faults them in, and embedding takes twice as long as in passes of 128 (benchmarks/eval_forward.py). GPUs
-#: take the whole batch.
-CPU_FORWARD_BATCH = 128
+def knn_top1_across_ranks(bank, bank_labels, queries, query_labels, ks: tuple[int, ...], temperature: float,
+                          num_classes: int, device, shared: bool) -> dict[int, float] | None:
+    """``knn_top1_for_each_k`` when each rank holds a part of the bank and every rank all the queries
+    (``shared``; a collective): each rank's nearest neighbours are merged on rank 0, which returns the
+    accuracies (None elsewhere). Unshared, this rank's bank is the whole bank."""
+    largest = max(ks)
+    similarities, labels = nearest_neighbours(bank.to(device), bank_labels.to(device), queries.to(device), largest)
+    if shared:
+        gathered_similarities = gather_to(similarities.to(device), 0)
+        gathered_labels = gather_to(labels.to(device), 0)
+        if gathered_similarities is None:
+            return None
+        similarities, labels = merge_neighbours(
+            [(s.cpu(), lab.cpu()) for s, lab in zip(gathered_similarities, gathered_labels)], largest)
+    return weighted_vote_top1(similarities, labels, query_labels, ks, temperature, num_classes)
 
 
-def forward_batch_for(device) -> int | None:
-    """The most images ``extract`` passes through the model at once on ``device`` (None: the loader's batch)."""
-    return CPU_FORWARD_BATCH if torch.device(device).type == "cpu" else None
-
-
-def forward_in_chunks(forward, images: torch.Tensor, chunk: int | None):
-    """``forward(images)`` in passes of at most ``chunk`` images, outputs (a tensor or a tuple) concatenated."""
-    if chunk is None or images.shape[0] <= chunk:
-        return forward(images)
-    outputs = [forward(part) for part in images.split(chunk)]
-    if isinstance(outputs[0], tuple):
-        return tuple(torch.cat(parts) for parts in zip(*outputs))
-    return torch.cat(outputs)
-
-
-@torch.no_grad()
-def extract(forward, loader, device, max_images: int | None = None):
-    """(features, labels, probe logits or None) over an evaluation loader yielding (images, labels)."""
-    features, labels, logits = [], [], []
-    seen = 0
-    chunk = forward_batch_for(device)
-
-    def keep(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        # FFCV hands out views into buffers it reuses a few batches later; anything kept must be a copy.
-        return t.detach().to("cpu", dtype, copy=True)
-
-    for images, targets in loader:
-        output = forward_in_chunks(forward, images.to(device, non_blocking=True), chunk)
-        if isinstance(output, tuple):
-            features.append(keep(output[0], torch.float32))
-            logits.append(keep(output[2], torch.float32))
-        else:
-            features.append(keep(output, torch.float32))
-        labels.append(keep(targets.reshape(-1), torch.long))
-        seen += images.shape[0]
-        if max_images is not None and seen >= max_images:
-            break
-    cut = slice(0, max_images)
-    return (
-        torch.cat(features)[cut],
-        torch.cat(labels)[cut],
-        torch.cat(logits)[cut] if logits else None,
-    )
-
-
-def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    return 100.0 * (logits.argmax(dim=1) == labels).float().mean().item()
+def gather_rows_with_labels(columns: list[torch.Tensor], labels: torch.Tensor, device) -> tuple[list, torch.Tensor]:
+    """Every rank's rows of ``columns`` (float tensors of equal length) and ``labels``, on every rank, in one
+    collective: the pieces side by side, labels as one more float32 column (exact for class indices)."""
+    widths = [column.shape[1] for column in columns]
+    packed = torch.cat([*columns, labels.float().unsqueeze(1)], dim=1)
+    *gathered, label_column = all_gather_rows(packed.to(device)).cpu().split([*widths, 1], dim=1)
+    return gathered, label_column.squeeze(1).long()
