@@ -112,6 +112,11 @@ def run_sweep(sweep: SweepConfig, base: Config) -> dict[str, Any]:
                   f"{sweep.num_grid_trials} trials" if sweep.is_study else f"{sweep.num_samples} samples")
         print(f"[adadim] sweep {sweep.name}: {trials}, up to {max_concurrent} at once, "
               f"metric {sweep.metric_key}, scheduler {sweep.scheduler.name}", flush=True)
+        from .training import driver
+
+        if driver.worker_logs_dir:
+            print(f"[adadim] the trials' own output: {driver.worker_logs_dir} (run.verbose=true shows it here)",
+                  flush=True)
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, base=base.model_dump(mode="json"),
                                  sweep_dict=sweep.model_dump(mode="json"), parent_run_id=parent.run_id),

@@ -67,17 +67,18 @@ def time_metrics(client, run_id: str) -> dict[str, float]:
     return {k: v for k, v in client.get_run(run_id).data.metrics.items() if k.startswith("time/")}
 
 
-def run_service_job(overrides: list[str], name: str, cwd, env: dict | None = None) -> tuple[dict, object, float]:
-    """``python -m adadim_dist.run`` with ``overrides`` as a user runs it (``env`` added to the environment):
-    (its summary, an MLflow client for its tracking store, wall seconds). Exits with the job's output if it
-    fails."""
+def run_service_job(overrides: list[str], name: str, cwd, env: dict | None = None,
+                    launcher: list[str] | None = None) -> tuple[dict, object, float]:
+    """``python -m adadim_dist.run`` with ``overrides`` as a user runs it (``env`` added to the environment;
+    ``launcher`` in place of ``-m adadim_dist.run``): (its summary, an MLflow client for its tracking store,
+    wall seconds). Exits with the job's output if it fails."""
     import subprocess
 
     from mlflow.tracking import MlflowClient
 
     started = time.time()
-    out = subprocess.run([sys.executable, "-m", "adadim_dist.run", *overrides], cwd=cwd, capture_output=True,
-                         text=True, env={**os.environ, **(env or {})})
+    out = subprocess.run([sys.executable, *(launcher or ["-m", "adadim_dist.run"]), *overrides], cwd=cwd,
+                         capture_output=True, text=True, env={**os.environ, **(env or {})})
     wall = time.time() - started
     if out.returncode != 0:
         raise SystemExit(f"{name} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")

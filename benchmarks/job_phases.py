@@ -16,7 +16,9 @@ that a job is start-up, a few steps and the full evaluation. Variants, taking tu
 - ``after_cold``: this checkout with an empty numba cache (``NUMBA_CACHE_DIR``, fresh for each job) and a local
   instance: what a job pays where no earlier job ran (the operating system's file cache stays warm);
 - ``after_rank0_eval``: this checkout with ``eval.split_across_ranks=false`` (rank 0 evaluates alone; the
-  default splits the bank and the test set across every rank).
+  default splits the bank and the test set across every rank);
+- ``after_without_datasets_hook`` and ``after_without_coordinator_hook``: this checkout with one of its private
+  Ray hooks turned off (``benchmarks/_run_without_hooks.py``): what each buys (issue 27, item 7).
 
 Variants without ``_cluster`` start a local Ray instance per job, as a user's job does without ``RAY_ADDRESS``.
 One untimed warm-up job per checkout first fills the baseline cache and numba's cache (and, with cluster
@@ -46,16 +48,19 @@ DATA = demo_data_overrides(REPO)
 
 
 VARIANTS = ("before", "after", "after_with_dashboard", "before_cluster", "after_cluster", "after_cold",
-            "after_rank0_eval")
+            "after_rank0_eval", "after_without_datasets_hook", "after_without_coordinator_hook")
+WITHOUT_HOOKS = {"after_without_datasets_hook": "datasets_callback",
+                 "after_without_coordinator_hook": "autoscaling_coordinator"}
 COLD = "cold"  # a variant's environment marker: a fresh, empty numba cache for each of its jobs
 
 
 def run_job(checkout: Path, storage: Path, name: str, extra: list[str], steps: int,
-            env: dict | None = None) -> dict[str, float]:
+            env: dict | None = None, without_hooks: str | None = None) -> dict[str, float]:
+    launcher = [str(REPO / "benchmarks" / "_run_without_hooks.py"), without_hooks] if without_hooks else None
     summary, client, wall = run_service_job(
         ["--config", "configs/fmnist_smoke.yaml", "training.epochs=1", f"training.max_steps_per_epoch={steps}",
          f"run.storage_path={storage}", f"run.name={name}", "tracking.experiment=job-phases", *DATA, *extra],
-        name, checkout, env)
+        name, checkout, env, launcher)
     return {"wall_s": wall, "knn_top1": summary["knn_top1"], **time_metrics(client, summary["run_id"])}
 
 
@@ -81,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         known = {"before": (before, [], None), "after": (REPO, [], None),
                  "after_with_dashboard": (REPO, ["run.dashboard=true"], None),
                  "before_cluster": (before, [], cluster), "after_cluster": (REPO, [], cluster),
-                 "after_cold": (REPO, [], COLD), "after_rank0_eval": (REPO, ["eval.split_across_ranks=false"], None)}
+                 "after_cold": (REPO, [], COLD), "after_rank0_eval": (REPO, ["eval.split_across_ranks=false"], None),
+                 **{variant: (REPO, [], None) for variant in WITHOUT_HOOKS}}
         variants = {variant: known[variant] for variant in chosen}
         results: dict[str, list[dict[str, float]]] = {variant: [] for variant in variants}
         storage = Path(scratch) / "runs"
@@ -97,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
                 checkout, extra, env = variants[variant]
                 if env == COLD:
                     env = {"NUMBA_CACHE_DIR": tempfile.mkdtemp(prefix="numba-", dir=scratch)}
-                results[variant].append(run_job(checkout, storage, f"{variant}-{index}", extra, args.steps, env))
+                results[variant].append(run_job(checkout, storage, f"{variant}-{index}", extra, args.steps, env,
+                                                WITHOUT_HOOKS.get(variant)))
     medians = {variant: {key: round(statistics.median(r[key] for r in runs), 1)
                          for key in sorted(set().union(*runs)) if all(key in r for r in runs)}
                for variant, runs in results.items()}
