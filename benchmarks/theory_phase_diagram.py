@@ -17,6 +17,15 @@ A direction counts as collapsed when the encoder reads it with under 10 % of the
 strength ``||W e_i||`` (``synthetic.COLLAPSE_RELATIVE``). Writes ``phase.json`` (every cell: measured and, for
 the theory's losses, predicted strengths and collapsed directions) and ``phase_diagram.png``, and prints one
 JSON line with the agreement counts.
+
+    python benchmarks/theory_phase_diagram.py --fine
+
+runs issue 31's checks instead (about 3 CPU-minutes; one thread): unnormalised InfoNCE against ½ × the spectral
+landscape (Monte Carlo), the normalised NT-Xent's numerical landscape (augmented-block ratio r*, collapse
+threshold b* against the high-temperature closed form), tail-class collapse under weight decay at imbalance ratio
+10 (trained against predicted, and a linear probe per class), the square-root onset near a threshold (three
+seeds), the rank-limited encoder, the bias, and a few-label probe as augmentation collapses nuisance directions.
+Prints one JSON line with every number RESULTS.md quotes.
 """
 
 from __future__ import annotations
@@ -137,11 +146,142 @@ def plot(cells: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def fine_checks() -> dict:
+    """Issue 31's checks (module docstring); every training run is seed 0 unless a seed is named."""
+    import torch
+
+    from adadim_dist.theory import (
+        class_mixture_view_covariances, infonce_landscape, landscape_loss, long_tail_class_priors,
+        predict_with_bias, singular_value_near_threshold, surviving_class_directions, unnormalised_infonce_sample_loss,
+    )
+    from adadim_dist.theory.normalised import (
+        collapse_threshold, high_temperature_collapse_threshold, optimal_block_ratio, two_block_views,
+    )
+    from adadim_dist.theory.synthetic import ClassMixtureViews, ridge_probe_accuracy
+
+    torch.set_num_threads(1)
+    out: dict = {}
+    round_ = lambda values, digits=3: np.round(np.asarray(values, dtype=float), digits).tolist()  # noqa: E731
+
+    # 1. Unnormalised InfoNCE = ½ spectral (Gaussian views, rotated A, 8 batches of 1,500 pairs).
+    rng = np.random.default_rng(0)
+    rotation = np.linalg.qr(rng.standard_normal((3, 3)))[0]
+    data_cov, noise_cov = rotation @ np.diag([2.0, 1.0, 0.5]) @ rotation.T, np.diag([0.2, 0.6, 1.0])
+    weight = 0.4 * np.random.default_rng(1).standard_normal((2, 3))
+    estimates = []
+    for _ in range(8):
+        x = rng.standard_normal((1500, 3)) @ np.linalg.cholesky(data_cov).T
+        views = [torch.from_numpy((x + rng.standard_normal(x.shape) @ np.sqrt(noise_cov)) @ weight.T) for _ in "ab"]
+        estimates.append(float(unnormalised_infonce_sample_loss(*views)))
+    out["infonce"] = {"monte_carlo": round(float(np.mean(estimates)), 4),
+                      "standard_error": round(float(np.std(estimates, ddof=1) / np.sqrt(8)), 4),
+                      "half_spectral": round(landscape_loss(weight, infonce_landscape(data_cov, noise_cov)), 4)}
+
+    # 2. Normalised NT-Xent (tau 0.2, batch 256): block ratio, thresholds, and the trained ratio.
+    ntxent = train_linear_encoder(project_objective("ntxent", 1500), two_block_views(1.0), 0.0, steps=1500,
+                                  lr=LEARNING_RATES["ntxent"])
+    thresholds = {tau: collapse_threshold(high=6.0, tolerance=2e-3, temperature=tau)
+                  for tau in (0.2, 0.5, 1.0, 2.0, 4.0)}
+    b_star = thresholds[0.2]
+    out["normalised"] = {
+        "optimal_ratio": {b: round(optimal_block_ratio(b), 4) for b in (0.5, 1.0, 2.0)},
+        "trained_ratio_b1": round(float(ntxent.strengths[4:].mean() / ntxent.strengths[:4].mean()), 4),
+        "threshold": {tau: round(value, 3) for tau, value in thresholds.items()},
+        "high_temperature_threshold": {tau: round(high_temperature_collapse_threshold(tau), 3)
+                                       for tau in thresholds},
+        "ratio_below_threshold": {gap: round(optimal_block_ratio(b_star - gap), 4) for gap in (0.4, 0.2, 0.1)},
+    }
+
+    # 3. Imbalance ratio 10, class means plus noise (sigma^2 = 0.1), spectral loss.
+    priors, noise = long_tail_class_priors(10, 10.0), 0.1
+    class_views = ClassMixtureViews(tuple(priors), noise)
+    generator = torch.Generator().manual_seed(1)
+
+    def draw(n):
+        x, y = class_views.sample_labelled(n, generator, balanced=True)
+        return (x + noise**0.5 * torch.randn(x.shape, generator=generator, dtype=torch.float64)).numpy(), y.numpy()
+
+    (x_train, y_train), (x_test, y_test) = draw(200), draw(5000)
+    imbalance = {}
+    for gamma in (0.05, 0.1, 0.15, 0.2, 0.3):
+        cross, single = class_mixture_view_covariances(priors, noise)
+        predicted = predict_stationary_solution(spectral_contrastive_landscape(
+            None, weight_decay=gamma, cross_view_covariance=cross, view_covariance=single))
+        trained = train_linear_encoder(spectral_contrastive_sample_loss, class_views, gamma, steps=1500, lr=0.2)
+        accuracy, per_class = ridge_probe_accuracy(x_train @ trained.weight.T, y_train, x_test @ trained.weight.T,
+                                                   y_test, 1e-2)
+        imbalance[gamma] = {
+            "predicted_surviving": int(surviving_class_directions(priors, gamma, noise).sum()),
+            "trained_surviving": trained.rank, "strengths": round_(trained.strengths),
+            "predicted_strengths": round_(predicted_strengths(predicted)),
+            "probe_accuracy": round(accuracy, 3), "probe_per_class": round_(per_class, 2)}
+    out["imbalance"] = imbalance
+
+    # 4. Square-root onset: spectral, gamma = 1, q = 1, p - gamma = delta; three seeds.
+    delta = np.array([-0.1, -0.02, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64])
+    data = (1.0 + delta) / 2
+    onset = {"delta": delta.tolist(), "predicted": round_(singular_value_near_threshold(2 * data, 1.0, 1.0))}
+    for seed in range(3):
+        trained = train_linear_encoder(spectral_contrastive_sample_loss, GaussianViews(tuple(data), tuple(1 - data)),
+                                       1.0, steps=2000, batch_size=1024, lr=0.05, seed=seed)
+        above = delta > 0
+        onset[f"seed{seed}"] = {"strengths": round_(trained.strengths, 4), "slope": round(float(np.polyfit(
+            np.log(delta[above]), np.log(trained.strengths[above]), 1)[0]), 3)}
+    out["onset"] = onset
+
+    # 5. Rank-limited encoder (k = 2 of d = 4) and 6. the bias.
+    data_r, noise_r = (3.0, 2.0, 1.0, 0.5), (0.5, 3.0, 0.1, 0.2)
+    limited = predict_stationary_solution(spectral_contrastive_landscape(np.diag(data_r), np.diag(noise_r)), 2)
+    trained = train_linear_encoder(spectral_contrastive_sample_loss, GaussianViews(data_r, noise_r), 0.0,
+                                   steps=1000, lr=0.02, output_dim=2)
+    out["rank_limited"] = {"strengths": round_(trained.strengths), "predicted": round_(predicted_strengths(limited))}
+    mean = (2.0, -1.0, 0.0, 1.0)
+    biased = predict_with_bias("spectral", mean, np.eye(4), np.diag([0.0, 0.5, 1.0, 3.0]), weight_decay=0.2)
+    trained = train_linear_encoder(spectral_contrastive_sample_loss, GaussianViews((1.0,) * 4, (0.0, 0.5, 1.0, 3.0),
+                                                                                   mean), 0.2, steps=1500, lr=0.02,
+                                   bias=True)
+    out["bias"] = {"strengths": round_(trained.strengths),
+                   "predicted": round_(np.linalg.norm(biased.weight, axis=0)),
+                   "mean_norm": round(float(np.linalg.norm(trained.weight @ np.array(mean) + trained.bias)), 4)}
+
+    # 7. Few-label probe (24 labels, 30 draws) as augmentation collapses 12 nuisance directions of d = 16.
+    dims, clean = 16, 4
+
+    def probe_views(b):
+        return GaussianViews((1.0,) * dims, (0.0,) * clean + (b,) * (dims - clean))
+
+    def probe(weight, label_dims):
+        g, values = torch.Generator().manual_seed(2), []
+        for _ in range(30):
+            x_tr, x_te = (probe_views(0.0).sample_inputs(n, g).numpy() for n in (24, 2000))
+            y_tr, y_te = ((x[:, label_dims].sum(1) > 0).astype(int) for x in (x_tr, x_te))
+            values.append(ridge_probe_accuracy(x_tr @ weight.T, y_tr, x_te @ weight.T, y_te, 1e-2)[0])
+        return round(float(np.mean(values)), 3)
+
+    labels = {"clean": list(range(clean)), "nuisance": list(range(clean, clean + 4))}
+    probes = {}
+    for b in (0.0, 1.0, 1.5, 1.9, 2.1, 3.0):
+        views_b = probe_views(b)
+        w_star = predict_stationary_solution(alignment_variance_landscape(views_b.data_covariance,
+                                                                          views_b.augmentation_covariance)).weight
+        probes[b] = {f"predicted_{name}": probe(w_star, dims_) for name, dims_ in labels.items()}
+        if b in (0.0, 1.0, 3.0):
+            w = train_linear_encoder(alignment_variance_sample_loss, views_b, 0.0, steps=600, lr=0.05).weight
+            probes[b] |= {f"trained_{name}": probe(w, dims_) for name, dims_ in labels.items()}
+    out["probe"] = probes
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--out", type=Path, default=REPO / "results" / "theory-phase")
+    parser.add_argument("--fine", action="store_true", help="issue 31's checks instead of the phase diagram")
     args = parser.parse_args(argv)
+    if args.fine:
+        started = time.perf_counter()
+        emit(fine_checks() | {"seconds": round(time.perf_counter() - started, 1)})
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     cells, started = [], time.perf_counter()
     total = len(LOSSES) * len(B_GRID) * len(GAMMA_GRID)

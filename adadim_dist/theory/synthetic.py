@@ -39,14 +39,18 @@ LEARNING_RATES = {"spectral": 0.05, "alignment_variance": 0.05, "vicreg": 0.01, 
 
 @dataclass(frozen=True)
 class GaussianViews:
-    """Per-coordinate data variances ``a_i`` and augmentation-noise variances ``b_i`` (diagonal A and B)."""
+    """Per-coordinate data variances ``a_i`` and augmentation-noise variances ``b_i`` (diagonal A and B), and
+    an optional data mean ``mu`` (default zero)."""
 
     data_variances: tuple[float, ...]
     augmentation_variances: tuple[float, ...]
+    data_mean: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if len(self.data_variances) != len(self.augmentation_variances):
             raise ValueError("data_variances and augmentation_variances must have the same length")
+        if self.data_mean is not None and len(self.data_mean) != len(self.data_variances):
+            raise ValueError("data_mean must have one entry per coordinate")
         if min(self.data_variances) <= 0 or min(self.augmentation_variances) < 0:
             raise ValueError("data variances must be > 0 and augmentation variances >= 0")
 
@@ -62,11 +66,53 @@ class GaussianViews:
     def augmentation_covariance(self) -> np.ndarray:
         return np.diag(self.augmentation_variances)
 
-    def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def mean(self) -> np.ndarray:
+        return np.zeros(self.dim) if self.data_mean is None else np.array(self.data_mean, dtype=float)
+
+    def sample_inputs(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """Un-augmented samples ``x`` (what a probe reads)."""
         data_std = torch.tensor(self.data_variances, dtype=torch.float64).sqrt()
-        noise_std = torch.tensor(self.augmentation_variances, dtype=torch.float64).sqrt()
         x = torch.randn(n, self.dim, generator=generator, dtype=torch.float64) * data_std
+        return x if self.data_mean is None else x + torch.tensor(self.data_mean, dtype=torch.float64)
+
+    def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        noise_std = torch.tensor(self.augmentation_variances, dtype=torch.float64).sqrt()
+        x = self.sample_inputs(n, generator)
         views = [x + torch.randn(n, self.dim, generator=generator, dtype=torch.float64) * noise_std for _ in "ab"]
+        return views[0], views[1]
+
+
+@dataclass(frozen=True)
+class ClassMixtureViews:
+    """Class means plus noise (``linear_ssl.class_mixture_view_covariances``): class c with frequency
+    ``priors[c]`` has mean ``e_c`` in R^dim; a sample is ``e_c + xi``, ``xi ~ N(0, w I)``; each view adds
+    ``eps_v ~ N(0, sigma^2 I)``. Zero-mean it is not: the theory's moments are uncentred (no bias)."""
+
+    priors: tuple[float, ...]
+    augmentation_variance: float
+    within_class_variance: float = 0.0
+    num_dims: int | None = None
+
+    @property
+    def dim(self) -> int:
+        return len(self.priors) if self.num_dims is None else self.num_dims
+
+    def sample_labelled(self, n: int, generator: torch.Generator,
+                        balanced: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, labels)``: un-augmented samples and their classes (drawn from the priors, or uniformly)."""
+        weights = torch.ones(len(self.priors)) if balanced else torch.tensor(self.priors)
+        labels = torch.multinomial(weights.double(), n, replacement=True, generator=generator)
+        x = torch.nn.functional.one_hot(labels, self.dim).double()
+        if self.within_class_variance:
+            x = x + math.sqrt(self.within_class_variance) * torch.randn(n, self.dim, generator=generator,
+                                                                        dtype=torch.float64)
+        return x, labels
+
+    def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        x, _ = self.sample_labelled(n, generator)
+        noise = math.sqrt(self.augmentation_variance)
+        views = [x + noise * torch.randn(n, self.dim, generator=generator, dtype=torch.float64) for _ in "ab"]
         return views[0], views[1]
 
 
@@ -114,11 +160,16 @@ class TrainedLinearEncoder:
     collapsed: np.ndarray  # bool per input direction
     rank: int  # directions not collapsed
     final_loss: float
+    bias: np.ndarray | None = None  # (k,), when trained with one
+
+    @property
+    def singular_values(self) -> np.ndarray:
+        return np.linalg.svd(self.weight, compute_uv=False)
 
 
 def train_linear_encoder(
     loss: ViewLoss,
-    views: GaussianViews,
+    views: GaussianViews | ClassMixtureViews,
     weight_decay: float,
     *,
     steps: int = 1500,
@@ -127,23 +178,31 @@ def train_linear_encoder(
     momentum: float = 0.9,
     init_scale: float = 0.1,
     seed: int = 0,
+    output_dim: int | None = None,
+    bias: bool = False,
 ) -> TrainedLinearEncoder:
-    """SGD with momentum and a cosine learning-rate decay on ``loss(W x1, W x2) + weight_decay ||W||_F^2``.
+    """SGD with momentum and a cosine learning-rate decay on ``loss(W x1 + c, W x2 + c) + weight_decay ||W||_F^2``.
 
-    Fresh views every step (the expected loss is what the theory solves), float64, a square W initialised at
-    ``init_scale`` / sqrt(d) per entry. The cosine decay lets the last steps settle instead of jittering
-    around the minimum, so small strengths are measured, not gradient noise.
+    Fresh views every step (the expected loss is what the theory solves), float64, W of shape
+    (``output_dim``, d) (default square) initialised at ``init_scale`` / sqrt(d) per entry; with ``bias`` a
+    bias c (initialised at 0, not decayed, as LARS exempts biases). The cosine decay lets the last steps settle
+    instead of jittering around the minimum, so small strengths are measured, not gradient noise.
     """
     generator = torch.Generator().manual_seed(seed)
-    weight = (init_scale / math.sqrt(views.dim)) * torch.randn(views.dim, views.dim, generator=generator,
+    rows = views.dim if output_dim is None else int(output_dim)
+    weight = (init_scale / math.sqrt(views.dim)) * torch.randn(rows, views.dim, generator=generator,
                                                                dtype=torch.float64)
     weight.requires_grad_(True)
-    optimizer = torch.optim.SGD([weight], lr=lr, momentum=momentum)
+    offset = torch.zeros(rows, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.SGD([weight, offset] if bias else [weight], lr=lr, momentum=momentum)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)))
     value = torch.tensor(float("nan"))
     for _ in range(steps):
         view1, view2 = views.sample(batch_size, generator)
-        value = loss(view1 @ weight.T, view2 @ weight.T) + weight_decay * weight.pow(2).sum()
+        features1, features2 = view1 @ weight.T, view2 @ weight.T
+        if bias:
+            features1, features2 = features1 + offset, features2 + offset
+        value = loss(features1, features2) + weight_decay * weight.pow(2).sum()
         if not torch.isfinite(value):
             raise FloatingPointError(f"loss diverged ({value.item()}) at lr {lr}; lower lr")
         optimizer.zero_grad()
@@ -153,7 +212,8 @@ def train_linear_encoder(
     trained = weight.detach().numpy()
     strengths = np.linalg.norm(trained, axis=0)
     collapsed = collapsed_directions(strengths)
-    return TrainedLinearEncoder(trained, strengths, collapsed, int((~collapsed).sum()), value.item())
+    return TrainedLinearEncoder(trained, strengths, collapsed, int((~collapsed).sum()), value.item(),
+                                offset.detach().numpy().copy() if bias else None)
 
 
 def collapsed_directions(strengths: np.ndarray) -> np.ndarray:
@@ -168,3 +228,31 @@ def collapsed_directions(strengths: np.ndarray) -> np.ndarray:
 def predicted_strengths(prediction: LinearSSLPrediction) -> np.ndarray:
     """``||W* e_i||`` of the theory's minimiser, per input direction (rotation-invariant)."""
     return np.linalg.norm(prediction.weight, axis=0)
+
+
+def ridge_probe_accuracy(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    test_features: np.ndarray,
+    test_labels: np.ndarray,
+    ridge: float = 1e-3,
+) -> tuple[float, np.ndarray]:
+    """A linear probe: ridge regression of one-hot labels on the features (with an unpenalised intercept),
+    predict the argmax. Returns (test accuracy, per-class test accuracy; NaN for a class absent from the test).
+
+    The ridge penalty is in the features' own units, so a direction the encoder reads with a tiny strength
+    (a collapsed one) is ignored, as it would be by any probe trained with finite data and regularisation.
+    """
+    train_features, test_features = np.asarray(train_features, float), np.asarray(test_features, float)
+    train_labels, test_labels = np.asarray(train_labels), np.asarray(test_labels)
+    num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    centre = train_features.mean(axis=0)
+    centred = train_features - centre
+    targets = np.eye(num_classes)[train_labels]
+    target_mean = targets.mean(axis=0)
+    coefficients = np.linalg.solve(centred.T @ centred + ridge * len(centred) * np.eye(centred.shape[1]),
+                                   centred.T @ (targets - target_mean))
+    predicted = ((test_features - centre) @ coefficients + target_mean).argmax(axis=1)
+    per_class = np.array([np.mean(predicted[test_labels == c] == c) if np.any(test_labels == c) else np.nan
+                          for c in range(num_classes)])
+    return float(np.mean(predicted == test_labels)), per_class
