@@ -220,6 +220,11 @@ class TrainingConfig(_Strict):
 class EvalConfig(_Strict):
     knn_k: tuple[Annotated[int, Field(ge=1)], ...] = Field((20, 200), min_length=1)  # the first is the headline
     bank_size: int | None = Field(None, ge=1)  # kNN bank: the first N training images (None = all)
+    # The kNN bank's own labelled file (its first eval.bank_size images), e.g. a balanced set for a model trained
+    # on a long-tailed one; None: the training file.
+    bank_path: Path | None = None
+    # Also each class's kNN top-1 (first k) on the test set: knn_class/top1_k<k>_c<class>.
+    per_class: bool = False
     knn_temperature: float = Field(0.07, gt=0)
     every_epochs: int = Field(1, ge=1)
     baselines: bool = False  # also report kNN of a random encoder and of raw pixels

@@ -1,7 +1,8 @@
 """python -m adadim_dist.evaluate --checkpoint DIR | --run-id ID [--config FILE] [--out DIR] [key=value ...]
 
 Offline evaluation of a trained encoder: frozen features of the training images (the kNN bank and the linear
-classifier's training set: the first ``eval.bank_size`` images, or all) and of the test images, with a
+classifier's training set: the first ``eval.bank_size`` images, or all; ``eval.bank_path`` names another file
+for them) and of the test images, with a
 progress bar; kNN top-1 for each ``eval.knn_k`` and linear evaluation top-1 on raw and on L2-normalised
 features (recipe: ``adadim_dist/evaluation/linear.py``); a 2-D PCA map of the test embeddings coloured by
 label (``embeddings_map.png``). Printed as a table and one JSON line, and logged to the training run in
@@ -148,6 +149,7 @@ def evaluate(encoder, cfg, device: torch.device, model=None) -> tuple[dict[str, 
     """(results, test embeddings, their labels): kNN and linear evaluation, or without a labelled test set
     the label-free statistics of the first training images (``model``, the whole SSL model, adds Z's)."""
     from .evaluation import LABEL_FREE_IMAGES, knn_top1_across_ranks, label_free_metrics, linear_probe_top1
+    from .evaluation.online import bank_file
 
     encoder = encoder.to(device)  # in eval mode already (a torch.export program refuses .eval())
     if cfg.data.test_path is None:
@@ -155,11 +157,14 @@ def evaluate(encoder, cfg, device: torch.device, model=None) -> tuple[dict[str, 
         r, z = features_of(forward, cfg, cfg.data.train_path, device, LABEL_FREE_IMAGES, "train", labels=False)
         metrics = label_free_metrics(r, z, cfg.objective)
         return {f"eval_offline/{key.removeprefix('eval/')}": value for key, value in metrics.items()}, r, None
-    bank, bank_labels, _ = features_of(encoder, cfg, cfg.data.train_path, device, cfg.eval.bank_size, "train")
+    bank, bank_labels, _ = features_of(encoder, cfg, bank_file(cfg), device, cfg.eval.bank_size, "the bank")
     test, test_labels, _ = features_of(encoder, cfg, cfg.data.test_path, device, None, "test")
-    top1 = knn_top1_across_ranks(bank, bank_labels, test, test_labels, tuple(cfg.eval.knn_k),
-                                 cfg.eval.knn_temperature, cfg.model.num_classes, device, shared=False)
+    top1, class_top1 = knn_top1_across_ranks(bank, bank_labels, test, test_labels, tuple(cfg.eval.knn_k),
+                                             cfg.eval.knn_temperature, cfg.model.num_classes, device, shared=False,
+                                             per_class=True)
     results = {f"eval_offline/knn_top1_k{k}": value for k, value in top1.items()}
+    if cfg.eval.per_class:
+        results |= {f"eval_offline/knn_class_top1_k{cfg.eval.knn_k[0]}_c{c}": v for c, v in class_top1.items()}
     for name, l2 in (("raw", False), ("l2", True)):
         results[f"eval_offline/linear_top1_{name}"] = linear_probe_top1(
             bank, bank_labels, test, test_labels, cfg.model.num_classes, l2_normalise=l2)

@@ -1,6 +1,7 @@
 """Dimensional collapse and data imbalance on Fashion-MNIST, run and reported by the service (issue 16).
 
     python benchmarks/collapse_study.py run       # the four studies below, one after another (resumable)
+    python benchmarks/collapse_study.py run --tail   # the imbalance × weight decay studies (issue 31)
     python benchmarks/collapse_study.py report    # tables + figures → results/collapse-study/, one JSON line
 
 ``run`` calls ``python -m adadim_dist.tune --config F`` for each study file, so each is a normal Ray Tune
@@ -13,7 +14,10 @@ study: running it again resumes it (finished trials are kept). ``report`` reads 
   of training (``info/erank_z``, on the training batch);
 * imbalance (experiment ``longtail-study``; ``configs/study/longtail_fmnist.yaml`` and its balanced control
   ``longtail_balanced_fmnist.yaml``): the three objectives × seeds 0, 1 on a long-tailed (ratio 10) and on a
-  balanced training set of the same size; kNN on the balanced test set.
+  balanced training set of the same size; kNN on the balanced test set;
+* imbalance × weight decay (experiment ``longtail-wd-study``; ``configs/study/longtail_wd_r{10,100}.yaml``):
+  the three objectives × LARS weight decay {1e-4, 1e-2, 3e-1} × seeds 0, 1, trained long-tailed (ratio 10 and
+  100), a balanced kNN bank; each class's kNN accuracy, head (classes 0-4) against tail (5-9).
 """
 
 from __future__ import annotations
@@ -38,15 +42,16 @@ STUDIES = [
     "configs/study/longtail_fmnist.yaml",
     "configs/study/longtail_balanced_fmnist.yaml",
 ]
+TAIL_STUDIES = ["configs/study/longtail_wd_r10.yaml", "configs/study/longtail_wd_r100.yaml"]
 
 
-def run_studies() -> int:
+def run_studies(studies: list[str]) -> int:
     failed = []
-    for index, study in enumerate(STUDIES, 1):
-        print(f"[{index}/{len(STUDIES)}] python -m adadim_dist.tune --config {study}", flush=True)
+    for index, study in enumerate(studies, 1):
+        print(f"[{index}/{len(studies)}] python -m adadim_dist.tune --config {study}", flush=True)
         code = subprocess.call([sys.executable, "-m", "adadim_dist.tune", "--config", study], cwd=REPO)
         if code != 0:  # the next study still runs; running this script again resumes the failed one
-            print(f"[{index}/{len(STUDIES)}] {study}: exit {code}", flush=True)
+            print(f"[{index}/{len(studies)}] {study}: exit {code}", flush=True)
             failed.append(study)
     print("done" if not failed else f"failed: {', '.join(failed)} (run again to resume)", flush=True)
     return 1 if failed else 0
@@ -55,12 +60,13 @@ def run_studies() -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["run", "report"])
+    parser.add_argument("--tail", action="store_true", help="run: the imbalance × weight decay studies instead")
     parser.add_argument("--tracking-uri", default=None)
     parser.add_argument("--storage-path", default="runs")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "collapse-study")
     args = parser.parse_args(argv)
     if args.command == "run":
-        return run_studies()
+        return run_studies(TAIL_STUDIES if args.tail else STUDIES)
     return report(args)
 
 
@@ -183,6 +189,44 @@ def longtail_table(runs) -> tuple[str, dict]:
     return "\n".join(lines) + "\n", summary
 
 
+HEAD, TAIL = range(0, 5), range(5, 10)  # Fashion-MNIST's long-tailed profile keeps most of class 0, least of 9
+
+
+def tail_rows(runs) -> list[dict]:
+    """Per (ratio, objective, weight decay): mean over seeds of the overall, head and tail kNN accuracy (each
+    class's ``knn_class/top1_k20_c<c>``), and of each class's."""
+    groups: dict[tuple, list] = {}
+    for run in runs:
+        ratio = run.data.params.get("data.train_imbalance_ratio")
+        key = (float(ratio) if ratio not in (None, "None") else None, run.data.params.get("study.variant"),
+               float(run.data.params["optim.weight_decay"]))
+        groups.setdefault(key, []).append(run)
+    rows = []
+    for (ratio, objective, decay), group in sorted(groups.items(), key=lambda item: (item[0][0] or 0, item[0][1],
+                                                                                    item[0][2])):
+        classes = [[r.data.metrics.get(f"knn_class/top1_k20_c{c}") for r in group] for c in range(10)]
+        if any(v is None for per_class in classes for v in per_class):
+            continue
+        per_class = [sum(v) / len(v) for v in classes]
+        rows.append({"ratio": ratio, "objective": objective, "weight_decay": decay, "seeds": len(group),
+                     "all": sum(r.data.metrics[ACCURACY] for r in group) / len(group),
+                     "head": sum(per_class[c] for c in HEAD) / len(HEAD),
+                     "tail": sum(per_class[c] for c in TAIL) / len(TAIL), "per_class": per_class,
+                     "collapsed_r": sum(r.data.metrics.get("spectrum/collapsed_r", math.nan)
+                                        for r in group) / len(group)})
+    return rows
+
+
+def tail_table(rows: list[dict]) -> str:
+    lines = ["| ratio | objective | weight decay | seeds | kNN all | head (0-4) | tail (5-9) | per class 0 … 9 | "
+             "collapsed R |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['ratio']:g} | {r['objective']} | {r['weight_decay']:g} | {r['seeds']} | {r['all']:.2f} | "
+                     f"{r['head']:.2f} | {r['tail']:.2f} | {' '.join(f'{v:.0f}' for v in r['per_class'])} | "
+                     f"{r['collapsed_r']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 def _mean(stat) -> str:
     return "–" if stat[2] == 0 else f"{stat[0]:.0f}"
 
@@ -212,6 +256,13 @@ def report(args) -> int:
             "# Imbalance (experiment longtail-study)", "",
             "kNN top-1 on the balanced test set, mean ± std over seeds; drop = balanced − long-tailed, per seed.",
             "", longtail]
+    tails = tail_rows(finished_runs(client, "longtail-wd-study"))
+    if tails:
+        text += ["# Imbalance × weight decay (experiment longtail-wd-study)", "",
+                 "kNN top-1 (k = 20, balanced bank, balanced test set), mean over seeds: all classes, the five most "
+                 "frequent (head), the five rarest (tail), each class; collapsed dimensions of R (of 512).", "",
+                 tail_table(tails)]
+        (args.out / "tail_classes.json").write_text(json.dumps(tails, indent=1) + "\n")
     (args.out / "report.md").write_text("\n".join(text))
     (args.out / "collapse_grid.json").write_text(json.dumps(
         [{k: v for k, v in r.items() if k != "run"} for r in rows], indent=1) + "\n")

@@ -26,7 +26,7 @@ def baseline_cache_key(cfg) -> str:
     """What the baselines depend on, and nothing else: the data files (path, size, modification time), how
     images are prepared, the bank, k and temperature, the random encoder's architecture and seed, and torch."""
     files = []
-    for path in (cfg.data.train_path, cfg.data.test_path):
+    for path in (cfg.data.train_path, cfg.data.test_path, *([cfg.eval.bank_path] if cfg.eval.bank_path else [])):
         stat = Path(path).stat()
         files.append([str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns])
     # The training views and where loaders run do not change the evaluation's images.

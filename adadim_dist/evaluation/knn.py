@@ -82,30 +82,46 @@ def weighted_vote_top1(
 ) -> dict[int, float]:
     """Top-1 accuracy (%) for each k of votes weighted by exp(similarity / T) over each query's first k
     neighbours (``nearest_neighbours`` order; -inf padding weighs nothing)."""
-    weights = (similarities / temperature).exp()
-    correct = {}
-    for k in ks:
-        votes = torch.zeros(similarities.shape[0], num_classes, dtype=weights.dtype)
-        votes.scatter_add_(1, neighbour_labels[:, :k], weights[:, :k])
-        correct[k] = (votes.argmax(dim=1) == test_labels.cpu()).sum().item()
+    correct = {k: (weighted_vote(similarities, neighbour_labels, k, temperature, num_classes)
+                   == test_labels.cpu()).sum().item() for k in ks}
     return {k: 100.0 * correct[k] / max(similarities.shape[0], 1) for k in ks}
 
 
+def weighted_vote(similarities: torch.Tensor, neighbour_labels: torch.Tensor, k: int, temperature: float,
+                  num_classes: int) -> torch.Tensor:
+    """Each query's class by the vote of its first k neighbours, weighted by exp(similarity / T)."""
+    votes = torch.zeros(similarities.shape[0], num_classes, dtype=similarities.dtype)
+    votes.scatter_add_(1, neighbour_labels[:, :k], (similarities[:, :k] / temperature).exp())
+    return votes.argmax(dim=1)
+
+
 def knn_top1_across_ranks(bank, bank_labels, queries, query_labels, ks: tuple[int, ...], temperature: float,
-                          num_classes: int, device, shared: bool) -> dict[int, float] | None:
+                          num_classes: int, device, shared: bool, per_class: bool = False):
     """``knn_top1_for_each_k`` when each rank holds a part of the bank and every rank all the queries
     (``shared``; a collective): each rank's nearest neighbours are merged on rank 0, which returns the
-    accuracies (None elsewhere). Unshared, this rank's bank is the whole bank."""
+    accuracies (None elsewhere). Unshared, this rank's bank is the whole bank. With ``per_class``: (those, each
+    class's top-1 for the first k, ``class_top1``)."""
     largest = max(ks)
     similarities, labels = nearest_neighbours(bank.to(device), bank_labels.to(device), queries.to(device), largest)
     if shared:
         gathered_similarities = gather_to(similarities.to(device), 0)
         gathered_labels = gather_to(labels.to(device), 0)
         if gathered_similarities is None:
-            return None
+            return (None, None) if per_class else None
         similarities, labels = merge_neighbours(
             [(s.cpu(), lab.cpu()) for s, lab in zip(gathered_similarities, gathered_labels)], largest)
-    return weighted_vote_top1(similarities, labels, query_labels, ks, temperature, num_classes)
+    top1 = weighted_vote_top1(similarities, labels, query_labels, ks, temperature, num_classes)
+    if not per_class:
+        return top1
+    return top1, class_top1(similarities, labels, query_labels, ks[0], temperature, num_classes)
+
+
+def class_top1(similarities: torch.Tensor, neighbour_labels: torch.Tensor, test_labels: torch.Tensor, k: int,
+               temperature: float, num_classes: int) -> dict[int, float]:
+    """Top-1 accuracy (%) of the first-``k`` weighted vote among the queries of each class present."""
+    test_labels = test_labels.cpu()
+    correct = weighted_vote(similarities, neighbour_labels, k, temperature, num_classes) == test_labels
+    return {int(c): 100.0 * correct[test_labels == c].double().mean().item() for c in test_labels.unique()}
 
 
 def gather_rows_with_labels(columns: list[torch.Tensor], labels: torch.Tensor, device) -> tuple[list, torch.Tensor]:

@@ -105,12 +105,15 @@ def evaluate_labelled(model, eval_loaders, cfg, device, spectra: dict | None = N
         (test_r, test_z, test_logits), test_labels = gather_rows_with_labels([test_r, test_z, test_logits],
                                                                              test_labels, device)
     extracted = time.perf_counter()
-    top1 = knn_top1_across_ranks(bank, bank_labels, test_r, test_labels, tuple(cfg.eval.knn_k),
-                                 cfg.eval.knn_temperature, cfg.model.num_classes, device, shared)
+    top1, class_top1 = knn_top1_across_ranks(bank, bank_labels, test_r, test_labels, tuple(cfg.eval.knn_k),
+                                             cfg.eval.knn_temperature, cfg.model.num_classes, device, shared,
+                                             per_class=True)
     if global_rank() != 0:
         return {}
     results = spectrum_metrics(test_r, test_z, spectra)
     results |= {f"knn/top1_k{k}": value for k, value in top1.items()}
+    if cfg.eval.per_class:
+        results |= {f"knn_class/top1_k{cfg.eval.knn_k[0]}_c{c}": value for c, value in class_top1.items()}
     results["probe/top1"] = accuracy(test_logits, test_labels)
     results["time/eval_extract_s"] = extracted - started  # with the gathering of the test embeddings
     results["time/eval_knn_s"] = time.perf_counter() - extracted  # with the spectra's SVDs
@@ -139,15 +142,20 @@ def evaluation_copy(state: dict[str, torch.Tensor], cfg, device):
     return to_memory_format(model.to(device), cfg.training.channels_last)
 
 
+def bank_file(cfg):
+    """The kNN bank's file: ``eval.bank_path``, or the training file."""
+    return cfg.eval.bank_path or cfg.data.train_path
+
+
 def evaluation_sizes(cfg) -> tuple[int, int] | None:
     """(kNN bank, test set) sizes, read from the files' headers: the bank is the first ``eval.bank_size``
-    training images. None for label-free evaluation (no test set)."""
+    images of its file (``bank_file``). None for label-free evaluation (no test set)."""
     from ..data import check_beton
 
     if cfg.data.test_path is None:
         return None
-    train_images = check_beton(cfg.data.train_path).num_samples
-    return min(train_images, cfg.eval.bank_size or train_images), check_beton(cfg.data.test_path).num_samples
+    bank_images = check_beton(bank_file(cfg)).num_samples
+    return min(bank_images, cfg.eval.bank_size or bank_images), check_beton(cfg.data.test_path).num_samples
 
 
 def evaluation_parts(cfg, world_size: int, sizes: tuple[int, int] | None) -> int:
@@ -178,5 +186,5 @@ def evaluation_loaders(cfg, rank: int, parts: int, device, sizes: tuple[int, int
     return tuple(
         build_eval_loader(cfg.data, path, 512, rank=0, world_size=1, distributed=False, device=on_device,
                           indices=np.arange(*part_range(count, rank, parts), dtype=np.int64))
-        for path, count in zip((cfg.data.train_path, cfg.data.test_path), sizes)
+        for path, count in zip((bank_file(cfg), cfg.data.test_path), sizes)
     )

@@ -57,7 +57,8 @@ def log_spectra(sink, spectra: dict, epoch: int) -> None:
     with tempfile.TemporaryDirectory() as directory:
         stem = Path(directory) / f"epoch_{epoch:04d}"
         stem.with_suffix(".json").write_text(json.dumps(spectra))
-        labels = {name: f"{name[0].upper()} ({'global training batch' if name.endswith('_batch') else 'test embeddings'})"
+        labels = {name: f"{name[0].upper()} "
+                        f"({'global training batch' if name.endswith('_batch') else 'test embeddings'})"
                   for name in spectra}
         plot_spectra({labels[k]: v for k, v in spectra.items()}, stem.with_suffix(".png"),
                      f"singular values after epoch {epoch}")

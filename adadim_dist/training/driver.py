@@ -63,9 +63,11 @@ def resolve_paths(cfg: Config) -> Config:
             "cache_dir": cfg.data.cache_dir.resolve() if cfg.data.cache_dir else None,
         }
     )
+    evaluation = cfg.eval.model_copy(update={"bank_path": cfg.eval.bank_path.resolve() if cfg.eval.bank_path
+                                             else None})
     storage = cfg.run.storage_path
     run = cfg.run if is_uri(storage) else cfg.run.model_copy(update={"storage_path": str(Path(storage).resolve())})
-    return cfg.model_copy(update={"data": data, "run": run})
+    return cfg.model_copy(update={"data": data, "eval": evaluation, "run": run})
 
 
 def run_location(cfg: Config) -> Location:
@@ -163,9 +165,19 @@ def check_dataset_fits(cfg: Config, train_info) -> None:
 def check_knn_bank(cfg: Config, train_info) -> None:
     if cfg.data.test_path is None:
         return  # label-free evaluation: no kNN
-    bank = min(train_info.num_samples, cfg.data.subset or train_info.num_samples, cfg.eval.bank_size or 10**12)
+    if cfg.eval.bank_path is not None:
+        from ..data import check_beton
+
+        try:
+            images = check_beton(cfg.eval.bank_path).num_samples
+        except (FileNotFoundError, ValueError) as err:
+            raise ConfigError(f"eval.bank_path: {err}") from None
+        where = f"images of {cfg.eval.bank_path.name}"
+    else:
+        images, where = min(train_info.num_samples, cfg.data.subset or train_info.num_samples), "training images"
+    bank = min(images, cfg.eval.bank_size or 10**12)
     if max(cfg.eval.knn_k) > bank:
-        raise ConfigError(f"eval.knn_k: k={max(cfg.eval.knn_k)} is larger than the kNN bank ({bank} training images)")
+        raise ConfigError(f"eval.knn_k: k={max(cfg.eval.knn_k)} is larger than the kNN bank ({bank} {where})")
 
 
 def check_resumable(cfg: Config) -> None:

@@ -170,7 +170,7 @@ class SweepAliases(Monitor):
 
 
 #: The metrics of an epoch that are logged once per epoch (the step metrics are logged as they come).
-EPOCH_PREFIXES = ("knn/", "probe/", "eval/", "spectrum/", "time/")
+EPOCH_PREFIXES = ("knn/", "knn_class/", "probe/", "eval/", "spectrum/", "time/")
 
 
 def epoch_metrics(end: EpochEnd) -> dict[str, float]:
@@ -221,7 +221,8 @@ class ProgressReport(Monitor):
         shown = epoch_metrics(end)
         say(self.rank, f"epoch {end.epoch}/{end.epochs} done in {end.seconds:.0f}s "
             + " ".join(f"{k}={v:.2f}" for k, v in shown.items()
-                       if k != "train/epoch_seconds" and not k.startswith(("spectrum/dim", "time/"))), self.board)
+                       if k != "train/epoch_seconds" and not k.startswith(("spectrum/dim", "time/", "knn_class/"))),
+            self.board)
         startup = describe_startup(shown)
         if startup and "time/to_first_step_s" in shown:
             say(self.rank, startup, self.board)

@@ -83,3 +83,20 @@ def test_gpus_take_the_loaders_whole_batch():
 def test_accuracy():
     logits = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
     assert abs(accuracy(logits, torch.tensor([1, 0, 0])) - 100.0 * 2 / 3) < 1e-4
+
+
+def test_per_class_accuracy_is_each_class_share_of_correct_votes_and_averages_to_the_total():
+    from adadim_dist.evaluation.knn import class_top1, weighted_vote_top1
+
+    # 6 queries of classes 0, 0, 1, 1, 1, 2; each has 3 neighbours (similarities largest first).
+    similarities = torch.tensor([[0.9, 0.5, 0.1]] * 6)
+    neighbours = torch.tensor([[0, 0, 1], [1, 1, 0], [1, 2, 2], [1, 0, 0], [2, 2, 1], [2, 0, 0]])
+    labels = torch.tensor([0, 0, 1, 1, 1, 2])
+    # k = 1: the nearest neighbour decides: right for queries 0, 2, 3, 5.
+    assert class_top1(similarities, neighbours, labels, 1, 0.07, 3) == pytest.approx({0: 50.0, 1: 200 / 3, 2: 100.0})
+    # k = 3 at T = 1: two far neighbours outvote the nearest (e^0.5 + e^0.1 = 2.75 > e^0.9 = 2.46), so only
+    # query 0 (neighbours 0, 0, 1) is right.
+    per_class = class_top1(similarities, neighbours, labels, 3, 1.0, 3)
+    assert per_class == {0: 50.0, 1: 0.0, 2: 0.0}
+    total = weighted_vote_top1(similarities, neighbours, labels, (3,), 1.0, 3)[3]
+    assert total == pytest.approx(sum(per_class[c] * (labels == c).sum().item() for c in per_class) / 6)

@@ -91,6 +91,24 @@ def test_k_larger_than_the_bank_of_a_small_dataset_is_refused():
         check_knn_bank(cfg, SimpleNamespace(num_samples=60000))
 
 
+def test_a_bank_of_its_own_file_is_checked_against_k_and_named_when_missing(tiny_betons, tmp_path):
+    """eval.bank_path: the kNN bank comes from that file (e.g. a balanced set for a long-tailed training set)."""
+    from adadim_dist.evaluation.online import bank_file, evaluation_sizes
+
+    cfg = load_config(None, [f"data.train_path={tiny_betons['train']}", f"data.test_path={tiny_betons['test']}",
+                             f"eval.bank_path={tiny_betons['test']}", "eval.knn_k=[20]"])
+    check_knn_bank(cfg, SimpleNamespace(num_samples=60000))
+    assert bank_file(cfg) == tiny_betons["test"] and evaluation_sizes(cfg) == (512, 512)
+    assert evaluation_sizes(load_config(None, [f"data.train_path={tiny_betons['train']}",
+                                               f"data.test_path={tiny_betons['test']}"])) == (1024, 512)
+    with pytest.raises(ConfigError, match=r"^eval.knn_k: k=600 is larger than the kNN bank \(512 images of "):
+        check_knn_bank(cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"knn_k": (600,)})}),
+                       SimpleNamespace(num_samples=60000))
+    missing = load_config(None, [f"eval.bank_path={tmp_path / 'balanced.beton'}"])
+    with pytest.raises(ConfigError, match=r"^eval.bank_path: .*balanced.beton: no such .beton file$"):
+        check_knn_bank(missing, SimpleNamespace(num_samples=60000))
+
+
 def _started_job(tmp_path, epochs_done: int, *overrides: str):
     """A run directory as a job leaves it: its config and a checkpoint after ``epochs_done`` epochs."""
     cfg = resolve_paths(load_config(None, [f"run.storage_path={tmp_path}", "run.name=job", "training.epochs=3",

@@ -1,6 +1,7 @@
 """Small pieces of the worker loop that need no Ray: the non-finite diagnosis and the baseline hand-over."""
 
 
+import pytest
 import torch
 
 from adadim_dist.objectives import AdaDim
@@ -100,7 +101,8 @@ def test_evaluation_reports_collapsed_dimensions_of_the_held_out_embeddings():
     from adadim_dist.models import build_model
     from adadim_dist.evaluation.online import evaluate_labelled as evaluate
 
-    cfg = load_config(None, ["model.small_cnn_width=4", "model.projector_dims=[32, 16]", "eval.knn_k=[5]"])
+    cfg = load_config(None, ["model.small_cnn_width=4", "model.projector_dims=[32, 16]", "eval.knn_k=[5]",
+                             "eval.per_class=true"])
     torch.manual_seed(0)
     model = build_model(cfg.model)
     with torch.no_grad():
@@ -114,6 +116,12 @@ def test_evaluation_reports_collapsed_dimensions_of_the_held_out_embeddings():
     assert results["spectrum/collapsed_z"] == 13 and results["spectrum/collapsed_r"] < 32
     assert len(spectra["z"]) == 16 and spectra["z"][0] >= spectra["z"][-1]
     assert {"knn/top1_k5", "probe/top1"} <= set(results)
+    # eval.per_class: each class's kNN top-1, which the test set's class counts weigh into the total.
+    test_labels = batches[2][1]
+    per_class = {int(k.rsplit("_c", 1)[1]): v for k, v in results.items() if k.startswith("knn_class/top1_k5_c")}
+    assert set(per_class) == set(test_labels.tolist())
+    assert sum(v * (test_labels == c).sum().item() for c, v in per_class.items()) / 64 == \
+        pytest.approx(results["knn/top1_k5"])
 
 
 def test_batch_spectrum_metrics_have_their_own_names():
