@@ -184,14 +184,6 @@ class _SeededImageOp(Operation):
         apply.with_indices = True
         return apply
 
-    def _with_work_buffer(self, previous_state: State):
-        """Output buffer plus a float32 scratch image per sample (jitter and blur compute in float)."""
-        _check_uint8_image_state(previous_state, type(self).__name__)
-        return replace(previous_state, jit_mode=False), (
-            AllocationQuery(previous_state.shape, np.dtype("uint8")),
-            AllocationQuery(previous_state.shape, np.dtype("float32")),
-        )
-
 
 # ------------------------------------------------------------------------------------------------- flip
 def _flip_batch(images, dst, indices, seed, prob):
@@ -245,106 +237,202 @@ def _clip255(value):
     return min(max(value, 0.0), 255.0)
 
 
-# The adjustments work in place on a float32 (pixels, 3) image; flat loops let numba vectorise them.
 @register_jitable
-def _adjust_brightness(pixels, factor):
-    for p in range(pixels.shape[0]):
-        for c in range(3):
-            pixels[p, c] = _clip255(pixels[p, c] * factor)
+def _to_uint8(value):
+    """Round a 0–255 float to the nearest level, halves up: ``int(clip + 0.5)``. The int32 conversion gives
+    the same value as ``int`` (int64) here but vectorises (x86 has no packed float64 → int64 before AVX-512)."""
+    return np.int32(_clip255(value) + 0.5)
+
+
+#: Pixels per tile of the colour jitter: three float32 planes of this length stay in the L1 cache.
+_JITTER_TILE = 256
+
+
+# The adjustments work in place on one tile: three float32 planes (red, green, blue) of ``n`` pixels. Planes,
+# not interleaved RGB, so each loop runs over contiguous values and numba vectorises it. The formulas and their
+# order are those of the per-pixel version before (float64 arithmetic, stored as float32 after each adjustment;
+# tests/data/test_ops_speedups.py holds the two to the same output).
+@register_jitable
+def _shift_hue_planes(red, green, blue, n, shift):
+    """RGB (0–255) → HSV, hue += shift (mod 1), → RGB per pixel; torchvision's ``_rgb2hsv``/``_hsv2rgb``.
+
+    Written without early returns and with one division per quotient so that the loop vectorises: both
+    branches of each choice are cheap and side-effect free, so LLVM turns them into selects.
+    """
+    for p in range(n):
+        r, g, b = np.float64(red[p]), np.float64(green[p]), np.float64(blue[p])
+        maxc = max(r, max(g, b))
+        minc = min(r, min(g, b))
+        grey = maxc == minc  # hue is undefined and a shift changes nothing: the pixel is kept as it is
+        span = maxc - minc if not grey else 1.0
+        saturation = span / (maxc if not grey else 1.0)
+        if maxc == r:
+            numerator, base = g - b, 0.0
+        elif maxc == g:
+            numerator, base = b - r, 2.0
+        else:
+            numerator, base = r - g, 4.0
+        hue = base + numerator / span
+        hue = hue / 6.0 + 1.0 + shift
+        hue -= math.floor(hue)  # wrap to [0, 1); cheaper than a float modulo
+        sector_f = hue * 6.0
+        sector = np.int32(sector_f)
+        frac = sector_f - sector
+        v = maxc
+        low = _clip255(v * (1.0 - saturation))
+        falling = _clip255(v * (1.0 - saturation * frac))
+        rising = _clip255(v * (1.0 - saturation * (1.0 - frac)))
+        # sector 0: (v, rising, low), 1: (falling, v, low), 2: (low, v, rising), 3: (low, falling, v),
+        # 4: (rising, low, v), 5: (v, low, falling)
+        if sector == 1:
+            out_r = falling
+        elif sector == 2 or sector == 3:
+            out_r = low
+        elif sector == 4:
+            out_r = rising
+        else:
+            out_r = v
+        if sector == 0:
+            out_g = rising
+        elif sector == 1 or sector == 2:
+            out_g = v
+        elif sector == 3:
+            out_g = falling
+        else:
+            out_g = low
+        if sector <= 1:
+            out_b = low
+        elif sector == 2:
+            out_b = rising
+        elif sector == 3 or sector == 4:
+            out_b = v
+        else:
+            out_b = falling
+        if grey:
+            out_r, out_g, out_b = r, g, b
+        red[p] = out_r
+        green[p] = out_g
+        blue[p] = out_b
 
 
 @register_jitable
-def _adjust_contrast(pixels, factor):
-    total = 0.0
-    for p in range(pixels.shape[0]):
-        total += 0.2989 * pixels[p, 0] + 0.587 * pixels[p, 1] + 0.114 * pixels[p, 2]
-    offset = (1.0 - factor) * total / pixels.shape[0]  # blend towards the mean luma
-    for p in range(pixels.shape[0]):
-        for c in range(3):
-            pixels[p, c] = _clip255(factor * pixels[p, c] + offset)
+def _jitter_step(kind, red, green, blue, n, factor_b, factor_c, offset_c, factor_s, factor_h):
+    """One adjustment of the colour jitter on a tile (0 brightness, 1 contrast, 2 saturation, 3 hue).
 
-
-@register_jitable
-def _adjust_saturation(pixels, factor):
-    for p in range(pixels.shape[0]):
-        gray = (1.0 - factor) * (0.2989 * pixels[p, 0] + 0.587 * pixels[p, 1] + 0.114 * pixels[p, 2])
-        for c in range(3):
-            pixels[p, c] = _clip255(factor * pixels[p, c] + gray)
-
-
-@register_jitable
-def _shift_hue_pixel(r, g, b, shift):
-    """RGB (0–255) → HSV, hue += shift (mod 1), → RGB; torchvision's ``_rgb2hsv``/``_hsv2rgb`` formulas."""
-    r, g, b = float(r), float(g), float(b)
-    maxc = max(r, max(g, b))
-    minc = min(r, min(g, b))
-    if maxc == minc:  # grey: hue is undefined and a shift changes nothing
-        return r, g, b
-    span = maxc - minc
-    saturation = span / maxc
-    if maxc == r:
-        hue = (g - b) / span
-    elif maxc == g:
-        hue = 2.0 + (b - r) / span
+    Contrast blends towards the mean luma of the whole image, ``offset_c`` = (1 − factor) · mean.
+    """
+    if kind == 0:
+        for p in range(n):
+            red[p] = _clip255(red[p] * factor_b)
+        for p in range(n):
+            green[p] = _clip255(green[p] * factor_b)
+        for p in range(n):
+            blue[p] = _clip255(blue[p] * factor_b)
+    elif kind == 1:
+        for p in range(n):
+            red[p] = _clip255(factor_c * red[p] + offset_c)
+        for p in range(n):
+            green[p] = _clip255(factor_c * green[p] + offset_c)
+        for p in range(n):
+            blue[p] = _clip255(factor_c * blue[p] + offset_c)
+    elif kind == 2:
+        for p in range(n):
+            gray = (1.0 - factor_s) * (0.2989 * red[p] + 0.587 * green[p] + 0.114 * blue[p])
+            red[p] = _clip255(factor_s * red[p] + gray)
+            green[p] = _clip255(factor_s * green[p] + gray)
+            blue[p] = _clip255(factor_s * blue[p] + gray)
     else:
-        hue = 4.0 + (r - g) / span
-    hue = hue / 6.0 + 1.0 + shift
-    hue -= math.floor(hue)  # wrap to [0, 1); cheaper than a float modulo
-    sector_f = hue * 6.0
-    sector = int(sector_f)
-    frac = sector_f - sector
-    v = maxc
-    p = _clip255(v * (1.0 - saturation))
-    q = _clip255(v * (1.0 - saturation * frac))
-    t = _clip255(v * (1.0 - saturation * (1.0 - frac)))
-    if sector == 0:
-        return v, t, p
-    if sector == 1:
-        return q, v, p
-    if sector == 2:
-        return p, v, t
-    if sector == 3:
-        return p, q, v
-    if sector == 4:
-        return t, p, v
-    return v, p, q
+        _shift_hue_planes(red, green, blue, n, factor_h)
+
+
+# Converting uint8 ↔ float32 and (de)interleaving the channels in separate loops lets numba vectorise both:
+# together, with a stride of 3 bytes, they run several times slower.
+@register_jitable
+def _load_tile(source, start, n, pixels, red, green, blue):
+    """Pixels ``start`` … ``start + n`` of a flat uint8 RGB image into the tile's float32 planes."""
+    chunk = source[3 * start : 3 * (start + n)]
+    for j in range(3 * n):
+        pixels[j] = chunk[j]
+    for p in range(n):
+        red[p] = pixels[3 * p]
+        green[p] = pixels[3 * p + 1]
+        blue[p] = pixels[3 * p + 2]
 
 
 @register_jitable
-def _adjust_hue(pixels, shift):
-    for p in range(pixels.shape[0]):
-        r, g, b = _shift_hue_pixel(pixels[p, 0], pixels[p, 1], pixels[p, 2], shift)
-        pixels[p, 0] = r
-        pixels[p, 1] = g
-        pixels[p, 2] = b
+def _store_tile(red, green, blue, n, pixels, target, start):
+    """The tile's planes, rounded, into pixels ``start`` … ``start + n`` of a flat uint8 RGB image."""
+    for p in range(n):
+        pixels[3 * p] = red[p]
+        pixels[3 * p + 1] = green[p]
+        pixels[3 * p + 2] = blue[p]
+    chunk = target[3 * start : 3 * (start + n)]
+    for j in range(3 * n):
+        chunk[j] = _to_uint8(pixels[j])
 
 
-def _jitter_batch(images, dst, work, indices, seed, prob, brightness, contrast, saturation, hue):
+def _jitter_batch(images, dst, indices, seed, prob, brightness, contrast, saturation, hue):
+    # Brightness, saturation and hue act on each pixel alone; contrast needs the mean luma of the image as
+    # the adjustments before it left it. So: pass 1 runs the adjustments before contrast tile by tile (each
+    # tile in L1) and sums the luma; pass 2 applies contrast and the rest. Without contrast, one pass. The
+    # float image between the passes goes to a scratch buffer of the thread, tile by tile as three planes
+    # (allocated per image: faster than a per-sample buffer from FFCV, which would also hold batches_ahead + 2
+    # float copies of every batch).
     key_of_batch = batch_key(indices)
     num_pixels = images.shape[1] * images.shape[2]
     for i in prange(images.shape[0]):
         key = sample_key(seed, key_of_batch, indices[i])
         if uniform(key, 0) < prob:
             order, factor_b, factor_c, factor_s, factor_h = draw_jitter(key, brightness, contrast, saturation, hue)
-            source = images[i].reshape(num_pixels, 3)
-            pixels = work[i].reshape(num_pixels, 3)
-            for p in range(num_pixels):
-                for c in range(3):
-                    pixels[p, c] = source[p, c]
+            steps = np.empty(4, dtype=np.int64)  # the enabled adjustments in their drawn order
+            num_steps, split = 0, -1  # split: the position of contrast among them (-1: none)
             for step in range(4):
                 kind = order[step]
-                if kind == 0 and brightness > 0:
-                    _adjust_brightness(pixels, factor_b)
-                elif kind == 1 and contrast > 0:
-                    _adjust_contrast(pixels, factor_c)
-                elif kind == 2 and saturation > 0:
-                    _adjust_saturation(pixels, factor_s)
-                elif kind == 3 and hue > 0:
-                    _adjust_hue(pixels, factor_h)
-            target = dst[i].reshape(num_pixels, 3)
-            for p in range(num_pixels):
-                for c in range(3):
-                    target[p, c] = int(_clip255(pixels[p, c]) + 0.5)
+                if ((kind == 0 and brightness > 0) or (kind == 1 and contrast > 0)
+                        or (kind == 2 and saturation > 0) or (kind == 3 and hue > 0)):  # fmt: skip
+                    if kind == 1:
+                        split = num_steps
+                    steps[num_steps] = kind
+                    num_steps += 1
+            before = num_steps if split < 0 else split
+            source = images[i].reshape(num_pixels * 3)
+            target = dst[i].reshape(num_pixels * 3)
+            scratch = np.empty(num_pixels * 3 if split > 0 else 0, dtype=np.float32)  # between the passes
+            pixels = np.empty(3 * _JITTER_TILE, dtype=np.float32)  # one tile, interleaved
+            tile = np.empty((3, _JITTER_TILE), dtype=np.float32)  # and as planes
+            red, green, blue = tile[0], tile[1], tile[2]
+            total = 0.0
+            for start in range(0, num_pixels, _JITTER_TILE):
+                n = min(_JITTER_TILE, num_pixels - start)
+                _load_tile(source, start, n, pixels, red, green, blue)
+                for s in range(before):
+                    _jitter_step(steps[s], red, green, blue, n, factor_b, factor_c, 0.0, factor_s, factor_h)
+                if split < 0:
+                    _store_tile(red, green, blue, n, pixels, target, start)
+                    continue
+                for p in range(n):
+                    total += 0.2989 * red[p] + 0.587 * green[p] + 0.114 * blue[p]
+                if before > 0:
+                    stored = scratch[3 * start : 3 * (start + n)]
+                    for p in range(n):
+                        stored[p] = red[p]
+                        stored[n + p] = green[p]
+                        stored[2 * n + p] = blue[p]
+            if split >= 0:
+                offset_c = (1.0 - factor_c) * total / num_pixels  # blend towards the mean luma
+                for start in range(0, num_pixels, _JITTER_TILE):
+                    n = min(_JITTER_TILE, num_pixels - start)
+                    if before > 0:
+                        stored = scratch[3 * start : 3 * (start + n)]
+                        for p in range(n):
+                            red[p] = stored[p]
+                            green[p] = stored[n + p]
+                            blue[p] = stored[2 * n + p]
+                    else:
+                        _load_tile(source, start, n, pixels, red, green, blue)
+                    for s in range(split, num_steps):
+                        _jitter_step(steps[s], red, green, blue, n, factor_b, factor_c, offset_c, factor_s, factor_h)
+                    _store_tile(red, green, blue, n, pixels, target, start)
         else:
             dst[i] = images[i]
     return dst
@@ -367,19 +455,8 @@ class ColorJitter(_SeededImageOp):
             raise ValueError("ColorJitter: brightness, contrast, saturation must be >= 0 and hue in [0, 0.5]")
         self.brightness, self.contrast, self.saturation, self.hue = map(float, (brightness, contrast, saturation, hue))
 
-    def declare_state_and_memory(self, previous_state: State):
-        return self._with_work_buffer(previous_state)
-
     def generate_code(self) -> Callable:
-        kernel, seed, prob = _JITTER.select(), self.seed, self.prob
-        brightness, contrast, saturation, hue = self.brightness, self.contrast, self.saturation, self.hue
-
-        def color_jitter(images, buffers, indices):
-            dst, work = buffers
-            return kernel(images, dst, work, indices, seed, prob, brightness, contrast, saturation, hue)
-
-        color_jitter.with_indices = True
-        return color_jitter
+        return self._shim(_JITTER, self.brightness, self.contrast, self.saturation, self.hue)
 
 
 # -------------------------------------------------------------------------------------------- grayscale
@@ -426,7 +503,7 @@ def _reflect(position, size):
     return position
 
 
-def _blur_batch(images, dst, work, indices, seed, prob, sigma_low, sigma_high, max_radius):
+def _blur_batch(images, dst, indices, seed, prob, sigma_low, sigma_high, max_radius):
     key_of_batch = batch_key(indices)
     height, width = images.shape[1], images.shape[2]
     row_len = width * 3
@@ -444,33 +521,44 @@ def _blur_batch(images, dst, work, indices, seed, prob, sigma_low, sigma_high, m
             for k in range(taps):
                 weights[k] /= total
             # Both passes run their innermost loop over a contiguous row of W×3 values, which numba
-            # vectorises; the reflected border is materialised once per row instead of per tap.
+            # vectorises. The horizontal pass of row y goes into slot y % taps of a ring of ``taps`` rows
+            # (kept in cache, instead of a whole float image); the vertical pass of row y − radius follows
+            # as soon as the rows it reads are there. Its reflected rows at the top and bottom edge are
+            # always among the last ``taps`` rows computed.
             padded = np.empty((width + 2 * radius) * 3, dtype=np.float32)
-            source = images[i].reshape(height, row_len)
-            rows = work[i].reshape(height, row_len)
-            for y in range(height):  # horizontal pass into the float scratch image
-                for x in range(width + 2 * radius):
-                    column = _reflect(x - radius, width)
-                    for c in range(3):
-                        padded[x * 3 + c] = source[y, column * 3 + c]
-                out_row = rows[y]
-                out_row[:] = 0.0
-                for k in range(taps):
-                    weight = weights[k]
-                    offset = k * 3
-                    for j in range(row_len):
-                        out_row[j] += weight * padded[offset + j]
+            ring = np.empty((taps, row_len), dtype=np.float32)
             accumulator = np.empty(row_len, dtype=np.float32)
+            source = images[i].reshape(height, row_len)
             target = dst[i].reshape(height, row_len)
-            for y in range(height):  # vertical pass into dst
-                accumulator[:] = 0.0
-                for k in range(taps):
-                    weight = weights[k]
-                    above = rows[_reflect(y + k - radius, height)]
+            edge = radius * 3
+            for y in range(height + radius):
+                if y < height:  # horizontal pass of row y, its reflected border materialised once
+                    row = source[y]
                     for j in range(row_len):
-                        accumulator[j] += weight * above[j]
-                for j in range(row_len):
-                    target[y, j] = int(_clip255(accumulator[j]) + 0.5)
+                        padded[edge + j] = row[j]
+                    for x in range(radius):
+                        left, right = _reflect(x - radius, width), _reflect(width + x, width)
+                        for c in range(3):
+                            padded[x * 3 + c] = row[left * 3 + c]
+                            padded[edge + row_len + x * 3 + c] = row[right * 3 + c]
+                    out_row = ring[y % taps]
+                    out_row[:] = 0.0
+                    for k in range(taps):
+                        weight = weights[k]
+                        offset = k * 3
+                        for j in range(row_len):
+                            out_row[j] += weight * padded[offset + j]
+                out_y = y - radius
+                if out_y >= 0:  # vertical pass of row out_y into dst
+                    accumulator[:] = 0.0
+                    for k in range(taps):
+                        weight = weights[k]
+                        above = ring[_reflect(out_y + k - radius, height) % taps]
+                        for j in range(row_len):
+                            accumulator[j] += weight * above[j]
+                    out = target[out_y]
+                    for j in range(row_len):
+                        out[j] = _to_uint8(accumulator[j])
         else:
             dst[i] = images[i]
     return dst
@@ -494,31 +582,21 @@ class GaussianBlur(_SeededImageOp):
         self.sigma = (low, high)
         self.max_radius = int(max_radius if max_radius is not None else math.ceil(3 * high))
 
-    def declare_state_and_memory(self, previous_state: State):
-        return self._with_work_buffer(previous_state)
-
     def generate_code(self) -> Callable:
-        kernel, seed, prob = _BLUR.select(), self.seed, self.prob
-        (sigma_low, sigma_high), max_radius = self.sigma, self.max_radius
-
-        def gaussian_blur(images, buffers, indices):
-            dst, work = buffers
-            return kernel(images, dst, work, indices, seed, prob, sigma_low, sigma_high, max_radius)
-
-        gaussian_blur.with_indices = True
-        return gaussian_blur
+        return self._shim(_BLUR, self.sigma[0], self.sigma[1], self.max_radius)
 
 
 # ------------------------------------------------------------------------------------------- solarize
 def _solarize_batch(images, dst, indices, seed, prob, threshold):
     key_of_batch = batch_key(indices)
+    size = images.shape[1] * images.shape[2] * 3
     for i in prange(images.shape[0]):
         if uniform(sample_key(seed, key_of_batch, indices[i]), 0) < prob:
-            for y in range(images.shape[1]):
-                for x in range(images.shape[2]):
-                    for c in range(3):
-                        value = images[i, y, x, c]
-                        dst[i, y, x, c] = 255 - value if value >= threshold else value
+            source = images[i].reshape(size)  # one flat loop over H×W×3 values, which numba vectorises
+            target = dst[i].reshape(size)
+            for j in range(size):
+                value = source[j]
+                target[j] = 255 - value if value >= threshold else value
         else:
             dst[i] = images[i]
     return dst
