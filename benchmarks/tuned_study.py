@@ -56,10 +56,13 @@ FINAL_OVERRIDES = [
     f"eval.every_epochs={FINAL_EPOCHS}",
     "tracking.experiment=adadim-tuned-final",
 ]
-FINAL_FIELDS = ["arm", "seed", "cpu", "knn_top1", "linear_top1", "linear_top1_l2", "probe_top1", "final_alpha",
+FINAL_FIELDS = ["arm", "seed", "choice", "status", "cpu",
+                "knn_top1", "linear_top1", "linear_top1_l2", "probe_top1", "final_alpha",
                 "final_beta", "erank_z", "grad_share_dim", "grad_share_sample", "grad_share_mi", "run_id",
                 "overrides", "commit"]
 KNN_KEY = "knn/top1_k20"
+#: What the worker's NonFiniteLossError says: a final run that diverged, not a broken one.
+DIVERGED = "non-finite loss or gradient"
 
 
 def log(message: str) -> None:
@@ -85,6 +88,15 @@ def run_sweep_file(path: Path, log_path: Path) -> dict:
     if out.returncode != 0:
         raise SystemExit(f"tuned_study: {path.name} failed ({out.returncode}); see {log_path}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def diverged_in(log_path: Path, since: int) -> str | None:
+    """The worker's non-finite message in ``log_path`` after byte ``since`` (this attempt's output), or None."""
+    with log_path.open("rb") as handle:
+        handle.seek(since)
+        text = handle.read().decode(errors="replace")
+    found = [line for line in text.splitlines() if DIVERGED in line and "NonFiniteLossError" in line]
+    return found[0].split("NonFiniteLossError: ", 1)[-1].strip() if found else None
 
 
 def mlflow_client():
@@ -131,9 +143,14 @@ def arm_overrides(arm: str, best_params: dict) -> list[str]:
     return [*sweep_file.get("overrides", []), *overrides_from_params(best_params)]
 
 
-def final_study_file(arm: str, seed: int, overrides: list[str], out: Path) -> Path:
+def final_name(arm: str, seed: int, choice: int) -> str:
+    """The final run's study name; a fallback configuration (``choice`` > 0) gets its own."""
+    return f"tuned-final-{arm}-s{seed}" if choice == 0 else f"tuned-final-{arm}-c{choice}-s{seed}"
+
+
+def final_study_file(arm: str, seed: int, overrides: list[str], out: Path, choice: int = 0) -> Path:
     study = {
-        "name": f"tuned-final-{arm}-s{seed}",
+        "name": final_name(arm, seed, choice),
         "base_config": str(STUDY_DIR / "fmnist_base.yaml"),
         "overrides": FINAL_OVERRIDES,
         "variant_keys": ["objective.", "optim.lr"],
@@ -144,7 +161,7 @@ def final_study_file(arm: str, seed: int, overrides: list[str], out: Path) -> Pa
         "seeds": [seed],
         "variants": {arm: overrides},
     }
-    path = out / "studies" / f"final_study_{arm}_s{seed}.yaml"
+    path = out / "studies" / f"{final_name(arm, seed, choice).replace('tuned-final-', 'final_study_')}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"# Written by benchmarks/tuned_study.py from tuning_{arm}.json.\n"
                     + yaml.safe_dump(study, sort_keys=False))
@@ -181,33 +198,70 @@ def offline_evaluation(run_name: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def ranked_trials(tuned_arm: dict) -> list[dict]:
+    """An arm's finished tuning trials, best validation kNN first: the configurations a final run may use."""
+    trials = [t for t in tuned_arm["trials"] if t["status"] == "FINISHED" and t["val_knn_top1"] is not None]
+    return sorted(trials, key=lambda t: -t["val_knn_top1"])
+
+
+def choices(out: Path) -> dict[str, int]:
+    """Which of each arm's ranked configurations its final runs use (``final_choices.json``; 0: the best)."""
+    path = out / "final_choices.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def final_runs(tuned: dict[str, dict], seeds: list[int], out: Path) -> None:
+    """Each arm's chosen configuration for each seed, seed-major. The rule, the same for every arm and fixed
+    before any final result was read: an arm whose configuration diverges in the final schedule (a non-finite
+    loss, which the 3-epoch tuning trials cannot always see) moves to its next-best tuning trial, for every
+    seed; the diverged run stays in ``final_trials.csv`` with status ``diverged``."""
     from adadim_dist.training.tracking import cpu_model
 
     table = out / "final_trials.csv"
     cpu = cpu_model()
-    for seed in seeds:
-        done_here = {r["arm"] for r in read_rows(table) if int(r["seed"]) == seed and r["cpu"] == cpu}
-        for arm in ARMS:
-            if arm in done_here:
-                continue
-            overrides = arm_overrides(arm, tuned[arm]["summary"]["best_params"])
-            log(f"final run {arm} seed {seed} ({cpu}): {' '.join(overrides)}")
-            summary = run_sweep_file(final_study_file(arm, seed, overrides, out),
-                                     REPO / "runs" / "tuned-study-logs" / f"final_{arm}_s{seed}.log")
-            client = mlflow_client()
-            (run,) = [r for r in child_runs(client, summary["parent_run_id"]) if r.info.status == "FINISHED"][-1:]
-            offline = offline_evaluation(run.info.run_name)
-            metrics = run.data.metrics
-            row = {"arm": arm, "seed": seed, "cpu": run.data.tags.get("machine.cpu", cpu),
-                   "knn_top1": metrics.get(KNN_KEY), "linear_top1": offline["eval_offline/linear_top1_raw"],
-                   "linear_top1_l2": offline["eval_offline/linear_top1_l2"], "probe_top1": metrics.get("probe/top1"),
-                   "final_alpha": metrics.get("adadim/alpha"), "final_beta": metrics.get("adadim/beta"),
-                   "erank_z": metrics.get("info/erank_z"),
-                   **{f"grad_share_{t}": metrics.get(f"objective/grad_share_{t}") for t in ("dim", "sample", "mi")},
-                   "run_id": run.info.run_id, "overrides": " ".join(overrides), "commit": git_commit()}
-            append_row(table, FINAL_FIELDS, row)
-            log(f"final {arm} seed {seed}: kNN {row['knn_top1']:.2f}, linear {row['linear_top1']:.2f}")
+    while True:
+        chosen = choices(out)
+        pending = [(seed, arm) for seed in seeds for arm in ARMS
+                   if not any(r["arm"] == arm and int(r["seed"]) == seed and r["cpu"] == cpu and r["status"] == "ok"
+                              and int(r["choice"]) == chosen.get(arm, 0) for r in read_rows(table))]
+        if not pending:
+            return
+        seed, arm = pending[0]
+        choice = chosen.get(arm, 0)
+        ranked = ranked_trials(tuned[arm])
+        if choice >= len(ranked):
+            log(f"{arm}: every tuned configuration diverged in the final schedule; no final run")
+            return
+        params = {k: yaml.safe_load(v) for k, v in ranked[choice]["params"].items()}
+        overrides = arm_overrides(arm, params)
+        log(f"final run {arm} seed {seed} (configuration {choice + 1} of {len(ranked)}, {cpu}): {' '.join(overrides)}")
+        log_path = REPO / "runs" / "tuned-study-logs" / f"final_{arm}_c{choice}_s{seed}.log"
+        since = log_path.stat().st_size if log_path.exists() else 0
+        base_row = {"arm": arm, "seed": seed, "choice": choice, "cpu": cpu, "overrides": " ".join(overrides),
+                    "commit": git_commit()}
+        try:
+            summary = run_sweep_file(final_study_file(arm, seed, overrides, out, choice), log_path)
+        except SystemExit:
+            message = diverged_in(log_path, since)
+            if message is None:
+                raise
+            append_row(table, FINAL_FIELDS, {**base_row, "status": "diverged", "run_id": message})
+            (out / "final_choices.json").write_text(json.dumps({**chosen, arm: choice + 1}, indent=1) + "\n")
+            log(f"final {arm} seed {seed} diverged ({message}): {arm} moves to its configuration {choice + 2}")
+            continue
+        client = mlflow_client()
+        (run,) = [r for r in child_runs(client, summary["parent_run_id"]) if r.info.status == "FINISHED"][-1:]
+        offline = offline_evaluation(run.info.run_name)
+        metrics = run.data.metrics
+        row = {**base_row, "status": "ok", "cpu": run.data.tags.get("machine.cpu", cpu),
+               "knn_top1": metrics.get(KNN_KEY), "linear_top1": offline["eval_offline/linear_top1_raw"],
+               "linear_top1_l2": offline["eval_offline/linear_top1_l2"], "probe_top1": metrics.get("probe/top1"),
+               "final_alpha": metrics.get("adadim/alpha"), "final_beta": metrics.get("adadim/beta"),
+               "erank_z": metrics.get("info/erank_z"),
+               **{f"grad_share_{t}": metrics.get(f"objective/grad_share_{t}") for t in ("dim", "sample", "mi")},
+               "run_id": run.info.run_id}
+        append_row(table, FINAL_FIELDS, row)
+        log(f"final {arm} seed {seed}: kNN {row['knn_top1']:.2f}, linear {row['linear_top1']:.2f}")
 
 
 # --------------------------------------------------------------------------------------------- 3. markers
@@ -340,8 +394,16 @@ def tuning_table(out: Path) -> list[str]:
 
 
 def verdict(out: Path) -> None:
-    rows = read_rows(out / "final_trials.csv")
+    all_rows = read_rows(out / "final_trials.csv")
+    chosen = choices(out)
+    rows = [r for r in all_rows if r["status"] == "ok" and int(r["choice"]) == chosen.get(r["arm"], 0)]
     lines = tuning_table(out)
+    diverged = [r for r in all_rows if r["status"] == "diverged"]
+    if diverged:
+        lines += ["", "Final runs that diverged (the arm then moved to its next-best tuning trial, for every seed):",
+                  "", "| arm | seed | configuration | overrides | where |", "|---|---|---|---|---|"]
+        lines += [f"| {r['arm']} | {r['seed']} | {int(r['choice']) + 1} | `{r['overrides']}` | {r['run_id']} |"
+                  for r in diverged]
     if not rows:
         (out / "verdict.md").write_text("\n".join(lines + ["", "No final run yet."]) + "\n")
         print("\n".join(lines))
