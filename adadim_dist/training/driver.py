@@ -467,6 +467,8 @@ def summarise(cfg: Config, sink: MLflowSink, result) -> dict[str, Any]:
     first_k = cfg.eval.knn_k[0]
     epochs = int(result.metrics.get("epoch", 0)) if result.metrics else 0
     checkpoint = result.checkpoint.path if result.checkpoint else None
+    if checkpoint is not None and is_uri(cfg.run.storage_path):
+        checkpoint = str(run_location(cfg) / Path(checkpoint).name)  # Ray's path on the store has no scheme
     # Ray's result holds the newest checkpoint its controller registered; a worker group that failed right after
     # the last report and restarted with nothing left to train leaves a newer one on disk only.
     on_disk = local_resume_checkpoint(cfg)

@@ -219,10 +219,9 @@ class ProgressReport(Monitor):
         if self.rank != 0:
             return
         shown = epoch_metrics(end)
-        say(self.rank, f"epoch {end.epoch}/{end.epochs} done in {end.seconds:.0f}s "
-            + " ".join(f"{k}={v:.2f}" for k, v in shown.items()
-                       if k != "train/epoch_seconds" and not k.startswith(("spectrum/dim", "time/", "knn_class/"))),
-            self.board)
+        figures = [f"{k}={v:.2f}" for k, v in shown.items()
+                   if k != "train/epoch_seconds" and not k.startswith(("spectrum/dim", "time/", "knn_class/"))]
+        say(self.rank, " ".join([f"epoch {end.epoch}/{end.epochs} done in {end.seconds:.0f}s", *figures]), self.board)
         startup = describe_startup(shown)
         if startup and "time/to_first_step_s" in shown:
             say(self.rank, startup, self.board)

@@ -27,6 +27,7 @@ def test_a_job_on_an_object_store_resumes_from_its_last_complete_checkpoint_and_
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     summary = final_json(first.stdout)
     assert summary["epochs"] == 2 and summary["resumed_from_epoch"] == 0
+    assert summary["checkpoint"].startswith("s3://") and summary["checkpoint"].endswith("/s3job/epoch_0002")
     stored = s3_server.objects(bucket)
     assert {"runs/s3job/config.yaml", "runs/s3job/mlflow_run.json", "runs/s3job/epoch_0001/state.pt",
             "runs/s3job/epoch_0002/model.pt"} <= set(stored)
