@@ -161,7 +161,7 @@ def evaluate(encoder, cfg, device: torch.device, model=None) -> tuple[dict[str, 
     test, test_labels, _ = features_of(encoder, cfg, cfg.data.test_path, device, None, "test")
     top1, class_top1 = knn_top1_across_ranks(bank, bank_labels, test, test_labels, tuple(cfg.eval.knn_k),
                                              cfg.eval.knn_temperature, cfg.model.num_classes, device, shared=False,
-                                             per_class=True)
+                                             per_class=cfg.eval.per_class)
     results = {f"eval_offline/knn_top1_k{k}": value for k, value in top1.items()}
     if cfg.eval.per_class:
         results |= {f"eval_offline/knn_class_top1_k{cfg.eval.knn_k[0]}_c{c}": v for c, v in class_top1.items()}

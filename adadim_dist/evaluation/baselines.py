@@ -101,8 +101,8 @@ def baseline_knn(eval_loaders, cfg, device, shared: bool = False) -> dict[str, f
             bank, test = first_channel(bank), first_channel(test)
         if shared:
             (test,), test_labels = gather_rows_with_labels([test], test_labels, device)
-        top1 = knn_top1_across_ranks(bank, bank_labels, test, test_labels, (k,), cfg.eval.knn_temperature,
-                                     cfg.model.num_classes, device, shared)
+        top1, _ = knn_top1_across_ranks(bank, bank_labels, test, test_labels, (k,), cfg.eval.knn_temperature,
+                                        cfg.model.num_classes, device, shared)
         if global_rank() == 0:
             results[f"baseline/knn_{name}_top1"] = top1[k]
     return results

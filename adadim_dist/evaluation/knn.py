@@ -99,21 +99,20 @@ def knn_top1_across_ranks(bank, bank_labels, queries, query_labels, ks: tuple[in
                           num_classes: int, device, shared: bool, per_class: bool = False):
     """``knn_top1_for_each_k`` when each rank holds a part of the bank and every rank all the queries
     (``shared``; a collective): each rank's nearest neighbours are merged on rank 0, which returns the
-    accuracies (None elsewhere). Unshared, this rank's bank is the whole bank. With ``per_class``: (those, each
-    class's top-1 for the first k, ``class_top1``)."""
+    accuracies (None elsewhere). Unshared, this rank's bank is the whole bank. Returns (those, each class's
+    top-1 for the first k as ``class_top1`` gives it, or None without ``per_class``)."""
     largest = max(ks)
     similarities, labels = nearest_neighbours(bank.to(device), bank_labels.to(device), queries.to(device), largest)
     if shared:
         gathered_similarities = gather_to(similarities.to(device), 0)
         gathered_labels = gather_to(labels.to(device), 0)
         if gathered_similarities is None:
-            return (None, None) if per_class else None
+            return None, None
         similarities, labels = merge_neighbours(
             [(s.cpu(), lab.cpu()) for s, lab in zip(gathered_similarities, gathered_labels)], largest)
     top1 = weighted_vote_top1(similarities, labels, query_labels, ks, temperature, num_classes)
-    if not per_class:
-        return top1
-    return top1, class_top1(similarities, labels, query_labels, ks[0], temperature, num_classes)
+    return top1, (class_top1(similarities, labels, query_labels, ks[0], temperature, num_classes) if per_class
+                  else None)
 
 
 def class_top1(similarities: torch.Tensor, neighbour_labels: torch.Tensor, test_labels: torch.Tensor, k: int,

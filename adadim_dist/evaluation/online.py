@@ -107,7 +107,7 @@ def evaluate_labelled(model, eval_loaders, cfg, device, spectra: dict | None = N
     extracted = time.perf_counter()
     top1, class_top1 = knn_top1_across_ranks(bank, bank_labels, test_r, test_labels, tuple(cfg.eval.knn_k),
                                              cfg.eval.knn_temperature, cfg.model.num_classes, device, shared,
-                                             per_class=True)
+                                             per_class=cfg.eval.per_class)
     if global_rank() != 0:
         return {}
     results = spectrum_metrics(test_r, test_z, spectra)
