@@ -124,14 +124,14 @@ def test_blur_224_is_bit_identical(compiled, sigma):
 @pytest.mark.parametrize("threshold", [0, 128, 255, 256])
 def test_solarize_224_is_bit_identical(compiled, threshold):
     images, indices = images_224()
-    new = run_kernel(ops._SOLARIZE, images, indices, 5, 0.6, threshold, work=False)
+    new = run_kernel(ops.RandomSolarize.kernel, images, indices, 5, 0.6, threshold, work=False)
     old = run_kernel(before._SOLARIZE, images, indices, 5, 0.6, threshold, work=False)
     assert_same(new, old)
 
 
 def test_grayscale_224_is_bit_identical(compiled):
     images, indices = images_224()
-    new = run_kernel(ops._GRAYSCALE, images, indices, 6, 0.6, work=False)
+    new = run_kernel(ops.RandomGrayscale.kernel, images, indices, 6, 0.6, work=False)
     old = run_kernel(before._GRAYSCALE, images, indices, 6, 0.6, work=False)
     assert_same(new, old)
 
@@ -151,9 +151,9 @@ def test_small_images_match_previous_implementation(restore_compiler, mode):
             radius = int(np.ceil(3 * sigma[1]))
             assert_same(run_kernel(ops._BLUR, images, indices, 3, 0.8, *sigma, radius, work=False),
                         run_kernel(before._BLUR, images, indices, 3, 0.8, *sigma, radius, work=True))  # fmt: skip
-        assert_same(run_kernel(ops._SOLARIZE, images, indices, 2, 0.8, 100, work=False),
+        assert_same(run_kernel(ops.RandomSolarize.kernel, images, indices, 2, 0.8, 100, work=False),
                     run_kernel(before._SOLARIZE, images, indices, 2, 0.8, 100, work=False))  # fmt: skip
-        assert_same(run_kernel(ops._GRAYSCALE, images, indices, 2, 0.8, work=False),
+        assert_same(run_kernel(ops.RandomGrayscale.kernel, images, indices, 2, 0.8, work=False),
                     run_kernel(before._GRAYSCALE, images, indices, 2, 0.8, work=False))  # fmt: skip
 
 
