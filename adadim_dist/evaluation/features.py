@@ -28,33 +28,41 @@ def forward_in_chunks(forward, images: torch.Tensor, chunk: int | None):
 
 
 @torch.no_grad()
-def extract(forward, loader, device, max_images: int | None = None):
-    """(features, labels, probe logits or None) over an evaluation loader yielding (images, labels)."""
-    features, labels, logits = [], [], []
-    seen = 0
+def collect_outputs(forward, loader, device, positions: tuple[int, ...], dtype: torch.dtype = torch.float32,
+                    max_images: int | None = None):
+    """([the outputs of ``forward`` at ``positions``], labels) over the first ``max_images`` images of ``loader``,
+    on the CPU in ``dtype``. ``forward`` returns a tuple, or one tensor (position 0); an output it does not give
+    is None, and so are the labels of a loader that yields images alone."""
+    kept: dict[int, list[torch.Tensor]] = {position: [] for position in positions}
+    labels, seen = [], 0
     chunk = forward_batch_for(device)
 
-    def keep(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    def copy_out(t: torch.Tensor, as_dtype: torch.dtype) -> torch.Tensor:
         # FFCV hands out views into buffers it reuses a few batches later; anything kept must be a copy.
-        return t.detach().to("cpu", dtype, copy=True)
+        return t.detach().to("cpu", as_dtype, copy=True)
 
-    for images, targets in loader:
+    for batch in loader:
+        images, targets = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
         output = forward_in_chunks(forward, images.to(device, non_blocking=True), chunk)
-        if isinstance(output, tuple):
-            features.append(keep(output[0], torch.float32))
-            logits.append(keep(output[2], torch.float32))
-        else:
-            features.append(keep(output, torch.float32))
-        labels.append(keep(targets.reshape(-1), torch.long))
+        output = output if isinstance(output, tuple) else (output,)
+        for position in positions:
+            if position < len(output) and output[position] is not None:
+                kept[position].append(copy_out(output[position], dtype))
+        if targets is not None:
+            labels.append(copy_out(targets.reshape(-1), torch.long))
         seen += images.shape[0]
         if max_images is not None and seen >= max_images:
             break
     cut = slice(0, max_images)
-    return (
-        torch.cat(features)[cut],
-        torch.cat(labels)[cut],
-        torch.cat(logits)[cut] if logits else None,
-    )
+    outputs = [torch.cat(kept[position])[cut] if kept[position] else None for position in positions]
+    return outputs, (torch.cat(labels)[cut] if labels else None)
+
+
+def extract(forward, loader, device, max_images: int | None = None):
+    """(features, labels, probe logits or None) over an evaluation loader yielding (images, labels); ``forward``
+    is a whole model returning (R, Z, logits) or an encoder returning R."""
+    (features, logits), labels = collect_outputs(forward, loader, device, (0, 2), torch.float32, max_images)
+    return features, labels, logits
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:

@@ -6,30 +6,17 @@ from __future__ import annotations
 
 import torch
 
-from .features import forward_batch_for, forward_in_chunks
+from .features import collect_outputs
 
 #: Images of the training file (its first ones, centre view) that label-free evaluation embeds.
 LABEL_FREE_IMAGES = 2048
 
 
-@torch.no_grad()
 def label_free_embeddings(forward, loader, device, limit: int = LABEL_FREE_IMAGES):
     """(R, Z or None) of the first ``limit`` images of ``loader`` (yielding images, or (images, labels)) in
     float64: ``forward`` is a whole model returning (R, Z, logits), or an encoder alone returning R."""
-    rs, zs, seen = [], [], 0
-    chunk = forward_batch_for(device)
-    for batch in loader:
-        images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        output = forward_in_chunks(forward, images.to(device, non_blocking=True), chunk)
-        r, z = (output[0], output[1]) if isinstance(output, tuple) else (output, None)
-        # Copies: FFCV reuses its buffers a few batches later.
-        rs.append(r.detach().to("cpu", torch.float64, copy=True))
-        if z is not None:
-            zs.append(z.detach().to("cpu", torch.float64, copy=True))
-        seen += images.shape[0]
-        if seen >= limit:
-            break
-    return torch.cat(rs)[:limit], (torch.cat(zs)[:limit] if zs else None)
+    (r, z), _ = collect_outputs(forward, loader, device, (0, 1), torch.float64, limit)
+    return r, z
 
 
 def label_free_metrics(r: torch.Tensor, z: torch.Tensor | None, objective_cfg) -> dict[str, float]:

@@ -5,6 +5,7 @@ import torch
 
 from adadim_dist.evaluation import (CPU_FORWARD_BATCH, accuracy, extract, forward_batch_for, forward_in_chunks,
                                     knn_top1, knn_top1_for_each_k)
+from adadim_dist.evaluation.label_free import label_free_embeddings
 
 
 def test_knn_recovers_well_separated_classes_and_fails_on_shuffled_labels():
@@ -49,6 +50,18 @@ def test_extract_keeps_copies_of_reused_batch_buffers():
     labels = torch.arange(10)
     features, kept_labels, logits = extract(lambda x: x.flatten(1), reusing_loader(images, labels, 3), "cpu")
     assert torch.equal(kept_labels, labels) and torch.equal(features, images) and logits is None
+
+
+def test_label_free_embeddings_copy_reused_buffers_of_an_unlabelled_loader_and_stop_at_the_limit():
+    """The label-free path reads the same extraction: images alone (no labels), R and Z in float64, copies of
+    FFCV's reused buffers, the first ``limit`` images; an encoder alone gives R and no Z."""
+    images = torch.arange(40, dtype=torch.float32).reshape(10, 4)
+    unlabelled = (images_only for images_only, _ in reusing_loader(images, torch.zeros(10, dtype=torch.long), 3))
+    r, z = label_free_embeddings(lambda x: (x, -x, None), unlabelled, "cpu", limit=7)
+    assert r.dtype == z.dtype == torch.float64
+    assert torch.equal(r, images[:7].double()) and torch.equal(z, -images[:7].double())
+    r, z = label_free_embeddings(lambda x: x + 1, reusing_loader(images, torch.arange(10), 4), "cpu", limit=100)
+    assert torch.equal(r, images.double() + 1) and z is None
 
 
 def test_a_cpu_evaluation_passes_at_most_cpu_forward_batch_images_and_keeps_every_output():
