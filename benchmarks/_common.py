@@ -56,15 +56,18 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def images_per_s_windows(client, run_id: str) -> list[float]:
-    """A job's ``train/images_per_s`` windows in step order, the first (start-up, JIT compilation) dropped."""
-    history = sorted(client.get_metric_history(run_id, "train/images_per_s"), key=lambda m: m.step)
+def images_per_s_windows(client, run_id: str, key: str = "train/images_per_s") -> list[float]:
+    """A job's logging windows of ``key`` (by default its images/s) in step order, the first (start-up, JIT
+    compilation) dropped."""
+    history = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
     return [m.value for m in history[1:]]
 
 
 def time_metrics(client, run_id: str) -> dict[str, float]:
-    """A job's start-up phases, evaluation and tail (the ``time/*`` metrics, ``adadim_dist/training/timing.py``)."""
-    return {k: v for k, v in client.get_run(run_id).data.metrics.items() if k.startswith("time/")}
+    """A job's start-up phases, evaluation and tail (the ``time/*_s`` metrics, ``adadim_dist/training/timing.py``;
+    not the per-window step phases)."""
+    return {k: v for k, v in client.get_run(run_id).data.metrics.items()
+            if k.startswith("time/") and not k.startswith("time/step_")}
 
 
 def run_service_job(overrides: list[str], name: str, cwd, env: dict | None = None,

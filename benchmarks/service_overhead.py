@@ -12,7 +12,9 @@ representation, 512-512 projector, AdaDim as shipped, LARS, global batch 256, ch
 
 Rate = images/s of each 20-step window (each image seen as two views), the first window (start-up, JIT)
 dropped on both sides; median over windows; the runs alternate (``--repeats``), so drift in the machine's
-speed hits both. The service's runs also report their start-up phases and evaluation tail (``time/*``,
+speed hits both. Where a step's time goes, on both sides by the same ``StepClock`` (``time/step_*_ms``:
+waiting for the loader, forward, objective, backward, the service's finiteness checks, update, monitors),
+median over windows; the CPU model is recorded. The service's runs also report their start-up phases and evaluation tail (``time/*``,
 ``adadim_dist/training/timing.py``); evaluation is the demo's (bank 20,000, k = 20 and 200, baselines on).
 """
 
@@ -34,6 +36,8 @@ try:
     from _common import emit, images_per_s_windows, run_service_job, time_metrics
 except ImportError:  # run as a module
     from benchmarks._common import emit, images_per_s_windows, run_service_job, time_metrics
+from adadim_dist.training.timing import STEP_PHASES
+from adadim_dist.training.tracking import cpu_model
 
 CONFIG = "configs/fmnist_smoke.yaml"
 WINDOW = 20
@@ -48,6 +52,7 @@ def plain_loop(steps: int) -> list[float]:
     from adadim_dist.models import build_model
     from adadim_dist.objectives import adadim_from_config
     from adadim_dist.training.optim import build_optimizer, build_scheduler
+    from adadim_dist.training.timing import StepClock
 
     torch.set_num_threads(2)
     cfg = load_config(REPO / CONFIG, ["data.num_loader_workers=2"])
@@ -60,43 +65,66 @@ def plain_loop(steps: int) -> list[float]:
     scheduler = build_scheduler(optimizer, len(loader) * cfg.training.epochs,
                                 int(cfg.optim.warmup_epochs * len(loader)), cfg.optim.min_lr_ratio)
     objective = adadim_from_config(cfg.objective, len(loader) * cfg.training.epochs)
-    rates, window_start, step = [], time.perf_counter(), 0
+    rates, phases, window_start, step = [], [], time.perf_counter(), 0
+    clock = StepClock()
     while step < steps:
+        clock.restart()
         for view_a, view_b, labels in loader:
+            clock.lap("loader_wait")
             view_a = view_a.contiguous(memory_format=torch.channels_last)
             view_b = view_b.contiguous(memory_format=torch.channels_last)
             r_a, z_a, logits_a = model(view_a)
             r_b, z_b, _ = model(view_b)
+            clock.lap("forward")
             loss, _ = objective(r_a, r_b, z_a, z_b, with_stats=(step + 1) % WINDOW == 0)
             probe_loss = torch.nn.functional.cross_entropy(logits_a, labels.reshape(-1).long())
+            clock.lap("objective")
             optimizer.zero_grad(set_to_none=True)
             (loss + probe_loss).backward()
+            clock.lap("backward")
             optimizer.step()
             scheduler.step()
             objective.step()
+            clock.lap("update")
             step += 1
             if step % WINDOW == 0:
                 now = time.perf_counter()
                 rates.append(WINDOW * batch / (now - window_start))
+                phases.append(clock.window_ms())
                 window_start = now
+            clock.lap("monitors")
             if step >= steps:
                 break
-    return rates
+    return {"rates": rates, "phases": phases}
 
 
-def service(steps: int, storage: Path, name: str) -> tuple[list[float], dict]:
+def service(steps: int, storage: Path, name: str, overrides: list[str]) -> tuple[dict, dict]:
     summary, client, wall = run_service_job(
         ["--config", CONFIG, "training.epochs=1", f"training.max_steps_per_epoch={steps}",
          f"training.log_every={WINDOW}", f"run.storage_path={storage}", f"run.name={name}",
-         "tracking.experiment=service-overhead"], name, REPO)
+         "tracking.experiment=service-overhead", *overrides], name, REPO)
     timings = {k: round(v, 1) for k, v in time_metrics(client, summary["run_id"]).items()}
-    return images_per_s_windows(client, summary["run_id"]), {"wall_s": round(wall, 1), **timings}
+    run_id = summary["run_id"]
+    phase_windows = {phase: images_per_s_windows(client, run_id, f"time/step_{phase}_ms") for phase in STEP_PHASES}
+    phases = [{f"time/step_{phase}_ms": values[i] for phase, values in phase_windows.items()}
+              for i in range(min(map(len, phase_windows.values())))]
+    return ({"rates": images_per_s_windows(client, run_id), "phases": phases},
+            {"wall_s": round(wall, 1), **timings})
+
+
+def median_phases(windows: list[dict]) -> dict[str, float]:
+    """Each phase's median over windows, in ms per step."""
+    return {phase: round(statistics.median(w.get(f"time/step_{phase}_ms", 0.0) for w in windows), 2)
+            for phase in STEP_PHASES} if windows else {}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--service-overrides", nargs="*", default=[],
+                        help="config overrides for the service's side (e.g. training.num_workers=1 "
+                             "training.cpus_per_worker=2)")
     parser.add_argument("--plain-loop", action="store_true", help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args(argv)
     if args.plain_loop:
@@ -104,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     windows: dict[str, list[float]] = {"plain_loop": [], "service": []}
+    phases: dict[str, list[dict]] = {"plain_loop": [], "service": []}
     service_runs = []
     with tempfile.TemporaryDirectory() as storage:
         for index in range(args.repeats):
@@ -115,21 +144,32 @@ def main(argv: list[str] | None = None) -> int:
                                          cwd=REPO, capture_output=True, text=True)
                     if out.returncode != 0:
                         raise SystemExit(f"plain loop failed:\n{out.stderr[-3000:]}")
-                    windows[side] += json.loads(out.stdout.strip().splitlines()[-1])[1:]
+                    result = json.loads(out.stdout.strip().splitlines()[-1])
+                    result = {key: values[1:] for key, values in result.items()}  # start-up window dropped
                 else:
-                    rates, timings = service(args.steps, Path(storage), f"service-{index}")
-                    windows[side] += rates
+                    result, timings = service(args.steps, Path(storage), f"service-{index}",
+                                              args.service_overrides)
                     service_runs.append(timings)
+                windows[side] += result["rates"]
+                phases[side] += result["phases"]
     rates = {side: statistics.median(values) for side, values in windows.items()}
+    step_ms = {side: median_phases(values) for side, values in phases.items()}
+    print(f"{'ms per step':<14}{'plain loop':>11}{'service':>9}", file=sys.stderr)
+    for phase in STEP_PHASES:
+        print(f"{phase:<14}{step_ms['plain_loop'].get(phase, 0):>11.1f}{step_ms['service'].get(phase, 0):>9.1f}",
+              file=sys.stderr)
     emit({
         "benchmark": "service_overhead",
+        "cpu": cpu_model(),
         "config": f"{CONFIG} (demo), global batch 256",
+        "service_overrides": args.service_overrides,
         "steps_per_run": args.steps,
         "repeats": args.repeats,
         "windows": {side: len(values) for side, values in windows.items()},
         "plain_loop_images_per_s": round(rates["plain_loop"], 1),
         "service_images_per_s": round(rates["service"], 1),
         "ratio": round(rates["service"] / rates["plain_loop"], 3),
+        "step_phases_ms": step_ms,
         "service_runs": service_runs,
     })
     return 0

@@ -15,7 +15,7 @@ import torch
 from ..distributed import all_reduce_mean
 from ..evaluation.features import accuracy
 from ..evaluation.spectra import log_spectra, spectrum_metrics
-from .timing import describe_startup, startup_phases
+from .timing import StepClock, describe_startup, startup_phases
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ class Step:
     z: torch.Tensor
     gather: object  # the objective's autograd-free gather (a collective)
     lr: float
+    clock: StepClock  # the phases of the steps so far in this logging window
 
     @property
     def global_step(self) -> int:
@@ -104,7 +105,8 @@ class ObjectiveStats(Monitor):
 
 
 class Throughput(Monitor):
-    """Images per second over the steps since the last logging step, and where in the epoch training is."""
+    """Images per second over the steps since the last logging step, where its time went (``time/step_*_ms``,
+    on a CPU), and where in the epoch training is."""
 
     def __init__(self) -> None:
         self.on_epoch_start(0)
@@ -118,6 +120,7 @@ class Throughput(Monitor):
             return
         metrics["train/images_per_s"] = self.window_images / max(time.perf_counter() - self.window_start, 1e-9)
         metrics["train/epoch"] = step.epoch + step.index / step.num_steps
+        metrics.update(step.clock.window_ms())
         self.window_start, self.window_images = time.perf_counter(), 0
 
 

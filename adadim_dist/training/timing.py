@@ -11,6 +11,8 @@ them into durations logged as ``time/*`` metrics and printed in the job's summar
 
 The first step includes FFCV's compilation of the loader pipeline (its generated code is compiled by numba
 at the first batch, in every process) and, under DDP, the first gradient all-reduce.
+
+Within the steps, ``StepClock`` splits each step's wall time into its phases (``time/step_*_ms``).
 """
 
 from __future__ import annotations
@@ -92,3 +94,47 @@ def describe_startup(metrics: dict[str, float]) -> str | None:
     before = metrics.get("time/before_python_s")
     launcher = f"; before that, {before:.0f} s in the launch script before Python started" if before else ""
     return f"{total:.0f} s to the first step ({parts}){launcher}"
+
+
+#: The phases of a training step, in order. ``loader_wait``: waiting for the loader's next batch; ``forward``:
+#: both views through the model; ``objective``: the loss and the probe's (with the objective's collectives);
+#: ``backward``: gradients (under DDP with their all-reduce, which overlaps it); ``checks``: the agreed finiteness
+#: check (a pass over the gradients and an all-reduce); ``update``: the optimizer, scheduler and objective steps;
+#: ``monitors``: metrics, progress and tracking.
+STEP_PHASES = ("loader_wait", "forward", "objective", "backward", "checks", "update", "monitors")
+
+
+class StepClock:
+    """Wall time per phase of the training step, averaged over the steps of a logging window.
+
+    On a CPU operations run synchronously, so the phase boundaries are exact. On a GPU kernels run
+    asynchronously and the phases would measure launches, so the clock is off there (use a profiler).
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.totals = dict.fromkeys(STEP_PHASES, 0.0)
+        self.steps = 0
+        self.last = time.perf_counter()
+
+    def restart(self) -> None:
+        """Start timing from now: before the first batch of an epoch."""
+        self.last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        """The time since the last lap belongs to ``phase``; ``loader_wait`` starts a step."""
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        self.totals[phase] += now - self.last
+        self.last = now
+        self.steps += phase == STEP_PHASES[0]
+
+    def window_ms(self) -> dict[str, float]:
+        """``time/step_<phase>_ms`` averaged over the steps since the last call (a step's monitors phase counts
+        in the window after it); empty when off. Resets the window."""
+        if not self.enabled or self.steps == 0:
+            return {}
+        window = {f"time/step_{phase}_ms": 1e3 * total / self.steps for phase, total in self.totals.items()}
+        self.totals, self.steps = dict.fromkeys(STEP_PHASES, 0.0), 0
+        return window

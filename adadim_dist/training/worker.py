@@ -28,6 +28,7 @@ from .checkpoint import check_compatible, checkpoint_files, load_state, save_sta
 from .monitors import EpochEnd, Step, default_monitors, say
 from .optim import build_optimizer, build_scheduler
 from .resume import agreed_resume_source
+from .timing import StepClock
 from .state_checks import (NonFiniteLossError, non_finite_terms, parameter_fingerprint,
                            state_is_finite_on_every_rank, step_is_finite_on_every_rank, union_over_ranks)
 from .tracking import MetricsSink, MLflowSink, resolve_tracking_uri, unsent_metrics_path
@@ -210,14 +211,17 @@ def train_epoch(engine, objective, loader, num_steps, epoch, cfg: Config, monito
     logging step's metrics."""
     engine.module.train()
     logged: dict[str, float] = {}
+    clock = StepClock(enabled=device.type == "cpu")
     # islice: a shortened epoch (training.max_steps_per_epoch) ends at its last step, without waiting for the
     # loader to produce one more batch (~0.5 s of the tail).
     for index, (view_a, view_b, labels) in enumerate(itertools.islice(loader, num_steps)):
+        clock.lap("loader_wait")
         view_a, view_b = view_a.to(device, non_blocking=True), view_b.to(device, non_blocking=True)
         is_log_step = (index + 1) % cfg.training.log_every == 0 or index + 1 == num_steps
 
         r_a, z_a, logits_a = engine(view_a)
         r_b, z_b, logits_b = engine(view_b)
+        clock.lap("forward")
         loss, stats = objective(r_a, r_b, z_a, z_b, with_stats=is_log_step)
         # The online probe trains on detached features in the same step (no labels: no probe).
         if labels is not None:
@@ -226,10 +230,14 @@ def train_epoch(engine, objective, loader, num_steps, epoch, cfg: Config, monito
         else:
             # Still part of the graph (zero gradient): DDP expects a gradient for every parameter it holds.
             probe_loss = 0.0 * logits_a.sum()
+        clock.lap("objective")
         engine.backward(loss + probe_loss)
+        clock.lap("backward")
 
         # Called on every rank whatever the loss: under ZeRO 1-3 the gradient check is itself a collective.
-        if not step_is_finite_on_every_rank(loss, engine.gradients_finite(), device):
+        is_finite = step_is_finite_on_every_rank(loss, engine.gradients_finite(), device)
+        clock.lap("checks")
+        if not is_finite:
             bad = non_finite_terms(objective, r_a, r_b, z_a, z_b)
             message = (f"non-finite loss or gradient at epoch {epoch + 1} step {epoch * num_steps + index} "
                        f"(non-finite terms: {', '.join(bad) or 'gradients only'})")
@@ -240,11 +248,13 @@ def train_epoch(engine, objective, loader, num_steps, epoch, cfg: Config, monito
             continue
         engine.step()
         objective.step()
+        clock.lap("update")
         step = Step(epoch, index, num_steps, view_a.shape[0] * world_size, is_log_step, is_eval_epoch, stats,
-                    probe_loss, logits_a, labels, r_a, z_a, objective.gather, engine.lr())
+                    probe_loss, logits_a, labels, r_a, z_a, objective.gather, engine.lr(), clock)
         metrics: dict[str, float] = {}
         for monitor in monitors:
             monitor.on_step(step, metrics)
+        clock.lap("monitors")
         if is_log_step:
             logged = metrics
     return logged

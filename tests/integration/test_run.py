@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from adadim_dist.training.timing import STEP_PHASES
+
 from ..conftest import REPO, record_fault, run_cli, steps_done_before
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -25,7 +27,8 @@ EPOCH_METRICS = ["knn/top1_k20", "knn/top1_k200", "probe/top1", "train/epoch_sec
                  "spectrum/collapsed_z", "spectrum/batch_collapsed_r", "spectrum/batch_collapsed_z"]
 STEP_METRICS = ["loss/total", "loss/dim", "loss/sample", "loss/invariance", "loss/variance", "loss/covariance",
                 "adadim/alpha", "adadim/beta", "info/h_r", "info/mi_rz", "info/erank_r", "info/erank_z",
-                "info/uniformity", "info/alignment", "train/lr", "train/images_per_s"]
+                "info/uniformity", "info/alignment", "train/lr", "train/images_per_s",
+                *(f"time/step_{phase}_ms" for phase in STEP_PHASES)]
 SECRET = "AKIA-adadim-test-secret-0123456789"
 
 

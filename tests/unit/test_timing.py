@@ -4,7 +4,9 @@ import time
 
 import pytest
 
-from adadim_dist.training.timing import describe_startup, process_started_at, startup_phases
+from adadim_dist.training import timing
+from adadim_dist.training.timing import (STEP_PHASES, StepClock, describe_startup, process_started_at,
+                                         startup_phases)
 
 STAMPS = {"command_started_at": 100.0, "ray_ready_at": 109.5, "worker_started_at": 115.0,
           "loaders_ready_at": 118.0, "engine_ready_at": 119.0, "first_step_done_at": 131.0}
@@ -57,3 +59,20 @@ def test_a_launch_script_that_execs_python_is_reported_apart(tmp_path):
     phases = startup_phases({**STAMPS, "before_python_s": before})
     assert describe_startup(phases).endswith(f"; before that, {before:.0f} s in the launch script before Python "
                                              "started")
+
+
+def test_the_step_clock_gives_each_phase_its_mean_time_per_step_and_starts_a_new_window(monkeypatch):
+    """Two steps whose phases last 1, 2, ... 7 ms (second step: twice that): the window's mean per phase is 1.5×
+    each; the next window starts empty. Switched off (a GPU), it reports nothing."""
+    now = [0.0]
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: now[0])
+    clock = StepClock()
+    for scale in (1, 2):
+        for duration, phase in enumerate(STEP_PHASES, start=1):
+            now[0] += scale * duration / 1e3
+            clock.lap(phase)
+    assert clock.window_ms() == pytest.approx({f"time/step_{p}_ms": 1.5 * d for d, p in enumerate(STEP_PHASES, 1)})
+    assert clock.window_ms() == {}
+    off = StepClock(enabled=False)
+    off.lap("loader_wait")
+    assert off.window_ms() == {}
