@@ -155,7 +155,8 @@ def fine_checks() -> dict:
         predict_with_bias, singular_value_near_threshold, surviving_class_directions, unnormalised_infonce_sample_loss,
     )
     from adadim_dist.theory.normalised import (
-        collapse_threshold, high_temperature_collapse_threshold, optimal_block_ratio, two_block_views,
+        collapse_threshold, high_temperature_collapse_threshold, landau_coefficients, landau_onset_ratio,
+        optimal_block_ratio, two_block_views,
     )
     from adadim_dist.theory.synthetic import ClassMixtureViews, ridge_probe_accuracy
 
@@ -180,7 +181,7 @@ def fine_checks() -> dict:
     # 2. Normalised NT-Xent (tau 0.2, batch 256): block ratio, thresholds, and the trained ratio.
     ntxent = train_linear_encoder(project_objective("ntxent", 1500), two_block_views(1.0), 0.0, steps=1500,
                                   lr=LEARNING_RATES["ntxent"])
-    thresholds = {tau: collapse_threshold(high=6.0, tolerance=2e-3, temperature=tau)
+    thresholds = {tau: collapse_threshold(high=6.0, tolerance=1e-4 if tau == 0.2 else 2e-3, temperature=tau)
                   for tau in (0.2, 0.5, 1.0, 2.0, 4.0)}
     b_star = thresholds[0.2]
     out["normalised"] = {
@@ -189,7 +190,19 @@ def fine_checks() -> dict:
         "threshold": {tau: round(value, 3) for tau, value in thresholds.items()},
         "high_temperature_threshold": {tau: round(high_temperature_collapse_threshold(tau), 3)
                                        for tau in thresholds},
-        "ratio_below_threshold": {gap: round(optimal_block_ratio(b_star - gap), 4) for gap in (0.4, 0.2, 0.1)},
+    }
+    # The onset below b* (tau 0.2): the optimum, the Landau prediction sqrt(-A / 2B), local exponents.
+    gaps = (0.4, 0.2, 0.1, 0.05, 0.025, 0.0125)
+    optimum = [optimal_block_ratio(b_star - gap) for gap in gaps]
+    coefficients = landau_coefficients(b_star)
+    slope_a = (landau_coefficients(b_star + 0.01)[0] - landau_coefficients(b_star - 0.01)[0]) / 0.02
+    out["normalised"]["onset"] = {
+        "landau_at_threshold": {"A": round(coefficients[0], 5), "B": round(coefficients[1], 1),
+                                "C": round(coefficients[2], 0), "dA_db": round(slope_a, 4)},
+        "amplitude_sqrt_dA_db_over_2B": round(float(np.sqrt(slope_a / (2 * coefficients[1]))), 4),
+        "ratio_below_threshold": dict(zip(gaps, round_(optimum, 5))),
+        "landau_ratio_below_threshold": {gap: round(landau_onset_ratio(b_star - gap), 5) for gap in gaps},
+        "local_exponents": round_(np.diff(np.log(optimum)) / np.diff(np.log(gaps))),
     }
 
     # 3. Imbalance ratio 10, class means plus noise (sigma^2 = 0.1), spectral loss.

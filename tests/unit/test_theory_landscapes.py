@@ -32,6 +32,9 @@ from adadim_dist.theory.normalised import (
     collapse_curvature,
     collapse_threshold,
     high_temperature_collapse_threshold,
+    landau_coefficients,
+    landau_onset_ratio,
+    optimal_block_ratio,
 )
 
 torch.set_num_threads(1)
@@ -213,5 +216,28 @@ def test_high_temperature_threshold_matches_the_numerical_landscape():
 
 
 def test_project_temperature_collapses_augmented_block_between_b_2_and_3():
-    """At tau = 0.2 the expansion gives no threshold; the numerical landscape does (b* = 2.38 at 32 batches)."""
+    """At tau = 0.2 the expansion gives no threshold; the numerical landscape does (b* = 2.40 at 32 batches)."""
     assert collapse_curvature(2.0, batches=16) < 0 < collapse_curvature(3.0, batches=16)
+
+
+def test_normalised_onset_is_a_square_root_from_the_zero_of_the_landau_coefficient():
+    """tau 0.2, 16 batches. The r^2 coefficient A is linear in b; b* is its zero; below b* the optimal ratio
+    approaches sqrt(A' (b* - b) / 2B): local exponent 1/2 close to b*, larger farther away (the u^3 term), as the
+    Landau expansion says. A two-point curvature (L(eps) - L(0)) / eps^2 = A + B eps^2 would put b* higher by
+    B eps^2 / A' (0.016 at eps = 0.01), and exponents read from it come out near 0.6-0.75."""
+    estimate = {"batches": 16}
+    bs = np.array([2.36, 2.38, 2.40, 2.42])
+    a = np.array([landau_coefficients(b, **estimate)[0] for b in bs])
+    slope, intercept = np.polyfit(bs, a, 1)
+    np.testing.assert_allclose(a, slope * bs + intercept, atol=2e-3 * abs(slope))  # linear in b
+    b_star = collapse_threshold(low=2.3, high=2.5, tolerance=1e-4, **estimate)
+    assert b_star == pytest.approx(-intercept / slope, abs=5e-4)
+    _, quartic, _ = landau_coefficients(b_star, **estimate)
+    amplitude = np.sqrt(slope / (2 * quartic))
+    gaps = np.array([0.05, 0.025, 0.0125])
+    optimum = np.array([optimal_block_ratio(b_star - gap, **estimate) for gap in gaps])
+    exponents = np.diff(np.log(optimum)) / np.diff(np.log(gaps))
+    assert 0.5 <= exponents[-1] < 0.55 and exponents[0] > exponents[-1]  # measured 0.54, 0.52 (32 batches)
+    assert optimum[-1] / np.sqrt(gaps[-1]) == pytest.approx(amplitude, rel=0.03)
+    assert landau_onset_ratio(b_star - gaps[-1], **estimate) == pytest.approx(optimum[-1], rel=0.03)
+    assert landau_onset_ratio(b_star + 0.02, **estimate) == 0.0
