@@ -40,8 +40,8 @@ the clean ones' (``block_ratio_landscape``), assuming the optimum treats the dir
    ``L = L0 + A(b) u + B(b) u^2 + C(b) u^3 + ...`` (``landau_coefficients``). The block collapses where A >= 0,
    so the threshold b* is the zero of A; with A linear in b near b* and B > 0 the optimum below it is
    ``r* = sqrt(-A / (2B)) ~ sqrt(A'(b*) (b* - b) / (2 B))``: exponent 1/2 (``landau_onset_ratio``). The
-   higher terms are large (at tau = 0.2, B ~ 480 and C ~ -1.6e5), so the expansion holds only for r below
-   ~0.05 and A must be read from small r: a two-point curvature ``(L(eps) - L(0)) / eps^2`` is A + B eps^2 and
+   higher terms are large (at tau = 0.2, B ~ 480 and C ~ -1.6e5), so the expansion holds only for r well
+   below 0.05 and A must be read from small r: a two-point curvature ``(L(eps) - L(0)) / eps^2`` is A + B eps^2 and
    puts b* too high by B eps^2 / A'.
 """
 
@@ -124,9 +124,8 @@ def optimal_block_ratio(augmentation_variance: float, max_ratio: float = 1.5, gr
 def landau_coefficients(augmentation_variance: float, max_ratio: float = 0.012, points: int = 13,
                         **kwargs) -> tuple[float, float, float]:
     """(A, B, C) of ``L(r) = L0 + A u + B u^2 + C u^3`` with u = r^2 (module docstring, item 3): a cubic
-    least-squares fit in u of the block landscape at ``points`` ratios in [0, ``max_ratio``]. At tau = 0.2 the
-    fit's residuals are at the level of float64 rounding; a larger ``max_ratio`` lets the neglected u^4 term
-    bias A."""
+    least-squares fit in u of the block landscape at ``points`` ratios in [0, ``max_ratio``]. A much larger
+    ``max_ratio`` lets the neglected higher terms bias A (at tau = 0.2, r up to 0.04 gave a quarter of A)."""
     ratios = np.linspace(0.0, max_ratio, points)
     c, b, a, _ = np.polyfit(ratios**2, block_ratio_landscape(augmentation_variance, ratios, **kwargs), 3)
     return float(a), float(b), float(c)
@@ -140,7 +139,8 @@ def collapse_curvature(augmentation_variance: float, **kwargs) -> float:
 
 def landau_onset_ratio(augmentation_variance: float, **kwargs) -> float:
     """The optimal ratio the Landau expansion predicts, ``sqrt(-A / (2B))`` (0 where A >= 0): the square-root
-    onset below the threshold, accurate while r* is within the expansion's range (r below ~0.05 at tau = 0.2)."""
+    onset below the threshold, accurate while r* is well inside the expansion's range (at tau = 0.2, r well
+    below 0.05)."""
     a, b, _ = landau_coefficients(augmentation_variance, **kwargs)
     return float(np.sqrt(-a / (2.0 * b))) if a < 0 < b else 0.0
 
