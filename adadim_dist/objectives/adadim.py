@@ -349,13 +349,26 @@ class AdaDim:
                 return self._sharded(r_a, r_b, z_a, z_b, with_stats)
             return self._replicated(r_a, r_b, z_a, z_b, with_stats)
 
+    def _gather_embeddings(self, r_a, r_b, z_a, z_b, with_stats: bool):
+        """(Z_a, Z_b, R_a, R_b) of the global batch, in one gather (and one collective in the backward): the
+        views side by side along the features, split after. R is gathered only where the MI term or the
+        statistics may use it (None otherwise). Small collectives cost their latency, not their size: ten of
+        them took a fifth of a CPU step (BENCHMARKS.md, "Service against a plain loop")."""
+        local = [z_a, z_b] + ([r_a, r_b] if (self.mi_sign != 0.0 and self.gamma != 0.0) or with_stats else [])
+        if self.gather is _identity:
+            return (*local, None, None)[:4]
+        if len({t.dtype for t in local}) > 1:  # concatenating would promote one of them
+            return (*(self.gather(t) for t in local), None, None)[:4]
+        gathered = self.gather(torch.cat(local, dim=1))
+        return (*(part.contiguous() for part in gathered.split([t.shape[1] for t in local], dim=1)), None, None)[:4]
+
     def _weighted_vicreg(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         return (self.invariance_weight * terms["invariance"] + self.variance_weight * terms["variance"]
                 + self.covariance_weight * terms["covariance"])
 
     def _replicated(self, r_a, r_b, z_a, z_b, with_stats):
         """Every worker computes the whole objective on the gathered batch."""
-        z_a_global, z_b_global = self.gather(z_a), self.gather(z_b)
+        z_a_global, z_b_global, r_a_global, r_b_global = self._gather_embeddings(r_a, r_b, z_a, z_b, with_stats)
         alpha = self._current_alpha(lambda: _erank_no_grad(z_a_global), min(z_a_global.shape))
         beta = self.gamma * alpha
         if self.dim_loss == "vicreg":
@@ -370,7 +383,6 @@ class AdaDim:
         info_a = info_b = mutual_info = None
         if needs_mi_grad or with_stats:
             with torch.set_grad_enabled(needs_mi_grad and torch.is_grad_enabled()):
-                r_a_global, r_b_global = self.gather(r_a), self.gather(r_b)
                 info_a = information_terms(r_a_global, z_a_global, self.mi_order, self.kernel, self.kernel_sigma)
                 info_b = information_terms(r_b_global, z_b_global, self.mi_order, self.kernel, self.kernel_sigma)
                 mutual_info = 0.5 * (info_a["mi"] + info_b["mi"])
@@ -394,7 +406,7 @@ class AdaDim:
     def _sharded(self, r_a, r_b, z_a, z_b, with_stats):
         """Every worker computes its own rows' part of the objective; sums over workers go through
         ``all_reduce``, and the gathered batch serves only as the columns of NT-Xent and the Gram blocks."""
-        z_a_global, z_b_global = self.gather(z_a), self.gather(z_b)
+        z_a_global, z_b_global, r_a_global, r_b_global = self._gather_embeddings(r_a, r_b, z_a, z_b, with_stats)
         num_global, row_offset = z_a_global.shape[0], self.rank * z_a.shape[0]
         self._check_rank_rows(z_a, z_a_global, row_offset)
         step_erank_z: list[torch.Tensor] = []  # the α estimate's erank(Z), reused by this step's statistics
@@ -417,7 +429,6 @@ class AdaDim:
         info_a = info_b = mutual_info = None
         if needs_mi_grad or with_stats:
             with torch.set_grad_enabled(needs_mi_grad and torch.is_grad_enabled()):
-                r_a_global, r_b_global = self.gather(r_a), self.gather(r_b)
                 if self.mi_is_sharded:
                     info_a, info_b = information_terms_sharded(
                         [(r_a, z_a, r_a_global, z_a_global), (r_b, z_b, r_b_global, z_b_global)], row_offset,

@@ -465,3 +465,23 @@ def test_gradient_shares_are_each_terms_gradient_norm_with_respect_to_z(compute)
     _, stats = vicreg_only(r_a.detach(), r_b.detach(), z_a.detach(), z_b.detach())
     assert not any(key.startswith("objective/grad_share") for key in stats)  # no graph: nothing to measure
 
+
+
+@pytest.mark.parametrize("compute", ["sharded", "replicated"])
+def test_one_gather_a_step_carries_both_views_of_z_and_r(compute):
+    """A CPU step's small collectives cost their latency (BENCHMARKS.md, "Service against a plain loop"): Z and R of
+    both views travel in one gather, R only when the MI term or the statistics may read it."""
+    r_a, r_b, z_a, z_b = (t.requires_grad_() for t in _batch(n=8, d_r=12, d_z=8))
+    widths = []
+
+    def gather(local):  # worker 0 of 2; worker 1 holds other rows
+        widths.append(local.shape[1])
+        return torch.cat([local, local.flip(0)])
+
+    for mi_sign, with_stats, gathered in (("maximize", False, 8 + 8 + 12 + 12), ("off", False, 8 + 8),
+                                          ("off", True, 8 + 8 + 12 + 12)):
+        widths.clear()
+        objective = AdaDim(gather=gather, all_reduce=lambda x: 2 * x, rank=0, compute=compute, mi_sign=mi_sign)
+        loss, _ = objective(r_a, r_b, z_a, z_b, with_stats=with_stats)
+        loss.backward()
+        assert widths == [gathered], (mi_sign, with_stats)
