@@ -14,8 +14,9 @@ Rate = images/s of each 20-step window (each image seen as two views), the first
 dropped on both sides; median over windows; the runs alternate (``--repeats``), so drift in the machine's
 speed hits both. Where a step's time goes, on both sides by the same ``StepClock`` (``time/step_*_ms``:
 waiting for the loader, forward, objective, backward, the service's finiteness checks, update, monitors),
-median over windows; the CPU model is recorded. The service's runs also report their start-up phases and evaluation tail (``time/*``,
-``adadim_dist/training/timing.py``); evaluation is the demo's (bank 20,000, k = 20 and 200, baselines on).
+median over windows; the CPU model is recorded. The service's runs also report their start-up phases and
+evaluation tail (``time/*``, ``adadim_dist/training/timing.py``); evaluation is the demo's (bank 20,000,
+k = 20 and 200, baselines on). ``--service-overrides`` changes the service's side (e.g. its layout).
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ CONFIG = "configs/fmnist_smoke.yaml"
 WINDOW = 20
 
 
-def plain_loop(steps: int) -> list[float]:
-    """The worker loop's work without the service: returns the images/s of every WINDOW-step window."""
+def plain_loop(steps: int) -> dict[str, list]:
+    """The worker loop's work without the service: the images/s (``rates``) and the step phases (``phases``,
+    ``StepClock``) of every WINDOW-step window."""
     import torch
 
     from adadim_dist.config import load_config

@@ -354,13 +354,16 @@ class AdaDim:
         views side by side along the features, split after. R is gathered only where the MI term or the
         statistics may use it (None otherwise). Small collectives cost their latency, not their size: ten of
         them took a fifth of a CPU step (BENCHMARKS.md, "Service against a plain loop")."""
-        local = [z_a, z_b] + ([r_a, r_b] if (self.mi_sign != 0.0 and self.gamma != 0.0) or with_stats else [])
+        wants_r = (self.mi_sign != 0.0 and self.gamma != 0.0) or with_stats
+        local = [z_a, z_b, r_a, r_b] if wants_r else [z_a, z_b]
         if self.gather is _identity:
-            return (*local, None, None)[:4]
-        if len({t.dtype for t in local}) > 1:  # concatenating would promote one of them
-            return (*(self.gather(t) for t in local), None, None)[:4]
-        gathered = self.gather(torch.cat(local, dim=1))
-        return (*(part.contiguous() for part in gathered.split([t.shape[1] for t in local], dim=1)), None, None)[:4]
+            parts = local
+        elif len({t.dtype for t in local}) > 1:  # concatenating would promote one of them
+            parts = [self.gather(t) for t in local]
+        else:
+            gathered = self.gather(torch.cat(local, dim=1))
+            parts = [part.contiguous() for part in gathered.split([t.shape[1] for t in local], dim=1)]
+        return tuple(parts) if wants_r else (*parts, None, None)
 
     def _weighted_vicreg(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         return (self.invariance_weight * terms["invariance"] + self.variance_weight * terms["variance"]

@@ -28,9 +28,9 @@ from .checkpoint import check_compatible, checkpoint_files, load_state, save_sta
 from .monitors import EpochEnd, Step, default_monitors, say
 from .optim import build_optimizer, build_scheduler
 from .resume import agreed_resume_source
-from .timing import StepClock
 from .state_checks import (NonFiniteLossError, non_finite_terms, parameter_fingerprint,
                            state_is_finite_on_every_rank, step_is_finite_on_every_rank, union_over_ranks)
+from .timing import StepClock
 from .tracking import MetricsSink, MLflowSink, resolve_tracking_uri, unsent_metrics_path
 
 logger = logging.getLogger(__name__)
