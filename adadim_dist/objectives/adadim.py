@@ -13,7 +13,9 @@ Two forms compute the same global-batch objective (values and gradients):
 - ``replicated``: every worker gathers R and Z and computes the whole objective, O(N²·D) per worker.
 - ``sharded`` (default): every worker computes its own rows' part, O(n·N·D + n·D² + D³) per worker: NT-Xent
   on its rows against the gathered columns, the D×D statistics (VICReg, Barlow Twins, ZᵀZ for α and erank)
-  from all-reduced sums, the order-2 entropies from all-reduced sums over its rows' Gram block. α and erank
+  from all-reduced sums, the order-2 entropies from all-reduced sums over its rows' Gram block. A step makes
+  one gather (Z and R of both views), one all-reduce (the D×D and entropy sums together, centred on means
+  taken from the gathered rows) and α's sync, each with one collective in the backward. α and erank
   use the N×N ZZᵀ of the gathered rows instead of ZᵀZ while N is small enough for that to be cheaper.
   Rényi orders other than 2, and the Gaussian kernel with the median-heuristic width, need the whole Gram
   matrix: their MI terms keep the gathered computation.
@@ -45,17 +47,21 @@ from .information import (
     effective_rank,
     effective_rank_sharded,
     information_terms,
-    information_terms_sharded,
+    renyi2_block_sums,
+    renyi2_information_terms,
     uniformity,
     uniformity_sharded,
 )
 from .losses import (
+    all_reduce_together,
+    barlow_twins_local_sums,
     barlow_twins_loss,
-    barlow_twins_loss_sharded,
+    barlow_twins_loss_from_sums,
     nt_xent_loss,
     nt_xent_loss_sharded,
+    vicreg_local_sums,
     vicreg_terms,
-    vicreg_terms_sharded,
+    vicreg_terms_from_sums,
 )
 
 ALPHA_MODES = ("adaptive", "fixed", "linear", "cosine")
@@ -420,22 +426,36 @@ class AdaDim:
 
         alpha = self._current_alpha(estimate_rank, min(num_global, z_a.shape[1]))
         beta = self.gamma * alpha
+        # The global means come from the gathered rows (no collective; the gradient returns through the
+        # gather's backward). The D×D sums and the entropies' sums then travel in one all-reduce.
+        means = torch.stack([z_a_global, z_b_global]).mean(dim=1)
         if self.dim_loss == "vicreg":
-            terms = vicreg_terms_sharded(z_a, z_b, self.all_reduce, num_global)
-            loss_dim = self._weighted_vicreg(terms)
+            local_sums = [vicreg_local_sums(z_a, z_b, means, num_global)]
         else:
-            terms = {}
-            loss_dim = barlow_twins_loss_sharded(z_a, z_b, self.all_reduce, num_global, self.barlow_lambda)
+            local_sums = [barlow_twins_local_sums(z_a, z_b, means)]
         loss_sample = nt_xent_loss_sharded(z_a, z_b, z_a_global, z_b_global, row_offset, self.temperature)
 
         needs_mi_grad = self.mi_sign != 0.0 and beta != 0.0
+        wants_info = needs_mi_grad or with_stats
+        if wants_info and self.mi_is_sharded:
+            with torch.set_grad_enabled(needs_mi_grad and torch.is_grad_enabled()):
+                local_sums.append(torch.stack([
+                    renyi2_block_sums(r, z, r_global, z_global, row_offset, self.kernel, self.kernel_sigma)
+                    for r, z, r_global, z_global in ((r_a, z_a, r_a_global, z_a_global),
+                                                     (r_b, z_b, r_b_global, z_b_global))]))
+        reduced = all_reduce_together(self.all_reduce, local_sums)
+        if self.dim_loss == "vicreg":
+            terms = vicreg_terms_from_sums(z_a, z_b, reduced[0])
+            loss_dim = self._weighted_vicreg(terms)
+        else:
+            terms = {}
+            loss_dim = barlow_twins_loss_from_sums(reduced[0], z_a.shape[1], num_global, self.barlow_lambda)
+
         info_a = info_b = mutual_info = None
-        if needs_mi_grad or with_stats:
+        if wants_info:
             with torch.set_grad_enabled(needs_mi_grad and torch.is_grad_enabled()):
                 if self.mi_is_sharded:
-                    info_a, info_b = information_terms_sharded(
-                        [(r_a, z_a, r_a_global, z_a_global), (r_b, z_b, r_b_global, z_b_global)], row_offset,
-                        self.all_reduce, self.kernel, self.kernel_sigma)
+                    info_a, info_b = (renyi2_information_terms(view_sums) for view_sums in reduced[1].unbind(0))
                 else:
                     info_a = information_terms(r_a_global, z_a_global, self.mi_order, self.kernel,
                                                self.kernel_sigma)

@@ -9,6 +9,8 @@ Two forms compute them:
   autograd-aware, identity on one process). The D×D statistics come from all-reduced sums, NT-Xent takes
   the local rows against the gathered columns: O(n·D² + n·N·D) per worker. Each returns this worker's
   share: averaged over workers (as DDP averages gradients) it gives the global-batch value and gradient.
+  The D×D statistics also come split in two (``*_local_sums``, ``*_from_sums``), so that a caller can
+  reduce them together with other sums in one collective (``all_reduce_together``).
 
 Per-pair terms (VICReg invariance) are exact on local tensors, because averaging the per-worker means over
 equal-sized shards gives the global mean.
@@ -137,50 +139,99 @@ def _check_global_rows(num_global: int, num_local: int, needed: int = 2) -> None
         )
 
 
-def _centred_on_global_means(views: torch.Tensor, all_reduce: AllReduce, num_global: int) -> torch.Tensor:
-    """(views × n × D) local rows minus each view's global mean. Two passes (global means first, then sums of
-    centred products) keep float32's precision; the one-pass Σzzᵀ − N·μμᵀ cancels catastrophically when the
-    mean is large against the spread."""
-    means = all_reduce(views.sum(dim=1)) / num_global
-    return views - means[:, None, :]
+def all_reduce_together(all_reduce: AllReduce, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``[all_reduce(t) for t in tensors]`` in one collective: flattened, concatenated, reduced once and split
+    back (tensors of one dtype share it; a second dtype gets its own). A CPU step's small collectives cost
+    their latency, not their size (BENCHMARKS.md, "Service against a plain loop"); the backward is one
+    collective too."""
+    reduced: list[torch.Tensor | None] = [None] * len(tensors)
+    for dtype in dict.fromkeys(t.dtype for t in tensors):
+        indices = [i for i, t in enumerate(tensors) if t.dtype == dtype]
+        flat = all_reduce(torch.cat([tensors[i].reshape(-1) for i in indices]))
+        for i, part in zip(indices, flat.split([tensors[i].numel() for i in indices])):
+            reduced[i] = part.view(tensors[i].shape)
+    return reduced
+
+
+def _global_means(views: torch.Tensor, all_reduce: AllReduce, num_global: int) -> torch.Tensor:
+    """views × D means over the global batch from this worker's views × n × D rows (one all-reduce). A caller
+    that holds the gathered rows takes their mean instead, without a collective."""
+    return all_reduce(views.sum(dim=1)) / num_global
+
+
+def vicreg_local_sums(z_a: torch.Tensor, z_b: torch.Tensor, means: torch.Tensor, num_global: int) -> torch.Tensor:
+    """This worker's share of the sums behind VICReg's variance and covariance of the global batch, as one flat
+    tensor: [2·D squares | 2·D·D cross products] of its rows centred on the global ``means`` (2 × D) and scaled
+    by 1/√(N − 1). Centring on the means first (two passes) keeps float32's precision: the one-pass
+    Σzzᵀ − N·μμᵀ cancels catastrophically when the mean is large against the spread."""
+    _check_pair(z_a, z_b)
+    _check_global_rows(num_global, z_a.shape[0])
+    # Both views batched: the D×D work is the part of the sharded form that does not shrink with W. The
+    # variances are their own 2×D sum, not the covariances' diagonal, whose indexing and zero-filled gradient
+    # would be extra passes over D×D tensors.
+    scaled = (torch.stack([z_a, z_b]) - means[:, None, :]) / math.sqrt(num_global - 1)
+    return torch.cat([(scaled * scaled).sum(dim=1).reshape(-1),
+                      torch.bmm(scaled.transpose(1, 2), scaled).reshape(-1)])
+
+
+def vicreg_terms_from_sums(z_a: torch.Tensor, z_b: torch.Tensor, sums: torch.Tensor) -> dict[str, torch.Tensor]:
+    """This worker's unweighted VICReg terms: invariance on its pairs, variance and covariance from
+    ``vicreg_local_sums`` summed over workers."""
+    d = z_a.shape[1]
+    variances, covariances = sums.split([2 * d, 2 * d * d])
+    off_diag = covariances.view(2, d, d).masked_fill(torch.eye(d, dtype=torch.bool, device=z_a.device), 0.0)
+    return {
+        "invariance": invariance_loss(z_a, z_b),
+        "variance": F.relu(1.0 - torch.sqrt(variances.view(2, d) + 1e-4)).mean(dim=1).sum(),
+        "covariance": (off_diag * off_diag).sum() / d,
+    }
 
 
 def vicreg_terms_sharded(
     z_a: torch.Tensor, z_b: torch.Tensor, all_reduce: AllReduce, num_global: int
 ) -> dict[str, torch.Tensor]:
     """This worker's unweighted VICReg terms from its local rows: invariance on its pairs; variance and
-    covariance of the global batch of ``num_global`` rows from all-reduced sums (global means, then the D×D
-    centred products). Equals ``vicreg_terms`` of the gathered batch once averaged over workers."""
+    covariance of the global batch of ``num_global`` rows from all-reduced sums (global means, then the
+    centred squares and D×D cross products in one all-reduce). Equals ``vicreg_terms`` of the gathered batch
+    once averaged over workers."""
     _check_pair(z_a, z_b)
     _check_global_rows(num_global, z_a.shape[0])
-    d = z_a.shape[1]
-    # Both views batched: the D×D work is the part of the sharded form that does not shrink with W, so it
-    # avoids passes over D×D tensors (stacking, indexing or unbinding them, dividing them by N − 1, and the
-    # zero-filled gradient of their diagonal: the variances are all-reduced as a separate 2×D sum instead).
-    scaled = _centred_on_global_means(torch.stack([z_a, z_b]), all_reduce, num_global) / math.sqrt(num_global - 1)
-    variances = all_reduce((scaled * scaled).sum(dim=1))  # views × D
-    covariances = all_reduce(torch.bmm(scaled.transpose(1, 2), scaled))  # views × D × D
-    off_diag = covariances.masked_fill(torch.eye(d, dtype=torch.bool, device=z_a.device), 0.0)
-    return {
-        "invariance": invariance_loss(z_a, z_b),
-        "variance": F.relu(1.0 - torch.sqrt(variances + 1e-4)).mean(dim=1).sum(),
-        "covariance": (off_diag * off_diag).sum() / d,
-    }
+    means = _global_means(torch.stack([z_a, z_b]), all_reduce, num_global)
+    return vicreg_terms_from_sums(z_a, z_b, all_reduce(vicreg_local_sums(z_a, z_b, means, num_global)))
+
+
+def barlow_twins_local_sums(z_a: torch.Tensor, z_b: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+    """This worker's share of the sums behind Barlow Twins' cross-correlation of the global batch, as one flat
+    tensor: [2·D squares | D·D cross product Σ(a − μ_a)(b − μ_b)ᵀ] of its rows centred on the global
+    ``means`` (2 × D)."""
+    _check_pair(z_a, z_b)
+    centred_a, centred_b = (torch.stack([z_a, z_b]) - means[:, None, :]).unbind(0)
+    return torch.cat([(centred_a * centred_a).sum(dim=0), (centred_b * centred_b).sum(dim=0),
+                      (centred_a.T @ centred_b).reshape(-1)])
+
+
+def barlow_twins_loss_from_sums(
+    sums: torch.Tensor, dim: int, num_global: int, lambda_offdiag: float = 5e-3
+) -> torch.Tensor:
+    """Barlow Twins' loss from ``barlow_twins_local_sums`` of ``dim``-wide embeddings summed over the workers'
+    ``num_global`` rows."""
+    d = dim
+    squares, cross = sums.split([2 * d, d * d])
+    std_a, std_b = (torch.sqrt(squares.view(2, d) / num_global) + 1e-5).unbind(0)
+    corr = cross.view(d, d) / (std_a[:, None] * std_b[None, :]) / num_global
+    return _barlow_twins_from_correlation(corr, lambda_offdiag)
 
 
 def barlow_twins_loss_sharded(
     z_a: torch.Tensor, z_b: torch.Tensor, all_reduce: AllReduce, num_global: int, lambda_offdiag: float = 5e-3
 ) -> torch.Tensor:
-    """``barlow_twins_loss`` of the global batch from this worker's local rows: global means, biased variances
-    and the D×D centred cross product Σ(a − μ_a)(b − μ_b)ᵀ are all-reduced sums."""
+    """``barlow_twins_loss`` of the global batch from this worker's local rows: global means, then the biased
+    variances and the D×D centred cross product in one all-reduce."""
     _check_pair(z_a, z_b)
     _check_global_rows(num_global, z_a.shape[0])
-    centred_a, centred_b = _centred_on_global_means(torch.stack([z_a, z_b]), all_reduce, num_global).unbind(0)
-    std_a, std_b = (torch.sqrt(all_reduce(torch.stack([
-        (centred_a * centred_a).sum(dim=0), (centred_b * centred_b).sum(dim=0)
-    ])) / num_global) + 1e-5).unbind(0)
-    corr = all_reduce(centred_a.T @ centred_b) / (std_a[:, None] * std_b[None, :]) / num_global
-    return _barlow_twins_from_correlation(corr, lambda_offdiag)
+    means = _global_means(torch.stack([z_a, z_b]), all_reduce, num_global)
+    return barlow_twins_loss_from_sums(all_reduce(barlow_twins_local_sums(z_a, z_b, means)), z_a.shape[1],
+                                       num_global, lambda_offdiag)
 
 
 def nt_xent_loss_sharded(
