@@ -1,6 +1,6 @@
 """Shared helpers for the benchmark scripts: the machine's description and the JSON result line, side-by-side
-timing, running a job as a user does and reading its figures back, a free port, a before/after checkout and a
-running Ray cluster."""
+timing, running a job as a user does and reading its figures back, where a machine's CPU time goes by process, a
+free port, a before/after checkout and a running Ray cluster."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import os
 import platform
 import statistics
 import sys
+import threading
 import time
+from pathlib import Path
 from typing import Callable
 
 
@@ -45,6 +47,76 @@ def alternating_medians(steps: dict[str, Callable[[], None]], timed: int, warmup
             step()
             seconds[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in seconds.items()}
+
+
+def process_group(cmdline: str, comm: str) -> str:
+    """Which part of a job a process is, from its command line: the Ray Train workers, the plain loop, the job's
+    driver, the other Ray actors (controller, synchronisation), Ray's daemons, or anything else on the machine."""
+    if cmdline.startswith("ray::RayTrainWorker"):
+        return "train_workers"
+    if "--plain-loop" in cmdline:
+        return "plain_loop"
+    if "adadim_dist.run" in cmdline:
+        return "driver"
+    if cmdline.startswith("ray::") and "Agent" not in cmdline:
+        return "ray_actors"
+    if comm in ("gcs_server", "raylet") or "/ray/" in cmdline or cmdline.startswith("ray::"):
+        return "ray_daemons"  # GCS, raylet, dashboard and its agents, log monitor, autoscaler monitor
+    return "other"
+
+
+class CpuByProcessGroup:
+    """Samples every process's CPU time (/proc/PID/stat utime + stime) each ``interval`` seconds in a thread and
+    sums the increments by ``process_group``. ``busy_cores(main)``: each group's mean CPU use, in cores, over
+    the samples in which the ``main`` group used at least ``threshold`` cores (its steady work; start-up and
+    idle tails left out)."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self.samples: list[dict[str, float]] = []  # cores used by each group since the previous sample
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _cpu_seconds() -> dict[int, tuple[str, float]]:
+        ticks = os.sysconf("SC_CLK_TCK")
+        result = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            except OSError:  # the process ended meanwhile
+                continue
+            comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+            fields = stat[stat.rindex(")") + 2 :].split()
+            result[int(entry.name)] = (process_group(cmdline, comm), (int(fields[11]) + int(fields[12])) / ticks)
+        return result
+
+    def _run(self) -> None:
+        previous, before = self._cpu_seconds(), time.monotonic()
+        while not self._stop.wait(self.interval):
+            current, now = self._cpu_seconds(), time.monotonic()
+            used: dict[str, float] = {}
+            for pid, (group, seconds) in current.items():
+                used[group] = used.get(group, 0.0) + seconds - previous.get(pid, (group, 0.0))[1]
+            self.samples.append({group: value / (now - before) for group, value in used.items()})
+            previous, before = current, now
+
+    def __enter__(self) -> "CpuByProcessGroup":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def busy_cores(self, main: str, threshold: float = 1.0) -> dict[str, float]:
+        busy = [sample for sample in self.samples if sample.get(main, 0.0) >= threshold]
+        groups = sorted({group for sample in busy for group in sample})
+        return {"samples": len(busy), **{group: round(statistics.fmean(s.get(group, 0.0) for s in busy), 3)
+                                         for group in groups}}
 
 
 def free_port() -> int:

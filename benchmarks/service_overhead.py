@@ -14,7 +14,9 @@ Rate = images/s of each 20-step window (each image seen as two views), the first
 dropped on both sides; median over windows; the runs alternate (``--repeats``), so drift in the machine's
 speed hits both. Where a step's time goes, on both sides by the same ``StepClock`` (``time/step_*_ms``:
 waiting for the loader, forward, objective, backward, the service's finiteness checks, update, monitors),
-median over windows; the CPU model is recorded. The service's runs also report their start-up phases and
+median over windows; the CPU model is recorded. Where the machine's CPU time goes while each side trains
+(``CpuByProcessGroup``): cores used by the training processes, the job's driver, Ray's actors and daemons,
+and anything else, averaged over the seconds in which the training processes used at least one core. The service's runs also report their start-up phases and
 evaluation tail (``time/*``, ``adadim_dist/training/timing.py``); evaluation is the demo's (bank 20,000,
 k = 20 and 200, baselines on). ``--service-overrides`` changes the service's side (e.g. its layout).
 """
@@ -34,9 +36,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 try:
-    from _common import emit, images_per_s_windows, run_service_job, time_metrics
+    from _common import CpuByProcessGroup, emit, images_per_s_windows, run_service_job, time_metrics
 except ImportError:  # run as a module
-    from benchmarks._common import emit, images_per_s_windows, run_service_job, time_metrics
+    from benchmarks._common import CpuByProcessGroup, emit, images_per_s_windows, run_service_job, time_metrics
 from adadim_dist.training.timing import STEP_PHASES
 from adadim_dist.training.tracking import cpu_model
 
@@ -136,22 +138,25 @@ def main(argv: list[str] | None = None) -> int:
     windows: dict[str, list[float]] = {"plain_loop": [], "service": []}
     phases: dict[str, list[dict]] = {"plain_loop": [], "service": []}
     service_runs = []
+    cores: dict[str, list[dict]] = {"plain_loop": [], "service": []}
     with tempfile.TemporaryDirectory() as storage:
         for index in range(args.repeats):
             order = ["plain_loop", "service"] if index % 2 == 0 else ["service", "plain_loop"]
             for side in order:
                 print(f"[bench] {side} #{index + 1}: {args.steps} steps", file=sys.stderr, flush=True)
-                if side == "plain_loop":
-                    out = subprocess.run([sys.executable, __file__, "--plain-loop", "--steps", str(args.steps)],
-                                         cwd=REPO, capture_output=True, text=True)
-                    if out.returncode != 0:
-                        raise SystemExit(f"plain loop failed:\n{out.stderr[-3000:]}")
-                    result = json.loads(out.stdout.strip().splitlines()[-1])
-                    result = {key: values[1:] for key, values in result.items()}  # start-up window dropped
-                else:
-                    result, timings = service(args.steps, Path(storage), f"service-{index}",
-                                              args.service_overrides)
-                    service_runs.append(timings)
+                with CpuByProcessGroup() as cpu:
+                    if side == "plain_loop":
+                        out = subprocess.run([sys.executable, __file__, "--plain-loop", "--steps", str(args.steps)],
+                                             cwd=REPO, capture_output=True, text=True)
+                        if out.returncode != 0:
+                            raise SystemExit(f"plain loop failed:\n{out.stderr[-3000:]}")
+                        result = json.loads(out.stdout.strip().splitlines()[-1])
+                        result = {key: values[1:] for key, values in result.items()}  # start-up window dropped
+                    else:
+                        result, timings = service(args.steps, Path(storage), f"service-{index}",
+                                                  args.service_overrides)
+                        service_runs.append(timings)
+                cores[side].append(cpu.busy_cores("plain_loop" if side == "plain_loop" else "train_workers"))
                 windows[side] += result["rates"]
                 phases[side] += result["phases"]
     rates = {side: statistics.median(values) for side, values in windows.items()}
@@ -172,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         "service_images_per_s": round(rates["service"], 1),
         "ratio": round(rates["service"] / rates["plain_loop"], 3),
         "step_phases_ms": step_ms,
+        "cores_while_training": cores,
         "service_runs": service_runs,
     })
     return 0
