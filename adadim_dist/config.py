@@ -346,20 +346,41 @@ def config_from_dict(tree: dict[str, Any]) -> Config:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read YAML (optional), apply dotted overrides, validate. Raises ConfigError naming the key."""
-    tree: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"--config: no such file {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise ConfigError(f"--config: {path} is not valid YAML ({err.__class__.__name__})") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"--config: {path} must hold a mapping of sections")
-        tree = loaded or {}
+    """Read YAML (optional), apply dotted overrides, validate. Raises ConfigError naming the key. A file may
+    name a ``base_config`` (a path relative to it): its own keys are laid over that file's, section by section."""
+    tree = _config_tree(Path(path), "--config", ()) if path is not None else {}
     return config_with_overrides(tree, overrides or [])
+
+
+def _config_tree(path: Path, key: str, chain: tuple[Path, ...]) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{key}: no such file {path}")
+    if path.resolve() in chain:
+        raise ConfigError(f"{key}: {path} is its own base (a cycle of base_config)")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{key}: {path} is not valid YAML ({err.__class__.__name__})") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{key}: {path} must hold a mapping of sections")
+    tree = loaded or {}
+    base = tree.pop("base_config", None)
+    if base is None:
+        return tree
+    if not isinstance(base, str):
+        raise ConfigError(f"base_config: must be a path relative to {path}, got {base!r}")
+    return _laid_over(_config_tree(path.parent / base, "base_config", (*chain, path.resolve())), tree)
+
+
+def _laid_over(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top``'s keys over ``base``'s, merging mappings key by key; any other value of ``top`` replaces."""
+    merged = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _laid_over(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
 
 
 def config_with_overrides(tree: dict[str, Any], overrides: list[str]) -> Config:

@@ -29,6 +29,29 @@ def test_overrides_are_parsed_as_yaml_and_win_over_the_file(tmp_path):
     assert cfg.training.batch_size_per_worker == 32
 
 
+def test_a_config_lays_its_keys_over_its_base_config(tmp_path):
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "b.yaml").write_text(
+        "training: {epochs: 3, global_batch_size: 64}\nobjective: {alpha: {mode: adaptive, ema: 0.9}, gamma: 2.0}\n")
+    (tmp_path / "c.yaml").write_text(
+        "base_config: base/b.yaml\ntraining: {epochs: 5}\nobjective: {alpha: {mode: fixed, value: 1.0}}\n")
+    cfg = load_config(tmp_path / "c.yaml", ["objective.gamma=0.5"])
+    assert (cfg.training.epochs, cfg.training.global_batch_size) == (5, 64)
+    assert (cfg.objective.alpha.mode, cfg.objective.alpha.value, cfg.objective.alpha.ema) == ("fixed", 1.0, 0.9)
+    assert cfg.objective.gamma == 0.5
+
+
+@pytest.mark.parametrize("base, message", [
+    ("missing.yaml", "^base_config: no such file .*missing.yaml"),
+    ("c.yaml", "^base_config: .*c.yaml is its own base"),
+    ("[1, 2]", "^base_config: must be a path"),
+])
+def test_a_bad_base_config_is_named(tmp_path, base, message):
+    (tmp_path / "c.yaml").write_text(f"base_config: {base}\ntraining: {{epochs: 5}}\n")
+    with pytest.raises(ConfigError, match=message):
+        load_config(tmp_path / "c.yaml")
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
