@@ -1,10 +1,11 @@
 """The service against a plain PyTorch loop doing the same work, and where the service's job time goes.
 
-    python benchmarks/service_overhead.py [--steps 120] [--repeats 2]
+    python benchmarks/service_overhead.py [--steps 120] [--repeats 2] [--config configs/fmnist_smoke.yaml]
 
-Both sides train ``configs/fmnist_smoke.yaml`` (the demo: strided small CNN of width 16 with a 2×2 pooled
-representation, 512-512 projector, AdaDim as shipped, LARS, global batch 256, channels-last, statistics every
-20 steps) on the shipped FFCV two-view loader, for ``--steps`` steps:
+Both sides train ``--config`` (by default ``configs/fmnist_smoke.yaml``: strided small CNN of width 16 with a
+2×2 pooled representation, 512-512 projector, AdaDim as shipped, LARS, global batch 256, channels-last,
+statistics every 20 steps; ``configs/fmnist_demo.yaml`` is the demo, the same with NT-Xent alone) on the
+shipped FFCV two-view loader, for ``--steps`` steps:
 
 * **plain loop**: one process, ``torch.set_num_threads(2)``, 2 loader threads, no Ray, no DDP, no MLflow
   (``--plain-loop`` runs it in a fresh process and prints its windows);
@@ -42,11 +43,11 @@ except ImportError:  # run as a module
 from adadim_dist.training.timing import STEP_PHASES
 from adadim_dist.training.tracking import cpu_model
 
-CONFIG = "configs/fmnist_smoke.yaml"
+DEFAULT_CONFIG = "configs/fmnist_smoke.yaml"
 WINDOW = 20
 
 
-def plain_loop(steps: int) -> dict[str, list]:
+def plain_loop(steps: int, config: str) -> dict[str, list]:
     """The worker loop's work without the service: the images/s (``rates``) and the step phases (``phases``,
     ``StepClock``) of every WINDOW-step window."""
     import torch
@@ -59,7 +60,7 @@ def plain_loop(steps: int) -> dict[str, list]:
     from adadim_dist.training.timing import StepClock
 
     torch.set_num_threads(2)
-    cfg = load_config(REPO / CONFIG, ["data.num_loader_workers=2"])
+    cfg = load_config(REPO / config, ["data.num_loader_workers=2"])
     batch = cfg.training.global_batch_size
     torch.manual_seed(cfg.training.seed)
     loader = build_ssl_loader(cfg.data, batch, 0, 1, cfg.training.seed, distributed=False)
@@ -102,9 +103,9 @@ def plain_loop(steps: int) -> dict[str, list]:
     return {"rates": rates, "phases": phases}
 
 
-def service(steps: int, storage: Path, name: str, overrides: list[str]) -> tuple[dict, dict]:
+def service(steps: int, config: str, storage: Path, name: str, overrides: list[str]) -> tuple[dict, dict]:
     summary, client, wall = run_service_job(
-        ["--config", CONFIG, "training.epochs=1", f"training.max_steps_per_epoch={steps}",
+        ["--config", config, "training.epochs=1", f"training.max_steps_per_epoch={steps}",
          f"training.log_every={WINDOW}", f"run.storage_path={storage}", f"run.name={name}",
          "tracking.experiment=service-overhead", *overrides], name, REPO)
     timings = {k: round(v, 1) for k, v in time_metrics(client, summary["run_id"]).items()}
@@ -126,13 +127,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="what both sides train (relative to the repository)")
     parser.add_argument("--service-overrides", nargs="*", default=[],
                         help="config overrides for the service's side (e.g. training.num_workers=1 "
                              "training.cpus_per_worker=2)")
     parser.add_argument("--plain-loop", action="store_true", help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args(argv)
     if args.plain_loop:
-        print(json.dumps(plain_loop(args.steps)))
+        print(json.dumps(plain_loop(args.steps, args.config)))
         return 0
 
     windows: dict[str, list[float]] = {"plain_loop": [], "service": []}
@@ -146,14 +148,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[bench] {side} #{index + 1}: {args.steps} steps", file=sys.stderr, flush=True)
                 with CpuByProcessGroup() as cpu:
                     if side == "plain_loop":
-                        out = subprocess.run([sys.executable, __file__, "--plain-loop", "--steps", str(args.steps)],
-                                             cwd=REPO, capture_output=True, text=True)
+                        out = subprocess.run([sys.executable, __file__, "--plain-loop", "--steps", str(args.steps),
+                                              "--config", args.config], cwd=REPO, capture_output=True, text=True)
                         if out.returncode != 0:
                             raise SystemExit(f"plain loop failed:\n{out.stderr[-3000:]}")
                         result = json.loads(out.stdout.strip().splitlines()[-1])
                         result = {key: values[1:] for key, values in result.items()}  # start-up window dropped
                     else:
-                        result, timings = service(args.steps, Path(storage), f"service-{index}",
+                        result, timings = service(args.steps, args.config, Path(storage), f"service-{index}",
                                                   args.service_overrides)
                         service_runs.append(timings)
                 cores[side].append(cpu.busy_cores("plain_loop" if side == "plain_loop" else "train_workers"))
@@ -168,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     emit({
         "benchmark": "service_overhead",
         "cpu": cpu_model(),
-        "config": f"{CONFIG} (demo), global batch 256",
+        "config": args.config,
         "service_overrides": args.service_overrides,
         "steps_per_run": args.steps,
         "repeats": args.repeats,
