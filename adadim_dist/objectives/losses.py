@@ -215,10 +215,9 @@ def barlow_twins_loss_from_sums(
 ) -> torch.Tensor:
     """Barlow Twins' loss from ``barlow_twins_local_sums`` of ``dim``-wide embeddings summed over the workers'
     ``num_global`` rows."""
-    d = dim
-    squares, cross = sums.split([2 * d, d * d])
-    std_a, std_b = (torch.sqrt(squares.view(2, d) / num_global) + 1e-5).unbind(0)
-    corr = cross.view(d, d) / (std_a[:, None] * std_b[None, :]) / num_global
+    squares, cross = sums.split([2 * dim, dim * dim])
+    std_a, std_b = (torch.sqrt(squares.view(2, dim) / num_global) + 1e-5).unbind(0)
+    corr = cross.view(dim, dim) / (std_a[:, None] * std_b[None, :]) / num_global
     return _barlow_twins_from_correlation(corr, lambda_offdiag)
 
 
