@@ -3,6 +3,7 @@
     python benchmarks/collapse_study.py run       # the four studies below, one after another (resumable)
     python benchmarks/collapse_study.py run --tail   # the imbalance × weight decay studies (issue 31)
     python benchmarks/collapse_study.py report    # tables + figures → results/collapse-study/, one JSON line
+    python benchmarks/collapse_study.py report --tail --tracking-uri URI   # only the tail-class tables
 
 ``run`` calls ``python -m adadim_dist.tune --config F`` for each study file, so each is a normal Ray Tune
 study: running it again resumes it (finished trials are kept). ``report`` reads the finished MLflow runs:
@@ -60,7 +61,8 @@ def run_studies(studies: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["run", "report"])
-    parser.add_argument("--tail", action="store_true", help="run: the imbalance × weight decay studies instead")
+    parser.add_argument("--tail", action="store_true",
+                        help="the imbalance × weight decay studies instead (run), or only their tables (report)")
     parser.add_argument("--tracking-uri", default=None)
     parser.add_argument("--storage-path", default="runs")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "collapse-study")
@@ -248,6 +250,15 @@ def report(args) -> int:
     tracking_uri = resolve_tracking_uri(args.tracking_uri, Path(args.storage_path))
     client = MlflowClient(tracking_uri)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.tail:  # only the imbalance × weight decay study, e.g. while it runs from a worktree of its own
+        tails = tail_rows(finished_runs(client, "longtail-wd-study"))
+        (args.out / "tail_classes.json").write_text(json.dumps(tails, indent=1) + "\n")
+        (args.out / "tail_report.md").write_text(
+            "# Imbalance × weight decay (experiment longtail-wd-study)\n\n"
+            f"{sum(r['seeds'] for r in tails)} finished runs; kNN top-1 on the balanced test set, mean over seeds.\n\n"
+            + tail_table(tails))
+        emit({"tail_runs": sum(r["seeds"] for r in tails), "tracking_uri": tracking_uri})
+        return 0
     rows = collapse_rows(finished_runs(client, "collapse-study"))
     longtail, summary = longtail_table(finished_runs(client, "longtail-study"))
     text = ["# Collapse grid (experiment collapse-study)", "",
