@@ -47,8 +47,8 @@ from .information import (
     effective_rank,
     effective_rank_sharded,
     information_terms,
-    renyi2_block_sums,
     renyi2_information_terms,
+    renyi2_local_sums,
     uniformity,
     uniformity_sharded,
 )
@@ -439,10 +439,9 @@ class AdaDim:
         wants_info = needs_mi_grad or with_stats
         if wants_info and self.mi_is_sharded:
             with torch.set_grad_enabled(needs_mi_grad and torch.is_grad_enabled()):
-                local_sums.append(torch.stack([
-                    renyi2_block_sums(r, z, r_global, z_global, row_offset, self.kernel, self.kernel_sigma)
-                    for r, z, r_global, z_global in ((r_a, z_a, r_a_global, z_a_global),
-                                                     (r_b, z_b, r_b_global, z_b_global))]))
+                local_sums.append(renyi2_local_sums([(r_a, z_a, r_a_global, z_a_global),
+                                                     (r_b, z_b, r_b_global, z_b_global)],
+                                                    row_offset, self.kernel, self.kernel_sigma))
         reduced = all_reduce_together(self.all_reduce, local_sums)
         if self.dim_loss == "vicreg":
             terms = vicreg_terms_from_sums(z_a, z_b, reduced[0])

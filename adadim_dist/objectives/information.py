@@ -308,9 +308,20 @@ def information_terms_sharded(
     """Order-2 ``information_terms`` of the gathered batch, for each view's (x, y, x_global, y_global), from
     this worker's row block, on every worker; every view's sums share one ``all_reduce``. The gradient reaches
     every worker's rows through ``all_reduce`` and the gather behind ``x_global``."""
-    sums = all_reduce(torch.stack([renyi2_block_sums(x, y, x_global, y_global, row_offset, kernel, sigma)
-                                   for x, y, x_global, y_global in views]))
+    sums = all_reduce(renyi2_local_sums(views, row_offset, kernel, sigma))
     return [renyi2_information_terms(view_sums) for view_sums in sums.unbind(0)]
+
+
+def renyi2_local_sums(
+    views: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
+    row_offset: int,
+    kernel: str = "cosine",
+    sigma: float | None = None,
+) -> torch.Tensor:
+    """This worker's ``renyi2_block_sums`` of each view's (x, y, x_global, y_global), stacked (views × 6): what
+    ``information_terms_sharded`` all-reduces, for a caller that reduces it together with other sums."""
+    return torch.stack([renyi2_block_sums(x, y, x_global, y_global, row_offset, kernel, sigma)
+                        for x, y, x_global, y_global in views])
 
 
 def uniformity_sharded(
