@@ -21,6 +21,20 @@ def test_naming_non_finite_terms_leaves_alpha_state_alone():
     assert "loss/total" in bad_terms and "adadim/alpha" not in bad_terms
 
 
+
+@pytest.mark.parametrize("bad_value, finite", [(None, True), (float("nan"), False), (float("inf"), False),
+                                               (float("-inf"), False), (1e30, True)])
+def test_gradients_finite_names_each_non_finite_entry_and_not_an_overflowing_norm(bad_value, finite):
+    from adadim_dist.distributed.engine import gradients_finite
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    assert gradients_finite(model)  # no gradient yet
+    model(torch.randn(5, 8)).sum().backward()
+    if bad_value is not None:  # one entry; 1e30 is finite but its square overflows the float32 norm
+        model[2].weight.grad[1, 3] = bad_value
+    assert gradients_finite(model) is finite
+
 def test_grey_pixels_keep_their_knn_on_one_channel_and_colour_pixels_are_left_whole():
     from adadim_dist.evaluation import knn_top1
     from adadim_dist.evaluation.baselines import first_channel, is_grey
