@@ -4,6 +4,8 @@
     python benchmarks/collapse_study.py run --tail   # the imbalance × weight decay studies (issue 31)
     python benchmarks/collapse_study.py report    # tables + figures → results/collapse-study/, one JSON line
     python benchmarks/collapse_study.py report --tail --tracking-uri URI   # only the tail-class tables
+    python benchmarks/collapse_study.py run --grid-seeds      # the collapse grid again, seeds 0 and 1 (issue 31)
+    python benchmarks/collapse_study.py report --grid-seeds --tracking-uri URI   # its per-seed table
 
 ``run`` calls ``python -m adadim_dist.tune --config F`` for each study file, so each is a normal Ray Tune
 study: running it again resumes it (finished trials are kept). ``report`` reads the finished MLflow runs:
@@ -21,6 +23,9 @@ study: running it again resumes it (finished trials are kept). ``report`` reads 
   10 and 100), a balanced kNN bank; each class's kNN accuracy, head (classes 0-4) against tail (5-9). Its
   control (``longtail_wd_balanced.yaml``, ratio 1): the same on a balanced set of the ratio-10 set's size, at
   weight decay {1e-4, 3e-1, 10}, because the tail classes also differ from the head in difficulty.
+* collapse grid, seeds (``--grid-seeds``, into the grid's experiment of a store of its own): the grid's two
+  outer weight decays {1e-5, 1e-1} again with seeds 0 and 1, on one machine, because the grid's conclusions
+  rest on one seed per cell (the middle decay, 1e-3, read the same as 1e-5 in every cell).
 """
 
 from __future__ import annotations
@@ -56,6 +61,9 @@ TAIL_STUDIES = [
     ("configs/study/longtail_wd_r10.yaml", ["name=longtail-wd-r10-large", LARGE_DECAYS]),
     ("configs/study/longtail_wd_balanced.yaml", []),
 ]
+# Logged to the grid's own experiment (collapse-study): run them against a tracking store of their own.
+GRID_SEEDS = [(study, ["seeds=[0, 1]", "search_space={optim.weight_decay: {type: grid, values: [1.0e-5, 1.0e-1]}}"])
+              for study in ("configs/study/collapse_fmnist_weak.yaml", "configs/study/collapse_fmnist_strong.yaml")]
 
 
 def run_studies(studies: list[tuple[str, list[str]]]) -> int:
@@ -76,11 +84,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["run", "report"])
     parser.add_argument("--tail", action="store_true",
                         help="the imbalance × weight decay studies instead (run), or only their tables (report)")
+    parser.add_argument("--grid-seeds", action="store_true",
+                        help="the collapse grid with seeds 0 and 1 (run), or only its per-seed table (report)")
     parser.add_argument("--tracking-uri", default=None)
     parser.add_argument("--storage-path", default="runs")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "collapse-study")
     args = parser.parse_args(argv)
     if args.command == "run":
+        if args.grid_seeds:
+            return run_studies(GRID_SEEDS)
         return run_studies(TAIL_STUDIES if args.tail else [(study, []) for study in STUDIES])
     return report(args)
 
@@ -108,9 +120,11 @@ def collapse_rows(runs) -> list[dict]:
             "views": VIEWS[params["study.name"]], "objective": params["study.variant"],
             "weight_decay": float(params["optim.weight_decay"]), "knn": metrics[ACCURACY],
             "collapsed_r": metrics.get("spectrum/collapsed_r"), "collapsed_z": metrics.get("spectrum/collapsed_z"),
-            "erank_r": metrics.get("info/erank_r"), "erank_z": metrics.get("info/erank_z"), "run": run,
+            "erank_r": metrics.get("info/erank_r"), "erank_z": metrics.get("info/erank_z"),
+            "seed": int(params.get("training.seed", 0)), "run": run,
         })
-    return sorted(rows, key=lambda r: (r["views"] != "weak", OBJECTIVES.index(r["objective"]), r["weight_decay"]))
+    return sorted(rows, key=lambda r: (r["views"] != "weak", OBJECTIVES.index(r["objective"]), r["weight_decay"],
+                                       r["seed"]))
 
 
 def collapse_table(rows: list[dict]) -> str:
@@ -127,6 +141,26 @@ def collapse_table(rows: list[dict]) -> str:
                              f"{row['knn']:.2f} · {row['collapsed_r']:.0f} · {row['collapsed_z']:.0f} · "
                              f"{row['erank_z']:.0f}")
             lines.append("| " + " | ".join([views, objective, *cells]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def collapse_seed_table(rows: list[dict]) -> str:
+    """One line per views × objective × weight decay: each seed's kNN and collapsed dimensions of R and Z, and
+    the seeds' mean kNN."""
+    lines = ["| views | objective | weight decay | kNN per seed | mean kNN | collapsed R per seed | "
+             "collapsed Z per seed | erank Z per seed |", "|---|---|---|---|---|---|---|---|"]
+    cells: dict[tuple, list[dict]] = {}
+    for r in rows:
+        cells.setdefault((r["views"], r["objective"], r["weight_decay"]), []).append(r)
+    for (views, objective, decay), group in cells.items():
+        group.sort(key=lambda r: r["seed"])
+
+        def per_seed(key: str, digits: int) -> str:
+            return " / ".join(f"{r[key]:.{digits}f}" for r in group)
+
+        mean_knn = sum(r["knn"] for r in group) / len(group)
+        lines.append(f"| {views} | {objective} | {decay:g} | {per_seed('knn', 2)} | {mean_knn:.2f} | "
+                     f"{per_seed('collapsed_r', 0)} | {per_seed('collapsed_z', 0)} | {per_seed('erank_z', 0)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -272,6 +306,13 @@ def report(args) -> int:
         emit({"tail_runs": sum(r["seeds"] for r in tails), "tracking_uri": tracking_uri})
         return 0
     rows = collapse_rows(finished_runs(client, "collapse-study"))
+    if args.grid_seeds:  # only the grid's per-seed table, from the store the seeds ran into
+        (args.out / "grid_seeds.md").write_text(
+            "# Collapse grid, seeds 0 and 1 (experiment collapse-study)\n\n" + collapse_seed_table(rows))
+        (args.out / "grid_seeds.json").write_text(json.dumps(
+            [{k: v for k, v in r.items() if k != "run"} for r in rows], indent=1) + "\n")
+        emit({"grid_seed_runs": len(rows), "tracking_uri": tracking_uri})
+        return 0
     longtail, summary = longtail_table(finished_runs(client, "longtail-study"))
     text = ["# Collapse grid (experiment collapse-study)", "",
             "Each cell: kNN top-1 (k = 20) · collapsed dimensions of R and of Z (each of 512; σ_i < 1e-3 σ_1 on "
