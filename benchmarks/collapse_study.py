@@ -256,13 +256,81 @@ def tail_rows(runs) -> list[dict]:
         if any(v is None for per_class in classes for v in per_class):
             continue
         per_class = [sum(v) / len(v) for v in classes]
+        tail_per_seed = [sum(classes[c][i] for c in TAIL) / len(TAIL) for i in range(len(group))]
         rows.append({"ratio": ratio, "objective": objective, "weight_decay": decay, "seeds": len(group),
                      "all": sum(r.data.metrics[ACCURACY] for r in group) / len(group),
                      "head": sum(per_class[c] for c in HEAD) / len(HEAD),
                      "tail": sum(per_class[c] for c in TAIL) / len(TAIL), "per_class": per_class,
+                     "tail_per_seed": tail_per_seed,
                      "collapsed_r": sum(r.data.metrics.get("spectrum/collapsed_r", math.nan)
+                                        for r in group) / len(group),
+                     "collapsed_z": sum(r.data.metrics.get("spectrum/collapsed_z", math.nan)
                                         for r in group) / len(group)})
     return rows
+
+
+def tail_changes(rows: list[dict]) -> list[dict]:
+    """Each row's head and tail change from the smallest weight decay of its (ratio, objective), and, for the
+    long-tailed ratios, that change less the balanced control's (ratio 1) at the same weight decay: the part
+    that class difficulty alone does not explain. The theory predicts a negative tail excess, growing with the
+    ratio and the decay, before any head excess."""
+    by_key = {(r["ratio"], r["objective"], r["weight_decay"]): r for r in rows}
+    changes = []
+    for r in rows:
+        smallest = min(d for (ratio, objective, d) in by_key if (ratio, objective) == (r["ratio"], r["objective"]))
+        if r["weight_decay"] == smallest:
+            continue
+        start = by_key[(r["ratio"], r["objective"], smallest)]
+        change = {"ratio": r["ratio"], "objective": r["objective"], "weight_decay": r["weight_decay"],
+                  "head": r["head"] - start["head"], "tail": r["tail"] - start["tail"],
+                  "per_class": [a - b for a, b in zip(r["per_class"], start["per_class"])],
+                  "collapsed_z": r["collapsed_z"]}
+        control = by_key.get((1.0, r["objective"], r["weight_decay"]))
+        control_start = by_key.get((1.0, r["objective"], smallest))
+        if r["ratio"] != 1.0 and control and control_start:
+            change["head_excess"] = change["head"] - (control["head"] - control_start["head"])
+            change["tail_excess"] = change["tail"] - (control["tail"] - control_start["tail"])
+        changes.append(change)
+    return changes
+
+
+def tail_change_table(changes: list[dict]) -> str:
+    lines = ["| ratio | objective | weight decay | head change | tail change | head change − control's | "
+             "tail change − control's | collapsed Z |", "|---|---|---|---|---|---|---|---|"]
+    for c in changes:
+        excess = [f"{c[k]:+.2f}" if k in c else "–" for k in ("head_excess", "tail_excess")]
+        lines.append(f"| {c['ratio']:g} | {c['objective']} | {c['weight_decay']:g} | {c['head']:+.2f} | "
+                     f"{c['tail']:+.2f} | {excess[0]} | {excess[1]} | {c['collapsed_z']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_tail_changes(changes: list[dict], path: Path) -> Path | None:
+    """Each class's kNN change from the smallest to the largest weight decay, one panel per objective, one
+    curve per ratio: the theory predicts the long-tailed curves to fall from the right (the rarest classes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not changes:
+        return None
+    fig, axes = plt.subplots(1, len(OBJECTIVES), figsize=(4 * len(OBJECTIVES), 3.4), sharey=True)
+    for ax, objective in zip(axes, OBJECTIVES):
+        ours = [c for c in changes if c["objective"] == objective]
+        for ratio in sorted({c["ratio"] for c in ours}):
+            largest = max((c for c in ours if c["ratio"] == ratio), key=lambda c: c["weight_decay"])
+            ax.plot(range(10), largest["per_class"], marker="o", lw=1.2,
+                    label=f"ratio {ratio:g}, wd {largest['weight_decay']:g}" + (" (balanced)" if ratio == 1 else ""))
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_title(objective, fontsize=9)
+        ax.set_xlabel("class (frequency rank in the long-tailed sets)")
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("kNN change (points)")
+    fig.suptitle("Per-class kNN change with weight decay; theory: long-tailed curves fall from the right", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def tail_table(rows: list[dict]) -> str:
@@ -299,10 +367,14 @@ def report(args) -> int:
     if args.tail:  # only the imbalance × weight decay study, e.g. while it runs from a worktree of its own
         tails = tail_rows(finished_runs(client, "longtail-wd-study"))
         (args.out / "tail_classes.json").write_text(json.dumps(tails, indent=1) + "\n")
+        changes = tail_changes(tails)
         (args.out / "tail_report.md").write_text(
             "# Imbalance × weight decay (experiment longtail-wd-study)\n\n"
-            f"{sum(r['seeds'] for r in tails)} finished runs; kNN top-1 on the balanced test set, mean over seeds.\n\n"
-            + tail_table(tails))
+            f"{sum(r['seeds'] for r in tails)} finished runs; kNN top-1 on the balanced test set, mean over seeds. "
+            "Ratio 1 is the balanced control.\n\n" + tail_table(tails) +
+            "\n## Changes from the smallest weight decay, and beyond the balanced control\n\n" +
+            tail_change_table(changes) + "\n![per-class changes](tail_changes.png)\n")
+        plot_tail_changes(changes, args.out / "tail_changes.png")
         emit({"tail_runs": sum(r["seeds"] for r in tails), "tracking_uri": tracking_uri})
         return 0
     rows = collapse_rows(finished_runs(client, "collapse-study"))
