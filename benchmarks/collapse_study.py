@@ -4,6 +4,7 @@
     python benchmarks/collapse_study.py run --tail   # the imbalance × weight decay studies (issue 31)
     python benchmarks/collapse_study.py report    # tables + figures → results/collapse-study/, one JSON line
     python benchmarks/collapse_study.py report --tail --tracking-uri URI   # only the tail-class tables
+    python benchmarks/collapse_study.py classes --tracking-uri URI   # each tail run's per-class kNN on R and Z
     python benchmarks/collapse_study.py run --grid-seeds      # the collapse grid again, seeds 0 and 1 (issue 31)
     python benchmarks/collapse_study.py report --grid-seeds --tracking-uri URI   # its per-seed table
 
@@ -81,7 +82,7 @@ def run_studies(studies: list[tuple[str, list[str]]]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["run", "report"])
+    parser.add_argument("command", choices=["run", "report", "classes"])
     parser.add_argument("--tail", action="store_true",
                         help="the imbalance × weight decay studies instead (run), or only their tables (report)")
     parser.add_argument("--grid-seeds", action="store_true",
@@ -94,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.grid_seeds:
             return run_studies(GRID_SEEDS)
         return run_studies(TAIL_STUDIES if args.tail else [(study, []) for study in STUDIES])
+    if args.command == "classes":
+        return projector_classes(args)
     return report(args)
 
 
@@ -269,6 +272,26 @@ def tail_rows(runs) -> list[dict]:
     return rows
 
 
+def z_section(out: Path) -> str:
+    """The per-class kNN on Z (``classes``), when it has been computed: its table and its change table."""
+    import json
+
+    path = out / "tail_z_classes.json"
+    if not path.is_file():
+        return ""
+    rows = z_class_rows(json.loads(path.read_text()))
+    lines = ["| ratio | objective | weight decay | seeds | kNN on Z | head (0-4) | tail (5-9) | per class 0 … 9 | "
+             "R recomputed − logged (largest) |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['ratio']:g} | {r['objective']} | {r['weight_decay']:g} | {r['seeds']} | {r['all']:.2f} | "
+                     f"{r['head']:.2f} | {r['tail']:.2f} | {' '.join(f'{v:.0f}' for v in r['per_class'])} | "
+                     f"{r['r_matches_log']:.2f} |")
+    return ("\n## The projector output Z, embedded again from each run's final checkpoint\n\n"
+            "`python benchmarks/collapse_study.py classes`: the same kNN (k = 20, balanced bank, test set) on Z; the "
+            "last column compares R's kNN, recomputed the same way, with the run's logged value.\n\n"
+            + "\n".join(lines) + "\n\n" + tail_change_table(tail_changes(rows)))
+
+
 def tail_changes(rows: list[dict]) -> list[dict]:
     """Each row's head and tail change from the smallest weight decay of its (ratio, objective), and, for the
     long-tailed ratios, that change less the balanced control's (ratio 1) at the same weight decay: the part
@@ -284,7 +307,7 @@ def tail_changes(rows: list[dict]) -> list[dict]:
         change = {"ratio": r["ratio"], "objective": r["objective"], "weight_decay": r["weight_decay"],
                   "head": r["head"] - start["head"], "tail": r["tail"] - start["tail"],
                   "per_class": [a - b for a, b in zip(r["per_class"], start["per_class"])],
-                  "collapsed_z": r["collapsed_z"]}
+                  "collapsed_z": r.get("collapsed_z", math.nan)}
         control = by_key.get((1.0, r["objective"], r["weight_decay"]))
         control_start = by_key.get((1.0, r["objective"], smallest))
         if r["ratio"] != 1.0 and control and control_start:
@@ -300,7 +323,8 @@ def tail_change_table(changes: list[dict]) -> str:
     for c in changes:
         excess = [f"{c[k]:+.2f}" if k in c else "–" for k in ("head_excess", "tail_excess")]
         lines.append(f"| {c['ratio']:g} | {c['objective']} | {c['weight_decay']:g} | {c['head']:+.2f} | "
-                     f"{c['tail']:+.2f} | {excess[0]} | {excess[1]} | {c['collapsed_z']:.0f} |")
+                     f"{c['tail']:+.2f} | {excess[0]} | {excess[1]} | "
+                     f"{'–' if math.isnan(c['collapsed_z']) else format(c['collapsed_z'], '.0f')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -331,6 +355,92 @@ def plot_tail_changes(changes: list[dict], path: Path) -> Path | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def projector_classes(args) -> int:
+    """Each finished imbalance × weight decay run's final checkpoint, embedded again: per-class kNN (k = 20, the
+    run's balanced bank and test set) on R, which the run logged (a check: the two must agree), and on the
+    projector output Z, where weight decay collapses dimensions (R keeps all but a few). The theory's class
+    directions are directions of the trained map's output, so Z is where a tail-first collapse would show.
+    Writes ``tail_z_classes.json``; ``report --tail`` adds its table."""
+    import json
+
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from adadim_dist.config import config_with_overrides
+    from adadim_dist.data import build_eval_loader
+    from adadim_dist.evaluation.features import collect_outputs
+    from adadim_dist.evaluation.knn import knn_top1_across_ranks
+    from adadim_dist.models import build_model
+    from adadim_dist.training.checkpoint import checkpoint_model_state
+    from adadim_dist.training.tracking import resolve_tracking_uri
+
+    torch.set_num_threads(2)
+    client = MlflowClient(resolve_tracking_uri(args.tracking_uri, Path(args.storage_path)))
+    runs = finished_runs(client, "longtail-wd-study")
+    out = args.out / "tail_z_classes.json"
+    done = {r["run_id"]: r for r in json.loads(out.read_text())} if out.is_file() else {}
+    loaders, device = {}, torch.device("cpu")
+    for index, run in enumerate(runs, 1):
+        if run.info.run_id in done:
+            continue
+        params = run.data.params
+        run_dir = Path(params["run.storage_path"]) / params["run.name"]
+        checkpoints = sorted(run_dir.glob("epoch_*"))
+        if not checkpoints:
+            print(f"[{index}/{len(runs)}] {params['run.name']}: no checkpoint in {run_dir}", flush=True)
+            continue
+        state, saved = checkpoint_model_state(checkpoints[-1])
+        cfg = config_with_overrides(saved, [])
+        model = build_model(cfg.model)
+        model.load_state_dict(state)
+        model.eval()
+        embedded = {}
+        for part, path, limit in (("bank", cfg.eval.bank_path, cfg.eval.bank_size), ("test", cfg.data.test_path, None)):
+            key = (str(path), limit)
+            if key not in loaders:  # one loader per file for every run: FFCV compiles each loader's pipeline once
+                loaders[key] = build_eval_loader(cfg.data, path, 512, rank=0, world_size=1, distributed=False,
+                                                 device=None, labels=True)
+            with torch.no_grad():
+                (r, z), labels = collect_outputs(model, loaders[key], device, (0, 1), torch.float32, limit)
+            embedded[part] = (r, z, labels)
+        row = {"run_id": run.info.run_id, "name": params["run.name"], "objective": params["study.variant"],
+               "weight_decay": float(params["optim.weight_decay"]), "seed": int(params["training.seed"]),
+               "ratio": float(params["data.train_imbalance_ratio"]) if params.get("data.train_imbalance_ratio")
+               not in (None, "None") else 1.0}
+        for name, position in (("r", 0), ("z", 1)):
+            bank, bank_labels = embedded["bank"][position], embedded["bank"][2]
+            test, test_labels = embedded["test"][position], embedded["test"][2]
+            top1, per_class = knn_top1_across_ranks(bank, bank_labels, test, test_labels, (20,), cfg.eval.knn_temperature,
+                                                    cfg.model.num_classes, device, shared=False, per_class=True)
+            row[f"knn_{name}"] = top1[20]
+            row[f"per_class_{name}"] = [per_class[c] for c in range(cfg.model.num_classes)]
+        row["logged_knn_r"] = run.data.metrics[ACCURACY]
+        done[run.info.run_id] = row
+        out.write_text(json.dumps(list(done.values()), indent=1) + "\n")  # each run as it comes: resumable
+        print(f"[{index}/{len(runs)}] {row['name']}: kNN R {row['knn_r']:.2f} (logged {row['logged_knn_r']:.2f}), "
+              f"Z {row['knn_z']:.2f}", flush=True)
+    for loader in loaders.values():
+        loader.close()
+    emit({"runs": len(done), "out": str(out)})
+    return 0
+
+
+def z_class_rows(rows: list[dict]) -> list[dict]:
+    """Per (ratio, objective, weight decay): mean over seeds of kNN on Z, all, head and tail classes."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["ratio"], r["objective"], r["weight_decay"]), []).append(r)
+    table = []
+    for (ratio, objective, decay), group in sorted(groups.items()):
+        per_class = [sum(r["per_class_z"][c] for r in group) / len(group) for c in range(10)]
+        table.append({"ratio": ratio, "objective": objective, "weight_decay": decay, "seeds": len(group),
+                      "all": sum(r["knn_z"] for r in group) / len(group),
+                      "head": sum(per_class[c] for c in HEAD) / len(HEAD),
+                      "tail": sum(per_class[c] for c in TAIL) / len(TAIL), "per_class": per_class,
+                      "r_matches_log": max(abs(r["knn_r"] - r["logged_knn_r"]) for r in group)})
+    return table
 
 
 def tail_table(rows: list[dict]) -> str:
@@ -373,7 +483,7 @@ def report(args) -> int:
             f"{sum(r['seeds'] for r in tails)} finished runs; kNN top-1 on the balanced test set, mean over seeds. "
             "Ratio 1 is the balanced control.\n\n" + tail_table(tails) +
             "\n## Changes from the smallest weight decay, and beyond the balanced control\n\n" +
-            tail_change_table(changes) + "\n![per-class changes](tail_changes.png)\n")
+            tail_change_table(changes) + "\n![per-class changes](tail_changes.png)\n" + z_section(args.out))
         plot_tail_changes(changes, args.out / "tail_changes.png")
         emit({"tail_runs": sum(r["seeds"] for r in tails), "tracking_uri": tracking_uri})
         return 0
