@@ -183,6 +183,12 @@ class TrainingConfig(_Strict):
     num_workers: int = Field(2, ge=1)  # Ray Train workers
     cpus_per_worker: float = Field(1.0, gt=0)
     use_gpu: bool = False
+    # "one_worker_per_node" (CPU-only jobs): at start, one worker on each node of the cluster, holding as many
+    # CPUs as the node with the fewest has; num_workers and cpus_per_worker are then set from the cluster. On
+    # CPUs one process using every core of a node is faster than one per core: fewer collectives, none waiting
+    # for a straggler (BENCHMARKS.md, "Service against a plain loop"). Without model.sync_batchnorm each
+    # BatchNorm then normalises over a node's share of the batch, not a core's, which changes the model.
+    layout: Literal["as_given", "one_worker_per_node"] = "as_given"
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"  # of the workers
     strategy: Literal["ddp", "deepspeed"] = "ddp"
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
@@ -197,6 +203,13 @@ class TrainingConfig(_Strict):
     def _stop_within_the_schedule(self) -> "TrainingConfig":
         if self.stop_after_epochs is not None and self.stop_after_epochs > self.epochs:
             raise ValueError(f"stop_after_epochs: {self.stop_after_epochs} is beyond training.epochs ({self.epochs})")
+        return self
+
+    @model_validator(mode="after")
+    def _layout_is_for_cpus(self) -> "TrainingConfig":
+        if self.layout == "one_worker_per_node" and self.use_gpu:
+            raise ValueError("layout: one_worker_per_node is for CPU-only jobs; with use_gpu each worker holds one "
+                             "GPU (training.num_workers)")
         return self
 
     @model_validator(mode="after")

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from ..config import Config, ConfigError, flatten, is_uri, storable, with_defaults
+from ..config import Config, ConfigError, config_with_overrides, flatten, is_uri, storable, with_defaults
 from .checkpoint import check_compatible, latest_complete_checkpoint, load_state
 from .storage import Location
 from .progress import ProgressBoard, ProgressPrinter
@@ -211,11 +211,11 @@ def fit(cfg: Config, fresh: bool = False) -> dict[str, Any]:
     try:
         if changes is not None:
             record_resume(sink, cfg, changes)
-        write_run_file(cfg, "config.yaml", yaml.safe_dump(storable(cfg), sort_keys=False))
+        write_run_file(cfg, "config.yaml", yaml.safe_dump(storable(cfg), sort_keys=False))  # as the user gave it
         warn_if_sqlite_across_nodes(cfg)
         board = progress_board()
         with ProgressPrinter(board, show_lines=not cfg.run.verbose):
-            result = build_trainer(cfg, sink.run_id, resume_from=local_resume_checkpoint(cfg),
+            result = build_trainer(laid_out(cfg), sink.run_id, resume_from=local_resume_checkpoint(cfg),
                                    progress=board, stamps=stamps).fit()
         status = "FINISHED"
         log_tail(sink, board, cfg.training.trained_epochs)
@@ -292,6 +292,36 @@ def check_tracking_store(cfg: Config) -> None:
             "different nodes. Name an MLflow server instead (tracking.uri=http://HOST:5000 or MLFLOW_TRACKING_URI; the "
             "README's \"From laptop to cluster\" shows one per deployment)"
         )
+
+
+def node_cpu_layout(nodes: list[dict]) -> tuple[int, int]:
+    """(workers, CPUs per worker) of ``training.layout=one_worker_per_node`` on a cluster described by
+    ``ray.nodes()``: one worker per live node that has a CPU, each holding the CPUs of the node with the fewest
+    (so that one fits on every node; a head started with no CPUs holds none)."""
+    cpus = [int(node.get("Resources", {}).get("CPU", 0)) for node in nodes if node.get("Alive")]
+    cpus = [count for count in cpus if count >= 1]
+    if not cpus:
+        raise ConfigError("training.layout: one_worker_per_node found no live node with a CPU")
+    return len(cpus), min(cpus)
+
+
+def laid_out(cfg: Config, nodes: list[dict] | None = None) -> Config:
+    """The config the workers train with: ``cfg`` itself, or under ``training.layout=one_worker_per_node`` with
+    ``training.num_workers`` and ``cpus_per_worker`` taken from the running cluster (``nodes``: ``ray.nodes()``).
+    The run directory's config.yaml and the MLflow params keep the layout as given; the workers tag the run
+    with the one they ran (``machine.layout``)."""
+    if cfg.training.layout != "one_worker_per_node":
+        return cfg
+    if nodes is None:
+        import ray
+
+        nodes = ray.nodes()
+    workers, cpus = node_cpu_layout(nodes)
+    if cfg.training.global_batch_size % workers:
+        raise ConfigError(f"training.layout: one_worker_per_node gives {workers} workers (one per node), which do not "
+                          f"divide training.global_batch_size={cfg.training.global_batch_size}")
+    return config_with_overrides(cfg.model_dump(mode="json"),
+                                 [f"training.num_workers={workers}", f"training.cpus_per_worker={cpus}"])
 
 
 def warn_if_sqlite_across_nodes(cfg: Config) -> None:

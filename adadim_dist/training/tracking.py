@@ -143,7 +143,7 @@ class MetricsSink:
     def log_artifacts(self, directory: Path, artifact_path: str) -> None:
         pass
 
-    def record_machine(self, start_epoch: int) -> None:
+    def record_machine(self, start_epoch: int, layout: str = "") -> None:
         pass
 
     def close(self, status: str = "FINISHED") -> None:
@@ -322,10 +322,11 @@ class MLflowSink(MetricsSink):
         self._pending_status = None
         return len(unsent)
 
-    def record_machine(self, start_epoch: int) -> None:
+    def record_machine(self, start_epoch: int, layout: str = "") -> None:
         """Tag the CPU model this start trains on (``machine.cpu``), and every start's model in
         ``machine.cpu_history`` ("from epoch E: model; ..."): the CPU's arithmetic moves results by more than
-        the seed does, so runs are compared within one model, and a resume on another one shows."""
+        the seed does, so runs are compared within one model, and a resume on another one shows. ``layout``
+        (``machine.layout``, e.g. "2 workers × 1 CPU"): how this start's workers were laid out."""
         try:
             tags = self.client.get_run(self.run_id).data.tags
             entry = f"from epoch {start_epoch}: {cpu_model()}"
@@ -334,6 +335,8 @@ class MLflowSink(MetricsSink):
                 history.append(entry)
             self.client.set_tag(self.run_id, "machine.cpu_history", "; ".join(history)[:5000])
             self.client.set_tag(self.run_id, "machine.cpu", cpu_model())
+            if layout:
+                self.client.set_tag(self.run_id, "machine.layout", layout)
         except Exception as err:  # noqa: BLE001 - the record is worth a warning, not a lost job
             logger.warning("tracking: could not record the machine (%s)", type(err).__name__)
 

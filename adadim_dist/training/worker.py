@@ -36,6 +36,15 @@ from .tracking import MetricsSink, MLflowSink, resolve_tracking_uri, unsent_metr
 logger = logging.getLogger(__name__)
 
 
+def describe_layout(world_size: int, training) -> str:
+    """"2 workers × 1 CPU", "1 worker × 2 CPUs", "8 workers × 1 GPU": what the ``machine.layout`` tag says."""
+    workers = f"{world_size} worker{'s' if world_size > 1 else ''}"
+    if training.use_gpu:
+        return f"{workers} × 1 GPU"
+    cpus = training.cpus_per_worker
+    return f"{workers} × {cpus:g} CPU{'s' if cpus != 1 else ''}"
+
+
 def train_loop_per_worker(config_dict: dict) -> None:
     import ray
     import ray.train
@@ -116,7 +125,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
             cfg.tracking.experiment,
             cfg.run.name, cfg.run.storage_path, run_id=run_id, overflow_path=unsent_metrics_path(cfg),
         )
-        sink.record_machine(start_epoch)
+        sink.record_machine(start_epoch, layout=describe_layout(world_size, cfg.training))
     evaluation = OnlineEvaluation(cfg, rank, world_size, device, exports_encoder=run_id is not None)
     monitors = default_monitors(cfg, rank, device, sink, board, stamps)
 

@@ -122,6 +122,7 @@ def test_ddp_run_logs_every_metric_and_checkpoints(job, tmp_path):
                                    f"{summary['run_id']}?workflowType=machine_learning")
     assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     assert run.data.tags["machine.cpu"] and "from epoch 0: " in run.data.tags["machine.cpu_history"]
+    assert run.data.tags["machine.layout"] == "2 workers × 0.5 CPUs"
     # Dimensional-collapse diagnostics of every evaluation: spectra as JSON and a figure per epoch.
     spectra = sorted(a.path for a in client.list_artifacts(summary["run_id"], "spectrum"))
     assert spectra == [f"spectrum/epoch_000{e}.{ext}" for e in (1, 2) for ext in ("json", "png")]

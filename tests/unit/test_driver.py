@@ -7,6 +7,7 @@ import pytest
 from adadim_dist.config import ConfigError, load_config
 from adadim_dist.training.driver import (
     check_dataset_fits,
+    laid_out,
     read_run_file,
     resolve_paths,
     start_fresh,
@@ -35,6 +36,36 @@ def test_each_worker_needs_one_full_batch(num_samples, subset, ok):
     else:
         with pytest.raises(ConfigError, match="^training.global_batch_size: 256 needs 128 images per worker"):
             check_dataset_fits(cfg, info)
+
+
+def _node(cpus: float, alive: bool = True) -> dict:
+    return {"Alive": alive, "Resources": {"CPU": cpus, "memory": 1e9} if cpus else {"memory": 1e9}}
+
+
+@pytest.mark.parametrize("nodes, workers, cpus", [
+    ([_node(2)], 1, 2),  # a laptop or this CI machine: one worker holding both cores
+    ([_node(0), _node(8), _node(8), _node(4), _node(16, alive=False)], 3, 4),  # CPU-less head, a dead node
+])
+def test_one_worker_per_node_takes_each_live_nodes_cpus_and_keeps_the_rest(nodes, workers, cpus):
+    given = load_config(None, ["training.layout=one_worker_per_node", "training.num_workers=2",
+                               "training.cpus_per_worker=1", "training.global_batch_size=384", "optim.lr=0.7"])
+    cfg = laid_out(given, nodes)
+    assert (cfg.training.num_workers, cfg.training.cpus_per_worker) == (workers, cpus)
+    assert cfg.model_dump(exclude={"training"}) == given.model_dump(exclude={"training"})
+    assert cfg.training.global_batch_size == 384 and cfg.optim.lr == 0.7
+
+
+def test_the_layout_as_given_is_left_alone_and_a_layout_that_cannot_work_is_refused_in_one_line():
+    given = load_config(None, ["training.num_workers=2", "training.cpus_per_worker=1"])
+    assert laid_out(given, [_node(2)]) is given
+    four_nodes = [_node(2)] * 3
+    with pytest.raises(ConfigError, match=r"^training\.layout: one_worker_per_node gives 3 workers .* "
+                                          r"training\.global_batch_size=256$"):
+        laid_out(load_config(None, ["training.layout=one_worker_per_node"]), four_nodes)
+    with pytest.raises(ConfigError, match=r"^training\.layout: one_worker_per_node found no live node with a CPU"):
+        laid_out(load_config(None, ["training.layout=one_worker_per_node"]), [_node(0), _node(4, alive=False)])
+    with pytest.raises(ConfigError, match=r"^training\.layout: one_worker_per_node is for CPU-only jobs"):
+        load_config(None, ["training.layout=one_worker_per_node", "training.use_gpu=true"])
 
 
 def test_relative_paths_become_absolute_and_uris_stay(tmp_path, monkeypatch):

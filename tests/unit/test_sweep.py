@@ -55,6 +55,11 @@ def test_asha_needs_a_metric_every_epoch(tmp_path):
     load_sweep(_write(tmp_path, overrides=["eval.every_epochs=2"], metric="rankme"))  # in every epoch's report
 
 
+def test_a_sweep_refuses_a_per_node_layout_because_it_places_its_trials_itself(tmp_path):
+    with pytest.raises(ConfigError, match=r"^training\.layout: a sweep lays out its trials itself"):
+        load_sweep(_write(tmp_path, overrides=["training.layout=one_worker_per_node"]))
+
+
 def test_a_bad_value_anywhere_in_a_list_is_refused_with_its_key(tmp_path):
     path = _write(tmp_path, search_space={"model.small_cnn_width": {"type": "grid", "values": [16, 8, 1]}})
     with pytest.raises(ConfigError, match=r"^search_space\.model\.small_cnn_width: .*greater than or equal to 4"):
