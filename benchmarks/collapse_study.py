@@ -280,16 +280,11 @@ def z_section(out: Path) -> str:
     if not path.is_file():
         return ""
     rows = z_class_rows(json.loads(path.read_text()))
-    lines = ["| ratio | objective | weight decay | seeds | kNN on Z | head (0-4) | tail (5-9) | per class 0 … 9 | "
-             "R recomputed − logged (largest) |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['ratio']:g} | {r['objective']} | {r['weight_decay']:g} | {r['seeds']} | {r['all']:.2f} | "
-                     f"{r['head']:.2f} | {r['tail']:.2f} | {' '.join(f'{v:.0f}' for v in r['per_class'])} | "
-                     f"{r['r_matches_log']:.2f} |")
     return ("\n## The projector output Z, embedded again from each run's final checkpoint\n\n"
             "`python benchmarks/collapse_study.py classes`: the same kNN (k = 20, balanced bank, test set) on Z; the "
             "last column compares R's kNN, recomputed the same way, with the run's logged value.\n\n"
-            + "\n".join(lines) + "\n\n" + tail_change_table(tail_changes(rows)))
+            + tail_table(rows, ("R recomputed − logged (largest)", "r_matches_log", ".2f")) + "\n"
+            + tail_change_table(tail_changes(rows)))
 
 
 def tail_changes(rows: list[dict]) -> list[dict]:
@@ -443,13 +438,15 @@ def z_class_rows(rows: list[dict]) -> list[dict]:
     return table
 
 
-def tail_table(rows: list[dict]) -> str:
+def tail_table(rows: list[dict], last_column: tuple[str, str, str] = ("collapsed R", "collapsed_r", ".0f")) -> str:
+    """One line per (ratio, objective, weight decay); ``last_column``: (title, key, format)."""
+    title, key, spec = last_column
     lines = ["| ratio | objective | weight decay | seeds | kNN all | head (0-4) | tail (5-9) | per class 0 … 9 | "
-             "collapsed R |", "|---|---|---|---|---|---|---|---|---|"]
+             f"{title} |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['ratio']:g} | {r['objective']} | {r['weight_decay']:g} | {r['seeds']} | {r['all']:.2f} | "
                      f"{r['head']:.2f} | {r['tail']:.2f} | {' '.join(f'{v:.0f}' for v in r['per_class'])} | "
-                     f"{r['collapsed_r']:.0f} |")
+                     f"{format(r[key], spec)} |")
     return "\n".join(lines) + "\n"
 
 
