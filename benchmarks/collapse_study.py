@@ -280,11 +280,16 @@ def z_section(out: Path) -> str:
     if not path.is_file():
         return ""
     rows = z_class_rows(json.loads(path.read_text()))
+    for row in rows:
+        row["weight_norms"] = f"{row['encoder_weight_norm']:.3g} · {row['projector_weight_norm']:.3g}"
     return ("\n## The projector output Z, embedded again from each run's final checkpoint\n\n"
             "`python benchmarks/collapse_study.py classes`: the same kNN (k = 20, balanced bank, test set) on Z; the "
             "last column compares R's kNN, recomputed the same way, with the run's logged value.\n\n"
             + tail_table(rows, ("R recomputed − logged (largest)", "r_matches_log", ".2f")) + "\n"
-            + tail_change_table(tail_changes(rows)))
+            + tail_change_table(tail_changes(rows))
+            + "\nNorm of the decayed weights (mean over seeds): encoder (every convolution feeds a BatchNorm) · "
+              "projector.\n\n"
+            + tail_table(rows, ("weight norm: encoder · projector", "weight_norms", "")))
 
 
 def tail_changes(rows: list[dict]) -> list[dict]:
@@ -412,6 +417,11 @@ def projector_classes(args) -> int:
             row[f"knn_{name}"] = top1[20]
             row[f"per_class_{name}"] = [per_class[c] for c in range(cfg.model.num_classes)]
         row["logged_knn_r"] = run.data.metrics[ACCURACY]
+        # Weight decay's other effect: the norms of the decayed weights (matrices and kernels; LARS exempts the
+        # rest), of the encoder, whose every convolution feeds a BatchNorm (scale-free), and of the projector.
+        for part in ("encoder", "projector"):
+            row[f"{part}_weight_norm"] = math.sqrt(sum(float(v.double().pow(2).sum()) for k, v in state.items()
+                                                       if k.startswith(f"{part}.") and v.ndim > 1))
         done[run.info.run_id] = row
         out.write_text(json.dumps(list(done.values()), indent=1) + "\n")  # each run as it comes: resumable
         print(f"[{index}/{len(runs)}] {row['name']}: kNN R {row['knn_r']:.2f} (logged {row['logged_knn_r']:.2f}), "
@@ -434,7 +444,10 @@ def z_class_rows(rows: list[dict]) -> list[dict]:
                       "all": sum(r["knn_z"] for r in group) / len(group),
                       "head": sum(per_class[c] for c in HEAD) / len(HEAD),
                       "tail": sum(per_class[c] for c in TAIL) / len(TAIL), "per_class": per_class,
-                      "r_matches_log": max(abs(r["knn_r"] - r["logged_knn_r"]) for r in group)})
+                      "r_matches_log": max(abs(r["knn_r"] - r["logged_knn_r"]) for r in group),
+                      "encoder_weight_norm": sum(r.get("encoder_weight_norm", math.nan) for r in group) / len(group),
+                      "projector_weight_norm": sum(r.get("projector_weight_norm", math.nan) for r in group)
+                      / len(group)})
     return table
 
 
