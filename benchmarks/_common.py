@@ -65,11 +65,23 @@ def process_group(cmdline: str, comm: str) -> str:
     return "other"
 
 
+def ray_process_name(cmdline: str, comm: str) -> str:
+    """A Ray process's own name within its group: the actor's class ("ray::TrainController.run" →
+    "TrainController"), or the daemon's executable or Python module ("raylet", "gcs_server", "log_monitor")."""
+    if cmdline.startswith("ray::"):
+        return cmdline.split()[0].removeprefix("ray::").split(".")[0]
+    if comm in ("gcs_server", "raylet"):
+        return comm
+    script = next((part for part in cmdline.split() if part.endswith(".py")), comm)
+    return Path(script).stem
+
+
 class CpuByProcessGroup:
     """Samples every process's CPU time (/proc/PID/stat utime + stime) each ``interval`` seconds in a thread and
-    sums the increments by ``process_group``. ``busy_cores(main)``: each group's mean CPU use, in cores, over
-    the samples in which the ``main`` group used at least ``threshold`` cores (its steady work; start-up and
-    idle tails left out)."""
+    sums the increments by ``process_group``, and for Ray's actors and daemons also by each one's name
+    (``ray_actors/TrainController``, ``ray_daemons/raylet``, ...). ``busy_cores(main)``: each group's mean CPU
+    use, in cores, over the samples in which the ``main`` group used at least ``threshold`` cores (its steady
+    work; start-up and idle tails left out)."""
 
     def __init__(self, interval: float = 1.0) -> None:
         self.interval = interval
@@ -91,7 +103,9 @@ class CpuByProcessGroup:
                 continue
             comm = stat[stat.index("(") + 1 : stat.rindex(")")]
             fields = stat[stat.rindex(")") + 2 :].split()
-            result[int(entry.name)] = (process_group(cmdline, comm), (int(fields[11]) + int(fields[12])) / ticks)
+            group = process_group(cmdline, comm)
+            groups = (group, f"{group}/{ray_process_name(cmdline, comm)}") if group.startswith("ray_") else (group,)
+            result[int(entry.name)] = (groups, (int(fields[11]) + int(fields[12])) / ticks)
         return result
 
     def _run(self) -> None:
@@ -99,8 +113,9 @@ class CpuByProcessGroup:
         while not self._stop.wait(self.interval):
             current, now = self._cpu_seconds(), time.monotonic()
             used: dict[str, float] = {}
-            for pid, (group, seconds) in current.items():
-                used[group] = used.get(group, 0.0) + seconds - previous.get(pid, (group, 0.0))[1]
+            for pid, (groups, seconds) in current.items():
+                for group in groups:
+                    used[group] = used.get(group, 0.0) + seconds - previous.get(pid, (groups, 0.0))[1]
             self.samples.append({group: value / (now - before) for group, value in used.items()})
             previous, before = current, now
 

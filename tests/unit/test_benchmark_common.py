@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from _common import CpuByProcessGroup, process_group  # noqa: E402
+from _common import CpuByProcessGroup, process_group, ray_process_name  # noqa: E402
 
 
 def test_process_groups_follow_the_command_line():
@@ -19,6 +19,9 @@ def test_process_groups_follow_the_command_line():
     assert process_group("ray::DashboardAgent", "ray::DashboardA") == "ray_daemons"
     assert process_group("/venv/lib/ray/core/src/ray/raylet/raylet --x", "raylet") == "ray_daemons"
     assert process_group("/usr/bin/sshd", "sshd") == "other"
+    assert ray_process_name("ray::TrainController.run", "ray::TrainContr") == "TrainController"
+    assert ray_process_name("/venv/lib/ray/core/src/ray/raylet/raylet --x", "raylet") == "raylet"
+    assert ray_process_name("/venv/bin/python -u /venv/lib/ray/_private/log_monitor.py --x", "python") == "log_monitor"
 
 
 def test_a_spinning_process_is_counted_as_about_one_core_of_its_group():
