@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 
 def describe_layout(world_size: int, training) -> str:
-    """"2 workers × 1 CPU", "1 worker × 2 CPUs", "8 workers × 1 GPU": what the ``machine.layout`` tag says."""
+    """What the ``machine.layout`` tag says: "2 workers × 1 CPU", "1 worker × 2 CPUs", "8 workers × 1 GPU"."""
     workers = f"{world_size} worker{'s' if world_size > 1 else ''}"
     if training.use_gpu:
         return f"{workers} × 1 GPU"
