@@ -90,7 +90,7 @@ class CpuByProcessGroup:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     @staticmethod
-    def _cpu_seconds() -> dict[int, tuple[str, float]]:
+    def _cpu_seconds() -> dict[int, tuple[tuple[str, ...], float]]:  # pid → (its groups, CPU seconds)
         ticks = os.sysconf("SC_CLK_TCK")
         result = {}
         for entry in Path("/proc").iterdir():

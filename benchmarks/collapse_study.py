@@ -244,13 +244,18 @@ def longtail_table(runs) -> tuple[str, dict]:
 HEAD, TAIL = range(0, 5), range(5, 10)  # Fashion-MNIST's long-tailed profile keeps most of class 0, least of 9
 
 
+def imbalance_ratio(params: dict[str, str]) -> float:
+    """A run's long-tail ratio from its MLflow params; 1 for the balanced control (no ratio)."""
+    ratio = params.get("data.train_imbalance_ratio")
+    return float(ratio) if ratio not in (None, "None") else 1.0
+
+
 def tail_rows(runs) -> list[dict]:
     """Per (ratio, objective, weight decay): mean over seeds of the overall, head and tail kNN accuracy (each
     class's ``knn_class/top1_k20_c<c>``), and of each class's."""
     groups: dict[tuple, list] = {}
     for run in runs:
-        ratio = run.data.params.get("data.train_imbalance_ratio")  # absent: the balanced control, ratio 1
-        key = (float(ratio) if ratio not in (None, "None") else 1.0, run.data.params.get("study.variant"),
+        key = (imbalance_ratio(run.data.params), run.data.params.get("study.variant"),
                float(run.data.params["optim.weight_decay"]))
         groups.setdefault(key, []).append(run)
     rows = []
@@ -407,8 +412,7 @@ def projector_classes(args) -> int:
             embedded[part] = (r, z, labels)
         row = {"run_id": run.info.run_id, "name": params["run.name"], "objective": params["study.variant"],
                "weight_decay": float(params["optim.weight_decay"]), "seed": int(params["training.seed"]),
-               "ratio": float(params["data.train_imbalance_ratio"]) if params.get("data.train_imbalance_ratio")
-               not in (None, "None") else 1.0}
+               "ratio": imbalance_ratio(params)}
         for name, position in (("r", 0), ("z", 1)):
             bank, bank_labels = embedded["bank"][position], embedded["bank"][2]
             test, test_labels = embedded["test"][position], embedded["test"][2]

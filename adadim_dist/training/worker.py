@@ -31,18 +31,9 @@ from .resume import agreed_resume_source
 from .state_checks import (NonFiniteLossError, non_finite_terms, parameter_fingerprint,
                            state_is_finite_on_every_rank, step_is_finite_on_every_rank, union_over_ranks)
 from .timing import StepClock
-from .tracking import MetricsSink, MLflowSink, resolve_tracking_uri, unsent_metrics_path
+from .tracking import MetricsSink, MLflowSink, describe_layout, resolve_tracking_uri, unsent_metrics_path
 
 logger = logging.getLogger(__name__)
-
-
-def describe_layout(world_size: int, training) -> str:
-    """What the ``machine.layout`` tag says: "2 workers × 1 CPU", "1 worker × 2 CPUs", "8 workers × 1 GPU"."""
-    workers = f"{world_size} worker{'s' if world_size > 1 else ''}"
-    if training.use_gpu:
-        return f"{workers} × 1 GPU"
-    cpus = training.cpus_per_worker
-    return f"{workers} × {cpus:g} CPU{'s' if cpus != 1 else ''}"
 
 
 def train_loop_per_worker(config_dict: dict) -> None:
