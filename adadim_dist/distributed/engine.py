@@ -63,7 +63,8 @@ def gradients_finite(module: nn.Module) -> bool:
 
     Every step asks, so the common case takes one fused pass: the gradients' 2-norms are finite exactly when
     every entry is, unless a sum of squares overflows (entries near 1e19 in float32). Only then is each entry
-    checked, so that case still counts as finite. 12× faster than an elementwise check on the demo's model."""
+    checked, so that case still counts as finite. 8× faster than an elementwise check on the demo's model
+    (benchmarks/finiteness_check.py)."""
     grads = [p.grad for p in module.parameters() if p.grad is not None]
     if not grads:
         return True
