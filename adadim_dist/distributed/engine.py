@@ -85,7 +85,12 @@ class DDPEngine:
         self.channels_last = channels_last
         if is_distributed():
             ids = [device.index] if device.type == "cuda" else None
-            self.wrapped = nn.parallel.DistributedDataParallel(self.module, device_ids=ids)
+            # No broadcast of rank 0's buffers before every forward (two collectives a step, each a wait for the
+            # slower worker): training-mode BatchNorm normalises with batch statistics, and the running ones are
+            # read only from rank 0's state (checkpoints, evaluation, export), the broadcast's own source, so
+            # they are the same bits either way. DDP still syncs them once when it wraps the model.
+            self.wrapped = nn.parallel.DistributedDataParallel(self.module, device_ids=ids,
+                                                               forward_sync_buffers=False)
         else:
             self.wrapped = self.module
         self.optimizer = optimizer

@@ -430,7 +430,7 @@ class AdaDim:
         # gather's backward). The D×D sums and the entropies' sums then travel in one all-reduce.
         means = torch.stack([z_a_global, z_b_global]).mean(dim=1)
         if self.dim_loss == "vicreg":
-            local_sums = [vicreg_local_sums(z_a, z_b, means, num_global)]
+            local_sums = [vicreg_local_sums(z_a, z_b, means, num_global, z_a_global, z_b_global)]
         else:
             local_sums = [barlow_twins_local_sums(z_a, z_b, means)]
         loss_sample = nt_xent_loss_sharded(z_a, z_b, z_a_global, z_b_global, row_offset, self.temperature)

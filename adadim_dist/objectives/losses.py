@@ -159,31 +159,55 @@ def _global_means(views: torch.Tensor, all_reduce: AllReduce, num_global: int) -
     return all_reduce(views.sum(dim=1)) / num_global
 
 
-def vicreg_local_sums(z_a: torch.Tensor, z_b: torch.Tensor, means: torch.Tensor, num_global: int) -> torch.Tensor:
+def covariance_from_row_gram(num_global: int, dim: int) -> bool:
+    """Whether the sharded VICReg covariance comes from blocks of the N×N row Gram matrix (O(n·N·D) per worker,
+    one number per view to sum) rather than from the D×D covariance (O(n·D²), D² numbers per view to sum):
+    ‖C‖²_F = ‖SᵀS‖²_F = ‖SSᵀ‖²_F for the centred, scaled rows S. Fewer flops while N ≤ D, and at
+    D = 512 the 2 MiB all-reduce and its backward cost ~9 ms of a CPU step (BENCHMARKS.md). Its
+    off-diagonal sum is ‖C‖²_F less the squared variances, a difference that cancels little while N ≤ D
+    (the off-diagonal mass, ~D²/N, is at least the diagonal's, ~D)."""
+    return num_global <= dim
+
+
+def vicreg_local_sums(z_a: torch.Tensor, z_b: torch.Tensor, means: torch.Tensor, num_global: int,
+                      z_a_global: torch.Tensor | None = None,
+                      z_b_global: torch.Tensor | None = None) -> torch.Tensor:
     """This worker's share of the sums behind VICReg's variance and covariance of the global batch, as one flat
-    tensor: [2·D squares | 2·D·D cross products] of its rows centred on the global ``means`` (2 × D) and scaled
-    by 1/√(N − 1). Centring on the means first (two passes) keeps float32's precision: the one-pass
-    Σzzᵀ − N·μμᵀ cancels catastrophically when the mean is large against the spread."""
+    tensor of its rows centred on the global ``means`` (2 × D) and scaled by 1/√(N − 1): [2·D squares | 2·D·D
+    cross products], or, given the gathered rows and ``covariance_from_row_gram``, [2·D squares | each view's
+    ‖s·Sᵀ‖²_F] for its rows s against all rows S. Centring on the means first (two passes) keeps float32's
+    precision: the one-pass Σzzᵀ − N·μμᵀ cancels catastrophically when the mean is large against the spread."""
     _check_pair(z_a, z_b)
     _check_global_rows(num_global, z_a.shape[0])
-    # Both views batched: the D×D work is the part of the sharded form that does not shrink with W. The
+    # Both views batched: the covariance work is the part of the sharded form that does not shrink with W. The
     # variances are their own 2×D sum, not the covariances' diagonal, whose indexing and zero-filled gradient
     # would be extra passes over D×D tensors.
-    scaled = (torch.stack([z_a, z_b]) - means[:, None, :]) / math.sqrt(num_global - 1)
-    return torch.cat([(scaled * scaled).sum(dim=1).reshape(-1),
-                      torch.bmm(scaled.transpose(1, 2), scaled).reshape(-1)])
+    scale = math.sqrt(num_global - 1)
+    scaled = (torch.stack([z_a, z_b]) - means[:, None, :]) / scale
+    squares = (scaled * scaled).sum(dim=1).reshape(-1)
+    has_rows = z_a_global is not None and z_b_global is not None
+    if has_rows and covariance_from_row_gram(num_global, z_a.shape[1]):
+        scaled_global = (torch.stack([z_a_global, z_b_global]) - means[:, None, :]) / scale
+        blocks = torch.bmm(scaled, scaled_global.transpose(1, 2))  # 2 × n × N
+        return torch.cat([squares, (blocks * blocks).sum(dim=(1, 2))])
+    return torch.cat([squares, torch.bmm(scaled.transpose(1, 2), scaled).reshape(-1)])
 
 
 def vicreg_terms_from_sums(z_a: torch.Tensor, z_b: torch.Tensor, sums: torch.Tensor) -> dict[str, torch.Tensor]:
     """This worker's unweighted VICReg terms: invariance on its pairs, variance and covariance from
-    ``vicreg_local_sums`` summed over workers."""
+    ``vicreg_local_sums`` (either form) summed over workers."""
     d = z_a.shape[1]
-    variances, covariances = sums.split([2 * d, 2 * d * d])
-    off_diag = covariances.view(2, d, d).masked_fill(torch.eye(d, dtype=torch.bool, device=z_a.device), 0.0)
+    variances, covariances = sums.split([2 * d, sums.numel() - 2 * d])
+    variances = variances.view(2, d)
+    if covariances.numel() == 2 * d * d:
+        off_diag = covariances.view(2, d, d).masked_fill(torch.eye(d, dtype=torch.bool, device=z_a.device), 0.0)
+        covariance = (off_diag * off_diag).sum() / d
+    else:  # the row-Gram form (d > 1 there, so its 2 numbers are never 2·d·d): ‖C‖²_F less the diagonal's
+        covariance = (covariances - (variances * variances).sum(dim=1)).sum() / d
     return {
         "invariance": invariance_loss(z_a, z_b),
-        "variance": F.relu(1.0 - torch.sqrt(variances.view(2, d) + 1e-4)).mean(dim=1).sum(),
-        "covariance": (off_diag * off_diag).sum() / d,
+        "variance": F.relu(1.0 - torch.sqrt(variances + 1e-4)).mean(dim=1).sum(),
+        "covariance": covariance,
     }
 
 

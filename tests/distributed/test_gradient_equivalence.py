@@ -33,13 +33,16 @@ def test_collective_backwards_sum_over_workers(ranks):
     world_size = len(ranks)
     values = torch.arange(1, world_size + 1, dtype=torch.float64)
     for rank, result in enumerate(ranks):
-        collectives = result["collectives"]
-        expected_gathered = torch.cat([torch.full((3, 2), float(v)) for v in values]).double()
-        assert torch.equal(collectives["gathered"], expected_gathered)
-        assert torch.allclose(collectives["gather_grad"], torch.full((3, 2), 2.0 * world_size * (rank + 1)).double())
-        assert torch.equal(collectives["summed"], torch.full((3, 2), values.sum().item()).double())
-        assert torch.allclose(collectives["sum_grad"], torch.full((3, 2), 2.0 * world_size * values.sum()).double())
-        assert collectives["input_untouched"]
+        for size, collectives in result["collectives"].items():
+            rows = collectives["rows"]
+            expected_gathered = torch.cat([torch.full((rows, 2), float(v)) for v in values]).double()
+            assert torch.equal(collectives["gathered"], expected_gathered), size
+            expected_gather_grad = torch.full((rows, 2), 2.0 * world_size * (rank + 1)).double()
+            assert torch.allclose(collectives["gather_grad"], expected_gather_grad), size
+            assert torch.equal(collectives["summed"], torch.full((rows, 2), values.sum().item()).double()), size
+            expected_sum_grad = torch.full((rows, 2), 2.0 * world_size * values.sum()).double()
+            assert torch.allclose(collectives["sum_grad"], expected_sum_grad), size
+            assert collectives["input_untouched"], size
 
 
 @pytest.mark.parametrize("compute", FORMS)

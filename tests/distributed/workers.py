@@ -8,6 +8,7 @@ import torch
 import torch.distributed as dist
 
 from adadim_dist.distributed import all_gather_with_grad, all_reduce_with_grad, broadcast_from_rank0
+from adadim_dist.distributed.collectives import DIRECT_SUM_MAX_BYTES
 from adadim_dist.objectives import AdaDim
 
 # (name, AdaDim options, projector output width D). Global batch N = 16. With D = 20 > N the sharded α comes
@@ -16,6 +17,8 @@ from adadim_dist.objectives import AdaDim
 # gathered path (median-heuristic width, order ≠ 2).
 EQUIVALENCE_CASES = [
     ("vicreg_cosine", {"dim_loss": "vicreg"}, 8),
+    # D ≥ N: the sharded covariance from blocks of the row Gram matrix instead of the D×D sums.
+    ("vicreg_wide", {"dim_loss": "vicreg"}, 20),
     ("barlow_twins_wide", {"dim_loss": "barlow_twins"}, 20),
     ("gaussian_fixed_width", {"kernel": "gaussian", "kernel_sigma": 0.8, "mi_sign": "minimize"}, 8),
     ("gaussian_median_width", {"kernel": "gaussian"}, 8),
@@ -104,15 +107,20 @@ def equivalence_worker(rank: int, world_size: int, out_dir: str) -> None:
 
 def _collective_gradients(rank: int, world_size: int) -> dict:
     """Each rank's x = rank + 1. Σ_workers Σ gather(x)² has d/dx = 2·W·x; Σ_workers Σ all_reduce(x)² has
-    d/dx = 2·W·Σ_workers x. A backward that does not sum over workers gives W times too little."""
-    x = torch.full((3, 2), float(rank + 1), dtype=torch.float64, requires_grad=True)
-    gathered = all_gather_with_grad(x)
-    gathered.pow(2).sum().backward()
-    y = torch.full((3, 2), float(rank + 1), dtype=torch.float64, requires_grad=True)
-    summed = all_reduce_with_grad(y)
-    summed.pow(2).sum().backward()
-    return {"gathered": gathered.detach(), "gather_grad": x.grad, "summed": summed.detach(), "sum_grad": y.grad,
-            "input_untouched": bool((y.detach() == rank + 1).all())}
+    d/dx = 2·W·Σ_workers x. A backward that does not sum over workers gives W times too little. Small tensors
+    and one past ``DIRECT_SUM_MAX_BYTES`` (gloo exchanges the one pairwise, the other through its ring)."""
+    results = {}
+    for size, rows in (("small", 3), ("large", DIRECT_SUM_MAX_BYTES // 16 + 1)):  # float64 × 2 columns
+        x = torch.full((rows, 2), float(rank + 1), dtype=torch.float64, requires_grad=True)
+        gathered = all_gather_with_grad(x)
+        gathered.pow(2).sum().backward()
+        y = torch.full((rows, 2), float(rank + 1), dtype=torch.float64, requires_grad=True)
+        summed = all_reduce_with_grad(y)
+        summed.pow(2).sum().backward()
+        results[size] = {"rows": rows, "gathered": gathered.detach(), "gather_grad": x.grad,
+                         "summed": summed.detach(), "sum_grad": y.grad,
+                         "input_untouched": bool((y.detach() == rank + 1).all())}
+    return results
 
 
 def shared_evaluation_worker(rank: int, world_size: int, storage: str) -> None:

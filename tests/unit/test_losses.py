@@ -142,3 +142,30 @@ def test_nt_xent_sharded_gradients_equal_gathered_through_columns_and_rows():
     grads = torch.autograd.grad(nt_xent_loss(z_a, z_b, 0.2), (z_a, z_b))
     for got, expected in zip(grads_sharded, grads):
         assert torch.allclose(got, expected, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("num_shards", [1, 2, 4])
+@pytest.mark.parametrize("dim", [6, 40])
+def test_both_sharded_covariance_forms_give_the_gathered_vicreg_terms(num_shards, dim):
+    """N = 24 rows: at D = 6 the covariance comes from the summed D×D cross products, at D = 40 from blocks of
+    the row Gram matrix (‖C‖²_F less the squared variances, one number per view). Both equal the gathered
+    variance and covariance on every worker; a wrong diagonal correction or scaling would not."""
+    from adadim_dist.objectives.losses import covariance_from_row_gram, vicreg_local_sums, vicreg_terms_from_sums
+
+    z_a, z_b = _global_views(dim=dim)
+    num_global = z_a.shape[0]
+    n = num_global // num_shards
+    means = torch.stack([z_a, z_b]).mean(dim=1)
+
+    def share(shard, all_reduce):
+        rows = slice(shard * n, (shard + 1) * n)
+        sums = all_reduce(vicreg_local_sums(z_a[rows], z_b[rows], means, num_global, z_a, z_b))
+        return sums.numel(), vicreg_terms_from_sums(z_a[rows], z_b[rows], sums)
+
+    row_gram = covariance_from_row_gram(num_global, dim)
+    assert row_gram == (dim == 40)
+    expected = vicreg_terms(z_a, z_b)
+    for numel, terms in run_shards(share, num_shards):
+        assert numel == 2 * dim + (2 if row_gram else 2 * dim * dim)
+        for name in ("variance", "covariance"):
+            assert terms[name].item() == pytest.approx(expected[name].item(), rel=1e-12), name
