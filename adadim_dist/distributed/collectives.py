@@ -67,13 +67,19 @@ def _sum_own_rows(grad_global: torch.Tensor, num_local: int) -> torch.Tensor:
     return grad_global[start : start + num_local]
 
 
+def _pairwise_sum(local: torch.Tensor) -> torch.Tensor:
+    """Σ over workers of ``local``, each worker sending all of it to every other."""
+    world = dist.get_world_size()
+    received = local.new_empty((world, *local.shape))
+    dist.all_to_all_single(received, local.detach().expand(world, *local.shape).contiguous())
+    return received.sum(dim=0)
+
+
 def _sum_over_workers(local: torch.Tensor) -> torch.Tensor:
     """A new tensor: Σ over workers of ``local``."""
     world = dist.get_world_size()
     if _exchanges_pairwise() and local.numel() * local.element_size() * (world - 1) <= DIRECT_SUM_MAX_BYTES:
-        received = local.new_empty((world, *local.shape))
-        dist.all_to_all_single(received, local.detach().expand(world, *local.shape).contiguous())
-        return received.sum(dim=0)
+        return _pairwise_sum(local)
     total = local.detach().clone().contiguous()
     dist.all_reduce(total, op=dist.ReduceOp.SUM)
     return total
