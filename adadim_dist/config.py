@@ -189,9 +189,6 @@ class TrainingConfig(_Strict):
     # for a straggler (BENCHMARKS.md, "Service against a plain loop"). Without model.sync_batchnorm each
     # BatchNorm then normalises over a node's share of the batch, not a core's, which changes the model.
     layout: Literal["as_given", "one_worker_per_node"] = "as_given"
-    # CPU-only jobs: each worker pins its threads to cores of its own, where the job's workers on a node hold
-    # every CPU Ray offers there (adadim_dist/training/placement.py); false leaves placement to the OS.
-    pin_cpus: bool = True
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"  # of the workers
     strategy: Literal["ddp", "deepspeed"] = "ddp"
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()

@@ -116,14 +116,13 @@ def refused_status(err: Exception) -> int | None:
     return {"UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403}.get(getattr(err, "error_code", ""))
 
 
-def describe_layout(world_size: int, training, pinned: bool = False) -> str:
-    """What the ``machine.layout`` tag says: "2 workers × 1 CPU, pinned" (rank 0's node pinned its workers to
-    cores of their own), "1 worker × 2 CPUs", "8 workers × 1 GPU"."""
+def describe_layout(world_size: int, training) -> str:
+    """What the ``machine.layout`` tag says: "2 workers × 1 CPU", "1 worker × 2 CPUs", "8 workers × 1 GPU"."""
     workers = f"{world_size} worker{'s' if world_size > 1 else ''}"
     if training.use_gpu:
         return f"{workers} × 1 GPU"
     cpus = training.cpus_per_worker
-    return f"{workers} × {cpus:g} CPU{'s' if cpus != 1 else ''}{', pinned' if pinned else ''}"
+    return f"{workers} × {cpus:g} CPU{'s' if cpus != 1 else ''}"
 
 
 def cpu_model() -> str:

@@ -27,7 +27,6 @@ from ..objectives import adadim_from_config
 from .checkpoint import check_compatible, checkpoint_files, load_state, save_state
 from .monitors import EpochEnd, Step, default_monitors, say
 from .optim import build_optimizer, build_scheduler
-from .placement import pin_cpu_worker
 from .resume import agreed_resume_source
 from .state_checks import (NonFiniteLossError, non_finite_terms, parameter_fingerprint,
                            state_is_finite_on_every_rank, step_is_finite_on_every_rank, union_over_ranks)
@@ -58,11 +57,6 @@ def train_loop_per_worker(config_dict: dict) -> None:
     logger.info("[adadim] worker rank %d/%d on node %s, device %s", rank, world_size,
                 ray.get_runtime_context().get_node_id()[:12], device)
     torch.manual_seed(cfg.training.seed)  # identical initial weights on every rank
-    # Before the loader, torch and numba start their threads: those inherit the cores.
-    cores = pin_cpu_worker(context, cfg.training.cpus_per_worker, cfg.training.use_gpu) \
-        if cfg.training.pin_cpus else None
-    if cores is not None:
-        logger.info("[adadim] worker rank %d pinned to cores %s", rank, cores)
 
     train_loader = build_ssl_loader(
         cfg.data, cfg.training.batch_size_per_worker, rank, world_size, cfg.training.seed,
@@ -122,7 +116,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
             cfg.tracking.experiment,
             cfg.run.name, cfg.run.storage_path, run_id=run_id, overflow_path=unsent_metrics_path(cfg),
         )
-        sink.record_machine(start_epoch, layout=describe_layout(world_size, cfg.training, pinned=cores is not None))
+        sink.record_machine(start_epoch, layout=describe_layout(world_size, cfg.training))
     evaluation = OnlineEvaluation(cfg, rank, world_size, device, exports_encoder=run_id is not None)
     monitors = default_monitors(cfg, rank, device, sink, board, stamps)
 

@@ -211,17 +211,3 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(job, ray_cluster):
     state = torch.load(storage / "ddp" / "epoch_0002" / "model.pt", weights_only=True)
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
     assert client_for(job["summary"]).get_run(job["summary"]["run_id"]).info.status == "FAILED"
-
-
-def test_single_cpu_workers_holding_the_node_are_pinned_to_a_core_each(tiny_betons, tmp_path, ray_cluster):
-    """The shared head offers 2 CPUs: 2 workers × 1 CPU hold all of them, so each pins its threads to a core of
-    its own (adadim_dist/training/placement.py); the workers say which, and the run's layout tag says so."""
-    args = smoke_args(tiny_betons, tmp_path, "pinned", "training.epochs=1", "training.max_steps_per_epoch=2",
-                      "training.cpus_per_worker=1", "eval.knn_k=[20]")
-    result = run_cli(args, cwd=REPO, env=ray_cluster["env"])
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    cores = re.findall(r"worker rank (\d) pinned to cores \[(\d+)\]", result.stdout + result.stderr)
-    assert sorted(rank for rank, _ in cores) == ["0", "1"], cores
-    assert len({core for _, core in cores}) == 2, cores
-    summary = final_json(result.stdout)
-    assert client_for(summary).get_run(summary["run_id"]).data.tags["machine.layout"] == "2 workers × 1 CPU, pinned"
