@@ -185,7 +185,7 @@ class TrainingConfig(_Strict):
     use_gpu: bool = False
     # "one_worker_per_node" (CPU-only jobs): at start, one worker on each node of the cluster, holding as many
     # CPUs as the node with the fewest has; num_workers and cpus_per_worker are then set from the cluster. On
-    # CPUs one process using every core of a node is faster than one per core: fewer collectives, none waiting
+    # CPUs one process using every core of a node is at least as fast as one per core: fewer collectives, none waiting
     # for a straggler (BENCHMARKS.md, "Service against a plain loop"). Without model.sync_batchnorm each
     # BatchNorm then normalises over a node's share of the batch, not a core's, which changes the model.
     layout: Literal["as_given", "one_worker_per_node"] = "as_given"

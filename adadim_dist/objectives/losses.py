@@ -6,9 +6,10 @@ Two forms compute them:
 - replicated (``vicreg_terms``, ``barlow_twins_loss``, ``nt_xent_loss``): pass gathered tensors; every worker
   computes the whole objective, O(N²·D) per worker for NT-Xent and O(N·D²) for the D×D statistics.
 - sharded (``*_sharded``): every worker passes its local rows and an ``all_reduce`` (sum over workers,
-  autograd-aware, identity on one process). The D×D statistics come from all-reduced sums, NT-Xent takes
-  the local rows against the gathered columns: O(n·D² + n·N·D) per worker. Each returns this worker's
-  share: averaged over workers (as DDP averages gradients) it gives the global-batch value and gradient.
+  autograd-aware, identity on one process). The D×D statistics come from all-reduced sums (VICReg's
+  covariance, given the gathered rows and N ≤ D, from row-Gram blocks instead: ``covariance_from_row_gram``),
+  NT-Xent takes the local rows against the gathered columns: O(n·D² + n·N·D) per worker. Each returns this
+  worker's share: averaged over workers (as DDP averages gradients) it gives the global-batch value and gradient.
   The D×D statistics also come split in two (``*_local_sums``, ``*_from_sums``), so that a caller can
   reduce them together with other sums in one collective (``all_reduce_together``).
 
