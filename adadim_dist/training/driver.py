@@ -205,7 +205,7 @@ def fit(cfg: Config, fresh: bool = False) -> dict[str, Any]:
         check_reachable(resolve_tracking_uri(cfg.tracking.uri, cfg.run.storage_path))  # a down server: seconds
     except ConnectionError as err:
         raise TrackingUnavailableError(mask_credentials(f"tracking.uri: {err}")) from None
-    sink = start_ray_and_tracking(cfg)
+    sink, trained = start_ray_and_tracking(cfg)
     stamps["ray_ready_at"] = time.time()
     status, result = "FAILED", None
     try:
@@ -215,7 +215,7 @@ def fit(cfg: Config, fresh: bool = False) -> dict[str, Any]:
         warn_if_sqlite_across_nodes(cfg)
         board = progress_board()
         with ProgressPrinter(board, show_lines=not cfg.run.verbose):
-            result = build_trainer(laid_out(cfg), sink.run_id, resume_from=local_resume_checkpoint(cfg),
+            result = build_trainer(trained, sink.run_id, resume_from=local_resume_checkpoint(cfg),
                                    progress=board, stamps=stamps).fit()
         status = "FINISHED"
         log_tail(sink, board, cfg.training.trained_epochs)
@@ -226,10 +226,12 @@ def fit(cfg: Config, fresh: bool = False) -> dict[str, Any]:
     return summarise(cfg, sink, result)
 
 
-def start_ray_and_tracking(cfg: Config) -> MLflowSink:
+def start_ray_and_tracking(cfg: Config) -> tuple[MLflowSink, Config]:
     """``init_ray`` while the MLflow run is opened in a thread (MLflow's import, store and run take seconds that
-    Ray's start-up spends mostly waiting for its processes). Whichever fails, the other is undone: Ray shut
-    down, or the run ended FAILED."""
+    Ray's start-up spends mostly waiting for its processes), then the config the workers train with
+    (``laid_out``: it needs the running cluster). Whichever fails, the other is undone: Ray shut down, or the
+    run ended FAILED; a layout the cluster cannot give is a config error and leaves nothing behind (a run this
+    start created is deleted with its run file, a reopened one gets its status back)."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="adadim-tracking") as pool:
@@ -241,8 +243,18 @@ def start_ray_and_tracking(cfg: Config) -> MLflowSink:
                 opening.result().close("FAILED")
             raise
     try:
-        return opening.result()
+        sink = opening.result()
     except BaseException:
+        shutdown_ray()
+        raise
+    try:
+        return sink, laid_out(cfg)
+    except ConfigError:
+        sink.abandon()
+        if sink.created:
+            for created in (run_location(cfg) / RUN_ID_FILE, run_location(cfg)):
+                if created.exists():
+                    created.delete()
         shutdown_ray()
         raise
 

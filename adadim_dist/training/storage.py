@@ -112,6 +112,14 @@ class Location:
     def write_text(self, text: str) -> None:
         self.write_bytes(text.encode())
 
+    def delete(self) -> None:
+        """Remove this file, or this directory if it is empty."""
+        if self.is_dir():
+            if not self.children():
+                self.fs.delete_dir(self.path)
+        else:
+            self.fs.delete_file(self.path)
+
     def move_to(self, destination: "Location") -> None:
         """Rename a directory (local) or copy it and delete the original (object stores cannot rename one)."""
         if self.is_local or not self.is_dir():

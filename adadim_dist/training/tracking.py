@@ -181,10 +181,13 @@ class MLflowSink(MetricsSink):
         self._attempts = 0
         local = tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
         self.experiment_id: str | None = None
+        self.created = run_id is None  # this start created the run (``abandon`` deletes it)
+        self.previous_status: str | None = None  # a reopened run's status before this start (``abandon``)
         if run_id is not None:
             self.run_id = run_id
             try:
                 self.experiment_id = get_or_create_experiment(self.client, experiment, storage_path, local, tracking_uri)
+                self.previous_status = self.client.get_run(run_id).info.status
                 self.client.update_run(run_id, status="RUNNING")
             except Exception as err:  # noqa: BLE001 - a worker restarted during an outage keeps training
                 logger.warning("MLflow unreachable (%s): run %s stays as it was, metrics are buffered",
@@ -358,6 +361,19 @@ class MLflowSink(MetricsSink):
 
     def log_artifacts(self, directory: Path, artifact_path: str) -> None:
         self.client.log_artifacts(self.run_id, str(directory), artifact_path)
+
+    def abandon(self) -> None:
+        """Undo this start's mark on the store, for a start refused before any training: a run it created is
+        deleted, a run it reopened gets back the status it had."""
+        self._stopping = True
+        self._wake.set()
+        try:
+            if self.created:
+                self.client.delete_run(self.run_id)
+            elif self.previous_status is not None:
+                self.client.update_run(self.run_id, status=self.previous_status)
+        except Exception as err:  # noqa: BLE001 - the refusal the caller raises is what the user must see
+            logger.warning("tracking: could not undo run %s (%s)", self.run_id, type(err).__name__)
 
     def close(self, status: str = "FINISHED") -> bool:
         """End the run with ``status``; False (status kept for ``spill``) while MLflow is unreachable."""

@@ -124,8 +124,42 @@ def test_ray_and_tracking_start_together_and_a_failure_of_either_undoes_the_othe
     assert events == [("closed", "FAILED")]
 
     monkeypatch.setattr(driver, "init_ray", lambda cfg: events.append("ray started"))
+    monkeypatch.setattr(driver, "laid_out", lambda cfg: "the config laid out")
     events.clear()
-    assert isinstance(driver.start_ray_and_tracking(None), Sink) and events == ["ray started"]
+    sink, trained = driver.start_ray_and_tracking(None)
+    assert isinstance(sink, Sink) and trained == "the config laid out" and events == ["ray started"]
+
+
+def test_a_layout_the_cluster_cannot_give_leaves_no_run_behind(tmp_path, monkeypatch):
+    """A real MLflow store; the cluster (3 one-node workers for a batch of 256) stands in for the running one.
+    A first start's run is deleted with its run file; a finished run started again keeps its status."""
+    from functools import partial
+
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    from adadim_dist.training import driver
+    from adadim_dist.training.tracking import resolve_tracking_uri
+
+    events = []
+    monkeypatch.setattr(driver, "init_ray", lambda cfg: events.append("ray started"))
+    monkeypatch.setattr(driver, "shutdown_ray", lambda: events.append("ray shut down"))
+    monkeypatch.setattr(driver, "laid_out", partial(laid_out, nodes=[_node(2)] * 3))
+    given = [f"run.storage_path={tmp_path}", "run.name=job"]
+    cfg = resolve_paths(load_config(None, [*given, "training.layout=one_worker_per_node"]))
+    with pytest.raises(ConfigError, match=r"^training\.layout: one_worker_per_node gives 3 workers"):
+        driver.start_ray_and_tracking(cfg)
+    assert events == ["ray started", "ray shut down"] and not (tmp_path / "job").exists()
+    client = MlflowClient(resolve_tracking_uri(cfg.tracking.uri, cfg.run.storage_path))
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    assert client.search_runs(experiments, run_view_type=ViewType.ACTIVE_ONLY) == []
+
+    finished, _ = driver.start_ray_and_tracking(resolve_paths(load_config(None, given)))  # layout as given
+    finished.close("FINISHED")
+    with pytest.raises(ConfigError, match=r"^training\.layout"):
+        driver.start_ray_and_tracking(cfg)
+    assert client.get_run(finished.run_id).info.status == "FINISHED"
+    assert read_run_file(cfg, "mlflow_run.json") is not None
 
 
 def test_the_trainer_starts_no_ray_data_actor_without_ray_datasets(tmp_path):

@@ -54,6 +54,21 @@ def test_a_location_on_the_store_reads_writes_lists_and_names_itself_without_its
     assert str(again) == f"s3://***@{bucket}/runs/job/epoch_0002"  # for messages: no secret, no endpoint options
 
 
+def test_delete_removes_a_file_or_an_empty_directory_and_keeps_one_with_contents(s3_server, bucket, tmp_path):
+    """What a refused start undoes (its run file, then the run directory it made), locally and on the store."""
+    for root in (Location.of(tmp_path / "runs"), Location.of(s3_server.uri(bucket, "runs"))):
+        run = root / "job"
+        (run / "mlflow_run.json").write_text("{}")
+        (run / "epoch_0001" / "state.pt").write_bytes(b"x")
+        (run / "mlflow_run.json").delete()
+        run.delete()  # not empty: kept
+        assert not (run / "mlflow_run.json").exists() and (run / "epoch_0001" / "state.pt").is_file()
+        (run / "epoch_0001" / "state.pt").delete()
+        (run / "epoch_0001").delete()
+        run.delete()
+        assert not run.exists(), root
+
+
 def read_text_or_none(location: Location):
     return location.read_text() if location.is_file() else None
 
