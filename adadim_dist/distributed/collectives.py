@@ -10,7 +10,7 @@ Shards must have equal sizes on every worker (training loaders drop the last par
 
 On gloo (CPU) both move their data in one pairwise exchange (``all_to_all``) where gloo's ring collectives
 take several round trips: the gather, its backward (each worker receives only its own rows' gradients, a
-reduce-scatter) and sums of up to ``DIRECT_SUM_MAX_BYTES`` are 2-4× faster between two CPU workers
+reduce-scatter) and sums of up to ``DIRECT_SUM_MAX_BYTES`` are 1.2-2.2× faster between two CPU workers
 (benchmarks/collectives.py). Every worker adds the received shards in rank order, so all get the same bits.
 """
 
@@ -32,20 +32,21 @@ def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 
 
-#: Sums up to this many bytes sent to all other workers go through one pairwise exchange on gloo; beyond it
-#: gloo's ring all-reduce moves fewer bytes and wins (between two CPU workers: 4 KiB 1.4 → 0.3 ms,
-#: 256 KiB 2.0 → 0.7 ms, equal at 1 MiB; benchmarks/collectives.py).
+#: Sums of up to this many bytes sent to all other workers go through one pairwise exchange on gloo. Between
+#: two CPU workers it wins up to 1 MiB (4 KiB 0.37 → 0.29 ms, 256 KiB 0.74 → 0.62, 1 MiB 2.15 → 1.68) and
+#: gloo's ring, which moves fewer bytes, wins at 2 MiB (benchmarks/collectives.py); 256 KiB keeps a margin.
 DIRECT_SUM_MAX_BYTES = 256 * 1024
 
 
-def _exchanges_pairwise() -> bool:
-    return dist.get_backend() == "gloo"
+def _exchanges_pairwise(tensor: torch.Tensor) -> bool:
+    """CPU tensors on gloo (alone, or as the CPU half of a "cpu:gloo,cuda:nccl" group); NCCL keeps its own."""
+    return tensor.device.type == "cpu" and "gloo" in str(dist.get_backend())
 
 
 def _gather_equal_rows(local: torch.Tensor) -> torch.Tensor:
     world = dist.get_world_size()
     local = local.contiguous()
-    if _exchanges_pairwise():
+    if _exchanges_pairwise(local):
         gathered = local.new_empty((world * local.shape[0], *local.shape[1:]))
         dist.all_to_all_single(gathered, local.repeat(world, *([1] * (local.dim() - 1))))
         return gathered
@@ -58,7 +59,7 @@ def _sum_own_rows(grad_global: torch.Tensor, num_local: int) -> torch.Tensor:
     """Σ over workers of their ``grad_global`` rows that belong to this worker (a reduce-scatter)."""
     world = dist.get_world_size()
     grad_global = grad_global.contiguous()
-    if _exchanges_pairwise():
+    if _exchanges_pairwise(grad_global):
         received = torch.empty_like(grad_global)
         dist.all_to_all_single(received, grad_global)  # worker k's slice for this rank, in rank order
         return received.view(world, num_local, *grad_global.shape[1:]).sum(dim=0)
@@ -78,7 +79,7 @@ def _pairwise_sum(local: torch.Tensor) -> torch.Tensor:
 def _sum_over_workers(local: torch.Tensor) -> torch.Tensor:
     """A new tensor: Σ over workers of ``local``."""
     world = dist.get_world_size()
-    if _exchanges_pairwise() and local.numel() * local.element_size() * (world - 1) <= DIRECT_SUM_MAX_BYTES:
+    if _exchanges_pairwise(local) and local.numel() * local.element_size() * (world - 1) <= DIRECT_SUM_MAX_BYTES:
         return _pairwise_sum(local)
     total = local.detach().clone().contiguous()
     dist.all_reduce(total, op=dist.ReduceOp.SUM)

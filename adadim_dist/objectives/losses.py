@@ -164,7 +164,8 @@ def covariance_from_row_gram(num_global: int, dim: int) -> bool:
     """Whether the sharded VICReg covariance comes from blocks of the N×N row Gram matrix (O(n·N·D) per worker,
     one number per view to sum) rather than from the D×D covariance (O(n·D²), D² numbers per view to sum):
     ‖C‖²_F = ‖SᵀS‖²_F = ‖SSᵀ‖²_F for the centred, scaled rows S. Fewer flops while N ≤ D, and at
-    D = 512 the 2 MiB all-reduce and its backward cost ~9 ms of a CPU step (BENCHMARKS.md). Its
+    D = 512 the 2 MiB all-reduce and its backward took ~9 ms of a 2-worker CPU step (profiled; BENCHMARKS.md,
+    "Service against a plain loop"). Its
     off-diagonal sum is ‖C‖²_F less the squared variances, a difference that cancels little while N ≤ D
     (the off-diagonal mass, ~D²/N, is at least the diagonal's, ~D)."""
     return num_global <= dim

@@ -252,9 +252,9 @@ def start_ray_and_tracking(cfg: Config) -> tuple[MLflowSink, Config]:
     except ConfigError:
         sink.abandon()
         if sink.created:
-            for created in (run_location(cfg) / RUN_ID_FILE, run_location(cfg)):
-                if created.exists():
-                    created.delete()
+            for leftover in (run_location(cfg) / RUN_ID_FILE, run_location(cfg)):  # the directory only if empty
+                if leftover.exists():
+                    leftover.delete()
         shutdown_ray()
         raise
 
