@@ -49,6 +49,7 @@ try:
     from _common import emit, free_port
 except ImportError:  # run as a module
     from benchmarks._common import emit, free_port
+from adadim_dist.objectives.losses import covariance_from_row_gram
 
 
 # ------------------------------------------------------------------------------------------------- cost model
@@ -79,10 +80,14 @@ def cost_model(form: str, n: int, world_size: int, dim: int, encoder_dim: int) -
     # NT-Xent's logits; 25 per view over the Gram matrices (sharded: the n × N blocks, without the trace
     # normalisation, 20); normalising, gathering and centring the N-row R and Z.
     rows_work = 18 * big_n * d + 30 * big_n * (d + d_r)
+    # The sharded VICReg covariance: from the n × N blocks of the row Gram matrix while N ≤ D (one number per
+    # view summed over workers), else from the D × D products (as in losses.py).
+    row_covariance = covariance_from_row_gram(big_n, d)
     if form == "replicated":
         cost["elementwise"] = 26 * d**2 + 13 * (2 * big_n) ** 2 + 2 * 25 * big_n**2 + rows_work + 6 * big_n * d
     else:
-        cost["elementwise"] = 26 * d**2 + 13 * (2 * n) * (2 * big_n) + 2 * 20 * n * big_n + rows_work
+        covariance_passes = 2 * 6 * n * big_n if row_covariance else 26 * d**2
+        cost["elementwise"] = covariance_passes + 13 * (2 * n) * (2 * big_n) + 2 * 20 * n * big_n + rows_work
     if form == "replicated":
         cost["matmul_f32"] += 3 * 2 * (2 * big_n) ** 2 * d  # NT-Xent logits, 2N × 2N
         cost["matmul_f32"] += 2 * 3 * 2 * big_n * d**2  # VICReg covariance, two views
@@ -98,7 +103,8 @@ def cost_model(form: str, n: int, world_size: int, dim: int, encoder_dim: int) -
         comm_extra = 0.0
     else:
         cost["matmul_f32"] += 3 * 2 * (2 * n) * (2 * big_n) * d  # NT-Xent: 2n local rows × 2N columns
-        cost["matmul_f32"] += 2 * 3 * 2 * n * d**2  # VICReg: local centred products, two views
+        # VICReg: n × N row-Gram blocks, or the local D × D products; two views.
+        cost["matmul_f32"] += 2 * 3 * 2 * n * (big_n if row_covariance else d) * d
         cost["matmul_f32"] += 2 * 3 * 2 * n * big_n * (d_r + d)  # n × N Gram blocks of R and Z, two views
         if row_gram_is_cheaper(big_n, n, d):
             cost["matmul_f64"] += 2 * big_n**2 * d
@@ -109,18 +115,23 @@ def cost_model(form: str, n: int, world_size: int, dim: int, encoder_dim: int) -
             cost["eigvalsh"] += eigvalsh_flops(d)
             alpha_reduce = BYTES_F64 * d**2
         # The gathered R and Z (columns) and unit columns; NT-Xent's 2n × 2N logits and softmax; per view
-        # the n × N blocks (three, and their squares); VICReg's centred rows and the D × D sums (two views,
-        # plus the all-reduced copies); α's float64 Gram matrix.
+        # the n × N blocks (three, and their squares); VICReg's centred rows and its n × N blocks or D × D
+        # sums (two views, plus the all-reduced copies); α's float64 Gram matrix.
+        covariance_memory = n * big_n if row_covariance else 2 * d**2
         memory = BYTES_F32 * (
             2 * big_n * (d + d_r) + 2 * big_n * d + 3 * (2 * n) * (2 * big_n)
-            + 2 * (big_n * (d + d_r) + 6 * n * big_n) + 2 * (n * d + 2 * d**2)
+            + 2 * (big_n * (d + d_r) + 6 * n * big_n) + 2 * (n * d + covariance_memory)
         ) + BYTES_F64 * min(big_n, d) ** 2
-        # Forward and backward all-reduce of the means (2D) and the D × D products (2D²), and α's Gram matrix.
-        comm_extra = 2 * (w - 1) / w * (2 * BYTES_F32 * (2 * d + 2 * d**2) + alpha_reduce)
-    # Both forms gather R and Z of both views (received: (W − 1)·n rows each) and all-reduce the N-row
-    # gradient of each in the backward (ring: 2(W − 1)/W of it).
+        # Forward and backward sum of the variances (2D) and the covariance's numbers (2 or 2D²), and α's Gram
+        # matrix (ring all-reduce: 2(W − 1)/W of each; the small sums go pairwise, W − 1 copies received).
+        sums = BYTES_F32 * (2 * d + (2 if row_covariance else 2 * d**2))
+        comm_extra = 2 * (w - 1) * sums if row_covariance else 2 * (w - 1) / w * 2 * sums
+        comm_extra += 2 * (w - 1) / w * alpha_reduce
+    # Both forms gather R and Z of both views (received: (W − 1)·n rows each) and sum the N-row gradient of
+    # each in the backward: each worker receives the other workers' gradients of its own rows ((W − 1)·n rows,
+    # a reduce-scatter; gloo's pairwise exchange).
     gathered_width = 2 * (d + d_r)
-    comm = BYTES_F32 * gathered_width * ((w - 1) * n + 2 * (w - 1) / w * big_n) + comm_extra
+    comm = BYTES_F32 * gathered_width * 2 * (w - 1) * n + comm_extra
     cost["flops"] = sum(cost[k] for k in ("matmul_f32", "matmul_f64", "eigvalsh", "svd"))  # not element-wise
     cost["comm_bytes"] = comm
     cost["memory_bytes"] = memory
@@ -235,19 +246,19 @@ def measure_compute_only(world_size: int, args: argparse.Namespace) -> dict[str,
     n, others = args.local_batch, args.local_batch * (world_size - 1)
     widths = [args.encoder_dim, args.encoder_dim, args.dim, args.dim]
     inputs = [torch.randn(n, width, generator=g) for width in widths]
-    other_rows = {id(t): torch.randn(others, t.shape[1], generator=g) for t in inputs}
-    leaves_of: dict[int, int] = {}
+    other_rows: dict[int, torch.Tensor] = {}  # by width: the objective gathers Z and R side by side
 
     def gather(local: torch.Tensor) -> torch.Tensor:
-        return torch.cat([local, other_rows[leaves_of[id(local)]]])
+        width = local.shape[1]
+        if width not in other_rows:
+            other_rows[width] = torch.randn(others, width, generator=torch.Generator().manual_seed(width))
+        return torch.cat([local, other_rows[width]])
 
     objectives = {form: AdaDim(compute=form, alpha_mode="adaptive", alpha_interval=1, mi_sign="maximize",
                                gather=gather, all_reduce=lambda x: x.clone(), rank=0) for form in FORMS}
 
     def step(form: str) -> None:
         leaves = [t.clone().requires_grad_(True) for t in inputs]
-        leaves_of.clear()
-        leaves_of.update({id(leaf): id(t) for leaf, t in zip(leaves, inputs)})
         loss, _ = objectives[form](*leaves, with_stats=False)
         loss.backward()
 
