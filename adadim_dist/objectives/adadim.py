@@ -432,7 +432,7 @@ class AdaDim:
         if self.dim_loss == "vicreg":
             local_sums = [vicreg_local_sums(z_a, z_b, means, num_global, z_a_global, z_b_global)]
         else:
-            local_sums = [barlow_twins_local_sums(z_a, z_b, means)]
+            local_sums = [barlow_twins_local_sums(z_a, z_b, means, z_a_global, z_b_global)]
         loss_sample = nt_xent_loss_sharded(z_a, z_b, z_a_global, z_b_global, row_offset, self.temperature)
 
         needs_mi_grad = self.mi_sign != 0.0 and beta != 0.0

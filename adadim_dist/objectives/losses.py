@@ -6,8 +6,8 @@ Two forms compute them:
 - replicated (``vicreg_terms``, ``barlow_twins_loss``, ``nt_xent_loss``): pass gathered tensors; every worker
   computes the whole objective, O(N²·D) per worker for NT-Xent and O(N·D²) for the D×D statistics.
 - sharded (``*_sharded``): every worker passes its local rows and an ``all_reduce`` (sum over workers,
-  autograd-aware, identity on one process). The D×D statistics come from all-reduced sums (VICReg's
-  covariance, given the gathered rows and N ≤ D, from row-Gram blocks instead: ``covariance_from_row_gram``),
+  autograd-aware, identity on one process). The D×D statistics come from all-reduced sums (given the gathered
+  rows and N ≤ D, from row-Gram blocks instead: ``covariance_from_row_gram``),
   NT-Xent takes the local rows against the gathered columns: O(n·D² + n·N·D) per worker. Each returns this
   worker's share: averaged over workers (as DDP averages gradients) it gives the global-batch value and gradient.
   The D×D statistics also come split in two (``*_local_sums``, ``*_from_sums``), so that a caller can
@@ -161,8 +161,9 @@ def _global_means(views: torch.Tensor, all_reduce: AllReduce, num_global: int) -
 
 
 def covariance_from_row_gram(num_global: int, dim: int) -> bool:
-    """Whether the sharded VICReg covariance comes from blocks of the N×N row Gram matrix (O(n·N·D) per worker,
-    one number per view to sum) rather than from the D×D covariance (O(n·D²), D² numbers per view to sum):
+    """Whether the sharded VICReg covariance (and Barlow Twins' cross-correlation, ``barlow_twins_local_sums``)
+    comes from blocks of the N×N row Gram matrix (O(n·N·D) per worker, one number per view to sum) rather than
+    from the D×D covariance (O(n·D²), D² numbers per view to sum):
     ‖C‖²_F = ‖SᵀS‖²_F = ‖SSᵀ‖²_F for the centred, scaled rows S. Fewer flops while N ≤ D, and at
     D = 512 the 2 MiB all-reduce and its backward took ~9 ms of a 2-worker CPU step (profiled; BENCHMARKS.md,
     "Service against a plain loop"). Its
@@ -226,11 +227,25 @@ def vicreg_terms_sharded(
     return vicreg_terms_from_sums(z_a, z_b, all_reduce(vicreg_local_sums(z_a, z_b, means, num_global)))
 
 
-def barlow_twins_local_sums(z_a: torch.Tensor, z_b: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+def barlow_twins_local_sums(z_a: torch.Tensor, z_b: torch.Tensor, means: torch.Tensor,
+                            z_a_global: torch.Tensor | None = None,
+                            z_b_global: torch.Tensor | None = None) -> torch.Tensor:
     """This worker's share of the sums behind Barlow Twins' cross-correlation of the global batch, as one flat
-    tensor: [2·D squares | D·D cross product Σ(a − μ_a)(b − μ_b)ᵀ] of its rows centred on the global
-    ``means`` (2 × D)."""
+    tensor of its rows centred on the global ``means`` (2 × D): [2·D squares | D·D cross product
+    Σ(a − μ_a)(b − μ_b)ᵀ], or, given the gathered rows and ``covariance_from_row_gram``, [D products Σ ã∘b̃ |
+    the sum of (ãÃᵀ)∘(b̃B̃ᵀ)] for its rows ã, b̃ and all rows Ã, B̃, standardised by the gathered rows'
+    deviations: Σ_ij c_ij² = Σ_nm (ÃÃᵀ)_nm (B̃B̃ᵀ)_nm, D + 1 numbers to sum instead of D² + 2·D (at most twice
+    the flops of the D×D product while N ≤ D)."""
     _check_pair(z_a, z_b)
+    if z_a_global is not None and z_b_global is not None and covariance_from_row_gram(*z_a_global.shape):
+        # The deviations come from the gathered rows, as the means do (no collective; their gradient returns
+        # through the gather's backward): the rows must be standardised before their Gram blocks are formed.
+        centred_global = torch.stack([z_a_global, z_b_global]) - means[:, None, :]
+        deviations = torch.sqrt((centred_global * centred_global).mean(dim=1)) + 1e-5
+        unit_a, unit_b = ((torch.stack([z_a, z_b]) - means[:, None, :]) / deviations[:, None, :]).unbind(0)
+        unit_a_global, unit_b_global = (centred_global / deviations[:, None, :]).unbind(0)
+        blocks = (unit_a @ unit_a_global.T) * (unit_b @ unit_b_global.T)  # n × N
+        return torch.cat([(unit_a * unit_b).sum(dim=0), blocks.sum().reshape(1)])
     centred_a, centred_b = (torch.stack([z_a, z_b]) - means[:, None, :]).unbind(0)
     return torch.cat([(centred_a * centred_a).sum(dim=0), (centred_b * centred_b).sum(dim=0),
                       (centred_a.T @ centred_b).reshape(-1)])
@@ -239,8 +254,13 @@ def barlow_twins_local_sums(z_a: torch.Tensor, z_b: torch.Tensor, means: torch.T
 def barlow_twins_loss_from_sums(
     sums: torch.Tensor, dim: int, num_global: int, lambda_offdiag: float = 5e-3
 ) -> torch.Tensor:
-    """Barlow Twins' loss from ``barlow_twins_local_sums`` of ``dim``-wide embeddings summed over the workers'
-    ``num_global`` rows."""
+    """Barlow Twins' loss from ``barlow_twins_local_sums`` (either form) of ``dim``-wide embeddings summed over
+    the workers' ``num_global`` rows."""
+    if sums.numel() == dim + 1:  # the row-Gram form (D + 1 is never D² + 2·D)
+        diagonal = sums[:dim] / num_global
+        squares_of_all = sums[dim] / num_global**2
+        on_diag = (diagonal - 1.0).pow(2).sum()
+        return on_diag + lambda_offdiag * (squares_of_all - diagonal.pow(2).sum())
     squares, cross = sums.split([2 * dim, dim * dim])
     std_a, std_b = (torch.sqrt(squares.view(2, dim) / num_global) + 1e-5).unbind(0)
     corr = cross.view(dim, dim) / (std_a[:, None] * std_b[None, :]) / num_global

@@ -17,9 +17,12 @@ from adadim_dist.objectives import AdaDim
 # gathered path (median-heuristic width, order ≠ 2).
 EQUIVALENCE_CASES = [
     ("vicreg_cosine", {"dim_loss": "vicreg"}, 8),
-    # D ≥ N: the sharded covariance from blocks of the row Gram matrix instead of the D×D sums.
+    # D ≥ N: the sharded covariance from blocks of the row Gram matrix instead of the D×D sums (Barlow Twins'
+    # cross-correlation likewise in the wide cases below).
     ("vicreg_wide", {"dim_loss": "vicreg"}, 20),
     ("barlow_twins_wide", {"dim_loss": "barlow_twins"}, 20),
+    # D < N: the cross-correlation from the D×D sums (D ≥ N above: from row-Gram blocks).
+    ("barlow_twins_narrow", {"dim_loss": "barlow_twins"}, 8),
     ("gaussian_fixed_width", {"kernel": "gaussian", "kernel_sigma": 0.8, "mi_sign": "minimize"}, 8),
     ("gaussian_median_width", {"kernel": "gaussian"}, 8),
     ("order_3", {"mi_order": 3.0}, 8),

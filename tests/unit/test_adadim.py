@@ -492,8 +492,8 @@ def test_sharded_step_reduces_all_its_sums_in_one_all_reduce(dim_loss):
     """Besides the gather, a training step of the sharded form makes one all-reduce (the dimension loss's sums
     and the entropies' sums together; the means come from the gathered rows) and α's sync, and its loss is the
     replicated form's. Z is wider than the batch, so α's erank comes from the gathered rows' N×N Gram matrix
-    (the D×D one would take a collective of its own) and VICReg's covariance from blocks of it (one number per
-    view instead of D×D)."""
+    (the D×D one would take a collective of its own), and VICReg's covariance and Barlow Twins' cross-correlation
+    come from row-Gram blocks (2·D + 2 and D + 1 numbers instead of 2·D + 2·D² and 2·D + D²)."""
     r_a, r_b, z_a, z_b = (t.requires_grad_() for t in _batch(n=8, d_r=12, d_z=16))
     reduced_sizes, syncs = [], []
 
@@ -508,7 +508,7 @@ def test_sharded_step_reduces_all_its_sums_in_one_all_reduce(dim_loss):
     sharded = AdaDim(gather=lambda x: x, all_reduce=all_reduce, sync=sync, compute="sharded", dim_loss=dim_loss)
     loss, _ = sharded(r_a, r_b, z_a, z_b, with_stats=False)
     d = z_a.shape[1]
-    dim_sums = 2 * d + 2 if dim_loss == "vicreg" else 2 * d + d * d
+    dim_sums = 2 * d + 2 if dim_loss == "vicreg" else d + 1
     assert reduced_sizes == [dim_sums + 2 * 6] and len(syncs) == 1
     replicated = AdaDim(compute="replicated", dim_loss=dim_loss)
     expected, _ = replicated(r_a, r_b, z_a, z_b, with_stats=False)

@@ -146,11 +146,12 @@ def test_nt_xent_sharded_gradients_equal_gathered_through_columns_and_rows():
 
 @pytest.mark.parametrize("num_shards", [1, 2, 4])
 @pytest.mark.parametrize("dim", [6, 40])
-def test_both_sharded_covariance_forms_give_the_gathered_vicreg_terms(num_shards, dim):
-    """N = 24 rows: at D = 6 the covariance comes from the summed D×D cross products, at D = 40 from blocks of
-    the row Gram matrix (‖C‖²_F less the squared variances, one number per view). Both equal the gathered
-    variance and covariance on every worker; a wrong diagonal correction or scaling would not."""
-    from adadim_dist.objectives.losses import covariance_from_row_gram, vicreg_local_sums, vicreg_terms_from_sums
+def test_both_sharded_covariance_forms_give_the_gathered_vicreg_and_barlow_twins_terms(num_shards, dim):
+    """N = 24 rows: at D = 6 VICReg's covariance and Barlow Twins' cross-correlation come from the summed D×D
+    products, at D = 40 from blocks of the row Gram matrices (‖C‖²_F less the diagonal's squares, a few numbers
+    to sum). Both equal the gathered terms on every worker; a wrong diagonal correction or scaling would not."""
+    from adadim_dist.objectives.losses import (barlow_twins_local_sums, barlow_twins_loss_from_sums,
+                                               covariance_from_row_gram, vicreg_local_sums, vicreg_terms_from_sums)
 
     z_a, z_b = _global_views(dim=dim)
     num_global = z_a.shape[0]
@@ -160,12 +161,16 @@ def test_both_sharded_covariance_forms_give_the_gathered_vicreg_terms(num_shards
     def share(shard, all_reduce):
         rows = slice(shard * n, (shard + 1) * n)
         sums = all_reduce(vicreg_local_sums(z_a[rows], z_b[rows], means, num_global, z_a, z_b))
-        return sums.numel(), vicreg_terms_from_sums(z_a[rows], z_b[rows], sums)
+        barlow_sums = all_reduce(barlow_twins_local_sums(z_a[rows], z_b[rows], means, z_a, z_b))
+        return (sums.numel(), barlow_sums.numel(), vicreg_terms_from_sums(z_a[rows], z_b[rows], sums),
+                barlow_twins_loss_from_sums(barlow_sums, dim, num_global, 5e-3))
 
     row_gram = covariance_from_row_gram(num_global, dim)
     assert row_gram == (dim == 40)
     expected = vicreg_terms(z_a, z_b)
-    for numel, terms in run_shards(share, num_shards):
+    for numel, barlow_numel, terms, barlow in run_shards(share, num_shards):
         assert numel == 2 * dim + (2 if row_gram else 2 * dim * dim)
+        assert barlow_numel == (dim + 1 if row_gram else 2 * dim + dim * dim)
         for name in ("variance", "covariance"):
             assert terms[name].item() == pytest.approx(expected[name].item(), rel=1e-12), name
+        assert barlow.item() == pytest.approx(barlow_twins_loss(z_a, z_b, 5e-3).item(), rel=1e-12)
