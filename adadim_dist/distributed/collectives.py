@@ -43,14 +43,19 @@ def _exchanges_pairwise(tensor: torch.Tensor) -> bool:
     return tensor.device.type == "cpu" and "gloo" in str(dist.get_backend())
 
 
-def _gather_equal_rows(local: torch.Tensor) -> torch.Tensor:
+def _exchange_rows(local: torch.Tensor) -> torch.Tensor:
+    """Every worker's ``local`` stacked along dim 0 in rank order, in one pairwise exchange (``all_to_all``)."""
     world = dist.get_world_size()
+    gathered = local.new_empty((world * local.shape[0], *local.shape[1:]))
+    dist.all_to_all_single(gathered, local.repeat(world, *([1] * (local.dim() - 1))))
+    return gathered
+
+
+def _gather_equal_rows(local: torch.Tensor) -> torch.Tensor:
     local = local.contiguous()
     if _exchanges_pairwise(local):
-        gathered = local.new_empty((world * local.shape[0], *local.shape[1:]))
-        dist.all_to_all_single(gathered, local.repeat(world, *([1] * (local.dim() - 1))))
-        return gathered
-    shards = [torch.empty_like(local) for _ in range(world)]
+        return _exchange_rows(local)
+    shards = [torch.empty_like(local) for _ in range(dist.get_world_size())]
     dist.all_gather(shards, local)
     return torch.cat(shards, dim=0)
 
@@ -70,10 +75,7 @@ def _sum_own_rows(grad_global: torch.Tensor, num_local: int) -> torch.Tensor:
 
 def _pairwise_sum(local: torch.Tensor) -> torch.Tensor:
     """Σ over workers of ``local``, each worker sending all of it to every other."""
-    world = dist.get_world_size()
-    received = local.new_empty((world, *local.shape))
-    dist.all_to_all_single(received, local.detach().expand(world, *local.shape).contiguous())
-    return received.sum(dim=0)
+    return _exchange_rows(local.detach()[None]).sum(dim=0)
 
 
 def _sum_over_workers(local: torch.Tensor) -> torch.Tensor:

@@ -188,8 +188,7 @@ def vicreg_local_sums(z_a: torch.Tensor, z_b: torch.Tensor, means: torch.Tensor,
     scale = math.sqrt(num_global - 1)
     scaled = (torch.stack([z_a, z_b]) - means[:, None, :]) / scale
     squares = (scaled * scaled).sum(dim=1).reshape(-1)
-    has_rows = z_a_global is not None and z_b_global is not None
-    if has_rows and covariance_from_row_gram(num_global, z_a.shape[1]):
+    if z_a_global is not None and z_b_global is not None and covariance_from_row_gram(*z_a_global.shape):
         scaled_global = (torch.stack([z_a_global, z_b_global]) - means[:, None, :]) / scale
         blocks = torch.bmm(scaled, scaled_global.transpose(1, 2))  # 2 × n × N
         return torch.cat([squares, (blocks * blocks).sum(dim=(1, 2))])
