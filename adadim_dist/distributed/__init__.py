@@ -13,6 +13,7 @@ from .collectives import (
     is_distributed,
     object_to,
     rank,
+    release_lone_process_group,
     world_size,
 )
 
@@ -29,5 +30,6 @@ __all__ = [
     "is_distributed",
     "object_to",
     "rank",
+    "release_lone_process_group",
     "world_size",
 ]

@@ -24,6 +24,14 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def release_lone_process_group() -> None:
+    """Destroy a process group of one. A one-worker job never communicates, yet Ray Train starts a group for it
+    (and leaves groups of one alone at shutdown); gloo's keeps a loop thread that wakes every 10 ms, and a store
+    thread, for the whole job: on a machine whose cores all train, each wake-up preempts a training thread."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() == 1:
+        dist.destroy_process_group()
+
+
 def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 

@@ -8,6 +8,7 @@ rank 0 of the workers writes the metrics; the driver ends the run FINISHED or FA
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -207,21 +208,22 @@ def fit(cfg: Config, fresh: bool = False) -> dict[str, Any]:
         raise TrackingUnavailableError(mask_credentials(f"tracking.uri: {err}")) from None
     sink, trained = start_ray_and_tracking(cfg)
     stamps["ray_ready_at"] = time.time()
-    status, result = "FAILED", None
+    status, result, board = "FAILED", None, ProgressBoard()
     try:
         if changes is not None:
             record_resume(sink, cfg, changes)
         write_run_file(cfg, "config.yaml", yaml.safe_dump(storable(cfg), sort_keys=False))  # as the user gave it
         warn_if_sqlite_across_nodes(cfg)
-        board = progress_board()
         with ProgressPrinter(board, show_lines=not cfg.run.verbose):
             result = build_trainer(trained, sink.run_id, resume_from=local_resume_checkpoint(cfg),
-                                   progress=board, stamps=stamps).fit()
+                                   progress=board, stamps=stamps, standalone=True).fit()
         status = "FINISHED"
         log_tail(sink, board, cfg.training.trained_epochs)
     finally:
         if not sink.close(status):  # MLflow down at the end: the status waits in the file with the metrics
             sink.spill(unsent_metrics_path(cfg))
+        with contextlib.suppress(Exception):  # a cluster that outlives the job keeps no stale keys
+            board.clear()
         shutdown_ray()  # flushes the workers' forwarded output, so the summary is the last thing printed
     return summarise(cfg, sink, result)
 
@@ -262,25 +264,13 @@ def start_ray_and_tracking(cfg: Config) -> tuple[MLflowSink, Config]:
 def log_tail(sink: MLflowSink, board, epochs: int) -> None:
     """``time/tail_s``: from the last training step (rank 0's last progress post) until the driver has the
     result: evaluation, baselines, checkpoint, export and the worker group's shut-down."""
-    import ray
-
     try:
-        latest = ray.get(board.read.remote(), timeout=10)
+        latest = board.read()
     except Exception as err:  # noqa: BLE001 - a missing figure must never fail a finished job
         logger.warning("no tail timing (%s)", type(err).__name__)
         return
     if latest is not None and latest.get("step") == latest.get("total_steps"):
         sink.log({"time/tail_s": max(time.time() - latest["time"], 0.0)}, step=epochs)
-
-
-def progress_board():
-    """The actor rank 0 posts its progress to (0 CPUs: it must not take a worker's place), on the driver's node:
-    it must outlive any worker node the job loses, or the restarted workers could not reach it."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-    return ray.remote(num_cpus=0)(ProgressBoard).options(scheduling_strategy=here).remote()
 
 
 def fail_fast_http() -> None:
@@ -425,13 +415,15 @@ def set_controller_defaults() -> None:
 
 
 def build_trainer(cfg: Config, run_id: str | None, callbacks: list | None = None, resume_from: Location | None = None,
-                  progress=None, stamps: dict[str, float] | None = None):
+                  progress=None, stamps: dict[str, float] | None = None, standalone: bool = False):
+    """Ray Train's trainer for ``cfg``. ``standalone``: the driver ends with this one job (``adadim_dist.run``,
+    not a Tune trial), see ``torch_trainer_class``."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
     from .worker import train_loop_per_worker
 
     set_controller_defaults()
-    return torch_trainer_class()(
+    return torch_trainer_class(standalone)(
         train_loop_per_worker,
         # Ray 2.60 deprecates resume_from_checkpoint: the worker weighs this path against get_checkpoint().
         train_loop_config={"config": cfg.model_dump(mode="json"), "mlflow_run_id": run_id,
@@ -459,25 +451,36 @@ def build_trainer(cfg: Config, run_id: str | None, callbacks: list | None = None
 
 
 @functools.cache
-def torch_trainer_class():
-    """Ray Train's TorchTrainer, less its Ray Data hook: the service reads FFCV files, never Ray Datasets, yet
-    Ray Train 2.60 starts a dataset-manager actor (one more Python process importing Ray Data, ~2 s of CPU
-    while the workers start) for every worker group. Ray Train's own class where that hook is not found."""
+def torch_trainer_class(standalone: bool = False):
+    """Ray Train's TorchTrainer, less two default callbacks whose actors this service does not need:
+
+    * its Ray Data hook: the service reads FFCV files, never Ray Datasets, yet Ray Train 2.60 starts a
+      dataset-manager actor (one more Python process importing Ray Data, ~2 s of CPU while the workers start)
+      for every worker group;
+    * for a ``standalone`` job, its placement-group cleaner: a detached actor that removes the workers'
+      placement group should the controller die while its driver lives on (a Tune sweep's trials). A standalone
+      job's driver ends with its controller, and Ray removes a job's placement groups with the job; meanwhile
+      the cleaner's process polls the GCS every second and, like any Ray worker process, wakes ~150 times a
+      second, preempting training threads on a machine whose cores all train.
+
+    Ray Train's own class where those hooks are not found."""
     from ray.train.torch import TorchTrainer
 
     try:
         from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+        from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
     except ImportError:
         return TorchTrainer
     if not hasattr(TorchTrainer, "_create_default_callbacks"):
         return TorchTrainer
+    unneeded = (DatasetsCallback, PlacementGroupCleanerCallback) if standalone else (DatasetsCallback,)
 
     class FFCVTorchTrainer(TorchTrainer):
         def _create_default_callbacks(self):
             callbacks = super()._create_default_callbacks()
             if self.datasets:
                 return callbacks
-            return [callback for callback in callbacks if not isinstance(callback, DatasetsCallback)]
+            return [callback for callback in callbacks if not isinstance(callback, unneeded)]
 
     return FFCVTorchTrainer
 

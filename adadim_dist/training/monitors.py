@@ -28,7 +28,7 @@ def say(rank: int, message: str, board=None) -> None:
         return
     logger.info("[adadim] %s", message)
     if board is not None:
-        board.post_line.remote(message)
+        board.post_line(message)
 
 
 @dataclass
@@ -211,7 +211,7 @@ class ProgressReport(Monitor):
                        f"{metrics['loss/total']:.3f} α {metrics['adadim/alpha']:.3f} erank(Z) "
                        f"{metrics['info/erank_z']:.1f} {metrics['train/images_per_s']:.0f} img/s")
         if self.board is not None:
-            self.board.post.remote({
+            self.board.post({
                 "epoch": step.epoch + 1, "epochs": self.total_epochs, "step": step.global_step + 1,
                 "total_steps": step.num_steps * self.total_epochs, "images_per_s": metrics["train/images_per_s"],
                 "steps_per_s": metrics["train/images_per_s"] / step.images,

@@ -2,45 +2,95 @@
 0's story (a line per epoch, resumes, warnings) on the driver's console, which hides the workers' own output
 unless ``run.verbose``.
 
-Rank 0 posts its latest step and its lines to a small Ray actor (``ProgressBoard``, 0 CPUs, fire-and-forget
-calls); a thread in the driver reads it and draws. Lines are printed as they come; on a terminal the bar
-redraws in place every second, elsewhere (a log file, ``ray job logs``, CI) it prints one plain line at most
-every ``quiet_interval_s`` seconds, so logs are not flooded.
+Rank 0 posts its latest step and its lines to a ``ProgressBoard``: a few keys in the Ray cluster's own
+key-value store (the GCS), under a prefix of the driver's; a thread in the driver reads them and draws. Lines
+are printed as they come; on a terminal the bar redraws in place every second, elsewhere (a log file,
+``ray job logs``, CI) it prints one plain line at most every ``quiet_interval_s`` seconds, so logs are not
+flooded.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import sys
 import threading
 import time
+import uuid
+
+logger = logging.getLogger(__name__)
+
+#: The GCS key-value namespace of every job's board (each board has a prefix of its own in it).
+NAMESPACE = "adadim_progress"
 
 
 class ProgressBoard:
-    """The latest progress rank 0 posted: a dict, or None before the first step."""
+    """The latest progress rank 0 posted (a dict, or None before the first step) and its lines, kept in the
+    GCS's key-value store rather than in an actor: every Ray worker process wakes ~150 times a second even when
+    idle (a 10 ms signal check in its main thread, and its RPC threads), and on a machine whose cores all train,
+    each wake-up preempts a training thread (``benchmarks/service_overhead.py``). A board is a key prefix, so
+    it pickles to the workers as it is, and any process of the cluster (a restarted worker group on another
+    node included) reaches the same keys. Ray's ``internal_kv`` is the store Ray Tune's registry uses too."""
 
-    def __init__(self) -> None:
-        self.latest: dict | None = None
-        self.lines: list[str] = []  # rank 0's story (epochs, resumes, warnings), for the driver's console
-        self.startup_claimed = False
+    def __init__(self, board_id: str | None = None) -> None:
+        self.prefix = f"{board_id or uuid.uuid4().hex}/"
+        self._next_line = 0  # the first line number this process may take (see post_line)
+        self._warned = False
+
+    @staticmethod
+    def _kv():
+        from ray.experimental import internal_kv
+
+        return internal_kv
 
     def claim_startup(self) -> bool:
-        """True once per driver: the first worker group's start-up is the command's; a group Ray restarts after
-        a failure measures only its own phases."""
-        first, self.startup_claimed = not self.startup_claimed, True
-        return first
+        """True once per board (one per driver): the first worker group's start-up is the command's; a group Ray
+        restarts after a failure measures only its own phases. Atomic in the GCS."""
+        existed = self._kv()._internal_kv_put(self.prefix + "startup", b"claimed", overwrite=False,
+                                              namespace=NAMESPACE)
+        return not existed
 
     def post(self, progress: dict) -> None:
-        self.latest = progress
+        self._best_effort(self._kv()._internal_kv_put, self.prefix + "latest", json.dumps(progress),
+                          namespace=NAMESPACE)
 
     def post_line(self, line: str) -> None:
-        self.lines.append(line)
+        """Lines are numbered in the order posted: each takes the first free number (an atomic put that does not
+        overwrite), so a worker group Ray restarts goes on after its predecessor's lines."""
+        kv = self._kv()
+        try:
+            while kv._internal_kv_put(f"{self.prefix}line/{self._next_line:08d}", line, overwrite=False,
+                                      namespace=NAMESPACE):
+                self._next_line += 1
+            self._next_line += 1
+        except Exception as err:  # noqa: BLE001 - the bar must never disturb the job
+            self._warn(err)
+
+    def _best_effort(self, call, *args, **kwargs) -> None:
+        try:
+            call(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - the bar must never disturb the job
+            self._warn(err)
+
+    def _warn(self, err: Exception) -> None:
+        if not self._warned:
+            self._warned = True
+            logger.warning("[adadim] progress board unreachable (%s): the driver's bar may lag", type(err).__name__)
 
     def read(self) -> dict | None:
-        return self.latest
+        value = self._kv()._internal_kv_get(self.prefix + "latest", namespace=NAMESPACE)
+        return None if value is None else json.loads(value)
 
     def read_since(self, first_line: int) -> tuple[dict | None, list[str]]:
         """The latest progress and the lines from index ``first_line`` on."""
-        return self.latest, self.lines[first_line:]
+        kv = self._kv()
+        keys = sorted(kv._internal_kv_list(self.prefix + "line/", namespace=NAMESPACE))[first_line:]
+        lines = [kv._internal_kv_get(key, namespace=NAMESPACE) for key in keys]
+        return self.read(), [line.decode() for line in lines if line is not None]
+
+    def clear(self) -> None:
+        """Delete the board's keys (the driver, once the job is over)."""
+        self._kv()._internal_kv_del(self.prefix, del_by_prefix=True, namespace=NAMESPACE)
 
 
 def describe(progress: dict, now: float) -> str:
@@ -55,7 +105,7 @@ def describe(progress: dict, now: float) -> str:
 
 
 class ProgressPrinter:
-    """Polls a ``ProgressBoard`` actor from a daemon thread and draws what it holds on ``stream``."""
+    """Polls a ``ProgressBoard`` from a daemon thread and draws what it holds on ``stream``."""
 
     def __init__(self, board, stream=None, interval_s: float = 1.0, quiet_interval_s: float = 60.0,
                  show_lines: bool = True) -> None:
@@ -89,10 +139,8 @@ class ProgressPrinter:
             last_bar = now if now - last_bar >= self.interval_s else last_bar
 
     def _draw(self, bar: bool = True) -> None:
-        import ray
-
         try:
-            progress, lines = ray.get(self.board.read_since.remote(self._lines_shown), timeout=5)
+            progress, lines = self.board.read_since(self._lines_shown)
         except Exception:  # noqa: BLE001 - the bar must never disturb the job
             return
         for line in lines if self.show_lines else ():

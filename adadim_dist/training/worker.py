@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from ..config import Config, config_from_dict, storable
-from ..distributed import all_gather_with_grad, all_reduce_with_grad, broadcast_from_rank0
+from ..distributed import (all_gather_with_grad, all_reduce_with_grad, broadcast_from_rank0,
+                           release_lone_process_group)
 from ..distributed.engine import build_engine
 from ..distributed.sync_batchnorm import convert_sync_batchnorm
 from ..evaluation.export import log_encoder
@@ -47,6 +48,8 @@ def train_loop_per_worker(config_dict: dict) -> None:
     run_id: str | None = config_dict.get("mlflow_run_id")
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
+    if cfg.training.strategy == "ddp":  # DeepSpeed keeps its group, even of one: it initialises through it
+        release_lone_process_group()
     board = config_dict.get("progress_board") if rank == 0 else None
     # The driver's stamps describe its first worker group (rank 0 logs them); a group Ray restarts after a
     # failure reports its own phases only.
@@ -189,10 +192,8 @@ def train_loop_per_worker(config_dict: dict) -> None:
 def claim_startup(board) -> bool:
     """Whether this worker group is the driver's first (``ProgressBoard.claim_startup``); False when the board
     is unreachable: progress and start-up timing are worth a warning, never a failed start."""
-    import ray
-
     try:
-        return ray.get(board.claim_startup.remote(), timeout=30)
+        return board.claim_startup()
     except Exception as err:  # noqa: BLE001
         logger.warning("[adadim] progress board unreachable (%s): no progress bar or start-up timing",
                        type(err).__name__)

@@ -162,27 +162,33 @@ def test_a_layout_the_cluster_cannot_give_leaves_no_run_behind(tmp_path, monkeyp
     assert read_run_file(cfg, "mlflow_run.json") is not None
 
 
-def test_the_trainer_starts_no_ray_data_actor_without_ray_datasets(tmp_path):
+def test_the_trainer_starts_no_ray_data_actor_and_a_standalone_job_no_placement_group_cleaner(tmp_path):
     """The service reads FFCV files: Ray Train's dataset hook (an actor process per worker group) is left out,
-    and nothing else is. A Ray upgrade that renames the hook makes this fail rather than silently keep it."""
+    and so is the placement-group cleaner (a detached actor process) for a job whose driver ends with it; a Tune
+    trial keeps the cleaner, and nothing else is left out. A Ray upgrade that renames either hook makes this
+    fail rather than silently keep it."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
 
     def callbacks(trainer_class, **datasets):
         trainer = trainer_class(lambda config: None, scaling_config=ScalingConfig(num_workers=2),
                                 run_config=RunConfig(name="job", storage_path=str(tmp_path)), **datasets)
         return [type(callback) for callback in trainer._create_default_callbacks()]
 
-    ours, rays = callbacks(torch_trainer_class()), callbacks(TorchTrainer)
-    assert issubclass(torch_trainer_class(), TorchTrainer) and DatasetsCallback in rays
-    assert ours == [kind for kind in rays if kind is not DatasetsCallback]
+    rays = callbacks(TorchTrainer)
+    assert DatasetsCallback in rays and PlacementGroupCleanerCallback in rays
+    for standalone, left_out in ((False, {DatasetsCallback}), (True, {DatasetsCallback, PlacementGroupCleanerCallback})):
+        assert issubclass(torch_trainer_class(standalone), TorchTrainer)
+        assert callbacks(torch_trainer_class(standalone)) == [kind for kind in rays if kind not in left_out]
 
 
 def test_the_private_ray_and_deepspeed_hooks_the_service_uses_are_where_it_looks():
-    """The service reaches into three private places (each falls back to doing nothing, which is safe but slower
-    or wrong): Ray Data's autoscaling coordinator (started early), Ray Train's dataset hook (left out; tested
-    above) and DeepSpeed's ZeRO-3 overflow clean-up (a skipped step). An upgrade that moves one fails here."""
+    """The service reaches into private places (each falls back to doing nothing, which is safe but slower or
+    wrong): Ray Data's autoscaling coordinator (started early), Ray Train's dataset and placement-group-cleaner
+    hooks (left out; tested above), Ray's GCS key-value store (the progress board; tested in test_progress) and
+    DeepSpeed's ZeRO-3 overflow clean-up (a skipped step). An upgrade that moves one fails here."""
     import deepspeed
     import ray
     from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3

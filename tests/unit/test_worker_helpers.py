@@ -165,3 +165,23 @@ def test_rank0_state_on_one_process_is_the_state_itself():
 
     state = {"w": torch.randn(3, 2), "running_mean": torch.randn(2), "num_batches_tracked": torch.tensor(4)}
     assert rank0_state(state, torch.device("cpu")) is state
+
+
+def test_a_process_group_of_one_is_released_with_its_threads():
+    """A one-worker job's gloo group (Ray Train starts one) is destroyed, and with it the threads that wake every
+    10 ms; without a group, releasing does nothing."""
+    import os
+
+    import torch.distributed as dist
+
+    from adadim_dist.distributed import release_lone_process_group
+    from tests.distributed._harness import free_port
+
+    def threads() -> set[str]:
+        return {open(f"/proc/self/task/{tid}/comm").read().strip() for tid in os.listdir("/proc/self/task")}
+
+    release_lone_process_group()  # no group: nothing to do
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    assert dist.is_initialized() and "gloo_tcp_loop" in threads()
+    release_lone_process_group()
+    assert not dist.is_initialized() and "gloo_tcp_loop" not in threads()
