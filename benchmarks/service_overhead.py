@@ -4,12 +4,14 @@
 
 Both sides train ``--config`` (by default ``configs/fmnist_smoke.yaml``: strided small CNN of width 16 with a
 2×2 pooled representation, 512-512 projector, AdaDim as shipped, LARS, global batch 256, channels-last,
-statistics every 20 steps; ``configs/fmnist_demo.yaml`` is the demo, the same with NT-Xent alone) on the
+statistics every 20 steps; ``configs/fmnist_demo.yaml`` is the demo, the same with NT-Xent alone, one worker
+per node and 2 loader threads) on the
 shipped FFCV two-view loader, for ``--steps`` steps:
 
 * **plain loop**: one process, ``torch.set_num_threads(2)``, 2 loader threads, no Ray, no DDP, no MLflow
   (``--plain-loop`` runs it in a fresh process and prints its windows);
-* **service**: ``python -m adadim_dist.run`` as a user runs it, 2 DDP workers × 1 CPU, MLflow on.
+* **service**: ``python -m adadim_dist.run`` as a user runs it, in the config's layout (the smoke config's
+  2 DDP workers × 1 CPU; the demo's one worker holding both cores), MLflow on.
 
 Rate = images/s of each 20-step window (each image seen as two views), the first window (start-up, JIT)
 dropped on both sides; median over windows; the runs alternate (``--repeats``), so drift in the machine's

@@ -28,9 +28,9 @@ class ProgressBoard:
     """The latest progress rank 0 posted (a dict, or None before the first step) and its lines, kept in the
     GCS's key-value store rather than in an actor: every Ray worker process wakes ~150 times a second even when
     idle (a 10 ms signal check in its main thread, and its RPC threads), and on a machine whose cores all train,
-    each wake-up preempts a training thread (``benchmarks/service_overhead.py``). A board is a key prefix, so
-    it pickles to the workers as it is, and any process of the cluster (a restarted worker group on another
-    node included) reaches the same keys. Ray's ``internal_kv`` is the store Ray Tune's registry uses too."""
+    each wake-up preempts a training thread (BENCHMARKS.md, "Service against a plain loop"). A board is a key
+    prefix, so it pickles to the workers as it is, and any process of the cluster (a restarted worker group on
+    another node included) reaches the same keys. Ray's ``internal_kv`` is the store Ray Tune's registry uses."""
 
     def __init__(self, board_id: str | None = None) -> None:
         self.prefix = f"{board_id or uuid.uuid4().hex}/"
@@ -51,8 +51,10 @@ class ProgressBoard:
         return not existed
 
     def post(self, progress: dict) -> None:
-        self._best_effort(self._kv()._internal_kv_put, self.prefix + "latest", json.dumps(progress),
-                          namespace=NAMESPACE)
+        try:
+            self._kv()._internal_kv_put(self.prefix + "latest", json.dumps(progress), namespace=NAMESPACE)
+        except Exception as err:  # noqa: BLE001 - the bar must never disturb the job
+            self._warn(err)
 
     def post_line(self, line: str) -> None:
         """Lines are numbered in the order posted: each takes the first free number (an atomic put that does not
@@ -63,12 +65,6 @@ class ProgressBoard:
                                       namespace=NAMESPACE):
                 self._next_line += 1
             self._next_line += 1
-        except Exception as err:  # noqa: BLE001 - the bar must never disturb the job
-            self._warn(err)
-
-    def _best_effort(self, call, *args, **kwargs) -> None:
-        try:
-            call(*args, **kwargs)
         except Exception as err:  # noqa: BLE001 - the bar must never disturb the job
             self._warn(err)
 
