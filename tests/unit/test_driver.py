@@ -179,7 +179,8 @@ def test_the_trainer_starts_no_ray_data_actor_and_a_standalone_job_no_placement_
 
     rays = callbacks(TorchTrainer)
     assert DatasetsCallback in rays and PlacementGroupCleanerCallback in rays
-    for standalone, left_out in ((False, {DatasetsCallback}), (True, {DatasetsCallback, PlacementGroupCleanerCallback})):
+    for standalone, left_out in ((False, {DatasetsCallback}),
+                                 (True, {DatasetsCallback, PlacementGroupCleanerCallback})):
         assert issubclass(torch_trainer_class(standalone), TorchTrainer)
         assert callbacks(torch_trainer_class(standalone)) == [kind for kind in rays if kind not in left_out]
 
