@@ -50,12 +50,14 @@ def alternating_medians(steps: dict[str, Callable[[], None]], timed: int, warmup
 
 
 def process_group(cmdline: str, comm: str) -> str:
-    """Which part of a job a process is, from its command line: the Ray Train workers, the plain loop, the job's
-    driver, the other Ray actors (controller, synchronisation), Ray's daemons, or anything else on the machine."""
+    """Which part of a job a process is, from its command line: the Ray Train workers, the plain loop, the
+    service loop (the worker's code without Ray), the job's driver, the other Ray actors (controller, synchronisation), Ray's daemons, or anything else on the machine."""
     if cmdline.startswith("ray::RayTrainWorker"):
         return "train_workers"
     if "--plain-loop" in cmdline:
         return "plain_loop"
+    if "--service-loop" in cmdline:
+        return "service_loop"
     if "adadim_dist.run" in cmdline:
         return "driver"
     if cmdline.startswith("ray::") and "Agent" not in cmdline:

@@ -10,8 +10,14 @@ shipped FFCV two-view loader, for ``--steps`` steps:
 
 * **plain loop**: one process, ``torch.set_num_threads(2)``, 2 loader threads, no Ray, no DDP, no MLflow
   (``--plain-loop`` runs it in a fresh process and prints its windows);
+* **service loop**: the Ray Train worker's own code (``build_training``, ``train_epoch``, its monitors, MLflow
+  to a temporary SQLite store) in one process like the plain loop, with no Ray: what the worker's code costs
+  per step (``--service-loop`` runs it in a fresh process);
 * **service**: ``python -m adadim_dist.run`` as a user runs it, in the config's layout (the smoke config's
   2 DDP workers × 1 CPU; the demo's one worker holding both cores), MLflow on.
+
+So ``service loop / plain loop`` is the cost of the worker's code, and ``service / service loop`` that of
+running it under Ray (its processes beside the worker; with 2 × 1 the layout's collectives too).
 
 Rate = images/s of each 20-step window (each image seen as two views), the first window (start-up, JIT)
 dropped on both sides; median over windows; the runs alternate (``--repeats``), so drift in the machine's
@@ -105,6 +111,40 @@ def plain_loop(steps: int, config: str) -> dict[str, list]:
     return {"rates": rates, "phases": phases}
 
 
+def service_loop(steps: int, config: str) -> dict[str, list]:
+    """The Ray Train worker's training code without Ray: the images/s and step phases of every WINDOW-step
+    window, as ``plain_loop`` returns them."""
+    import torch
+
+    from adadim_dist.config import load_config
+    from adadim_dist.training.monitors import Monitor, default_monitors
+    from adadim_dist.training.tracking import MLflowSink
+    from adadim_dist.training.worker import build_training, train_epoch
+
+    torch.set_num_threads(2)
+    cfg = load_config(REPO / config, ["training.num_workers=1", "training.cpus_per_worker=2",
+                                      "data.num_loader_workers=2", f"training.max_steps_per_epoch={steps}",
+                                      f"training.log_every={WINDOW}"])
+    device = torch.device("cpu")
+    torch.manual_seed(cfg.training.seed)
+    loader, steps_per_epoch, engine, objective = build_training(cfg, 0, 1, device)
+    windows: dict[str, list] = {"rates": [], "phases": []}
+
+    class Windows(Monitor):
+        def on_step(self, step, metrics):
+            if step.is_log_step:
+                windows["rates"].append(metrics["train/images_per_s"])
+                windows["phases"].append({k: v for k, v in metrics.items() if k.startswith("time/step_")})
+
+    with tempfile.TemporaryDirectory() as store:
+        sink = MLflowSink(f"sqlite:///{store}/mlflow.db", "service-loop", "service-loop", Path(store))
+        monitors = [*default_monitors(cfg, 0, device, sink, None, None), Windows()]
+        train_epoch(engine, objective, loader, steps_per_epoch, 0, cfg, monitors, 0, 1, device, False)
+        sink.flush()
+        loader.close()
+    return windows
+
+
 def service(steps: int, config: str, storage: Path, name: str, overrides: list[str]) -> tuple[dict, dict]:
     summary, client, wall = run_service_job(
         ["--config", config, "training.epochs=1", f"training.max_steps_per_epoch={steps}",
@@ -125,6 +165,16 @@ def median_phases(windows: list[dict]) -> dict[str, float]:
             for phase in STEP_PHASES} if windows else {}
 
 
+def run_child(side: str, steps: int, config: str) -> dict[str, list]:
+    """``side`` (the plain loop or the service loop) in a fresh process, its start-up window dropped."""
+    out = subprocess.run([sys.executable, __file__, f"--{side.replace('_', '-')}", "--steps", str(steps),
+                          "--config", config], cwd=REPO, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"{side} failed:\n{out.stderr[-3000:]}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return {key: values[1:] for key, values in result.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=120)
@@ -133,42 +183,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--service-overrides", nargs="*", default=[],
                         help="config overrides for the service's side (e.g. training.num_workers=1 "
                              "training.cpus_per_worker=2)")
-    parser.add_argument("--plain-loop", action="store_true", help=argparse.SUPPRESS)  # the child process
+    parser.add_argument("--plain-loop", action="store_true", help=argparse.SUPPRESS)  # the child processes
+    parser.add_argument("--service-loop", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.plain_loop:
-        print(json.dumps(plain_loop(args.steps, args.config)))
+    if args.plain_loop or args.service_loop:
+        print(json.dumps((plain_loop if args.plain_loop else service_loop)(args.steps, args.config)))
         return 0
 
-    windows: dict[str, list[float]] = {"plain_loop": [], "service": []}
-    phases: dict[str, list[dict]] = {"plain_loop": [], "service": []}
+    sides = ["plain_loop", "service_loop", "service"]
+    windows: dict[str, list[float]] = {side: [] for side in sides}
+    phases: dict[str, list[dict]] = {side: [] for side in sides}
+    cores: dict[str, list[dict]] = {side: [] for side in sides}
     service_runs = []
-    cores: dict[str, list[dict]] = {"plain_loop": [], "service": []}
     with tempfile.TemporaryDirectory() as storage:
         for index in range(args.repeats):
-            order = ["plain_loop", "service"] if index % 2 == 0 else ["service", "plain_loop"]
-            for side in order:
+            for side in sides if index % 2 == 0 else sides[::-1]:
                 print(f"[bench] {side} #{index + 1}: {args.steps} steps", file=sys.stderr, flush=True)
                 with CpuByProcessGroup() as cpu:
-                    if side == "plain_loop":
-                        out = subprocess.run([sys.executable, __file__, "--plain-loop", "--steps", str(args.steps),
-                                              "--config", args.config], cwd=REPO, capture_output=True, text=True)
-                        if out.returncode != 0:
-                            raise SystemExit(f"plain loop failed:\n{out.stderr[-3000:]}")
-                        result = json.loads(out.stdout.strip().splitlines()[-1])
-                        result = {key: values[1:] for key, values in result.items()}  # start-up window dropped
-                    else:
+                    if side == "service":
                         result, timings = service(args.steps, args.config, Path(storage), f"service-{index}",
                                                   args.service_overrides)
                         service_runs.append(timings)
-                cores[side].append(cpu.busy_cores("plain_loop" if side == "plain_loop" else "train_workers"))
+                    else:
+                        result = run_child(side, args.steps, args.config)
+                cores[side].append(cpu.busy_cores("train_workers" if side == "service" else side))
                 windows[side] += result["rates"]
                 phases[side] += result["phases"]
     rates = {side: statistics.median(values) for side, values in windows.items()}
     step_ms = {side: median_phases(values) for side, values in phases.items()}
-    print(f"{'ms per step':<14}{'plain loop':>11}{'service':>9}", file=sys.stderr)
+    print(f"{'ms per step':<14}{'plain loop':>11}{'service loop':>13}{'service':>9}", file=sys.stderr)
     for phase in STEP_PHASES:
-        print(f"{phase:<14}{step_ms['plain_loop'].get(phase, 0):>11.1f}{step_ms['service'].get(phase, 0):>9.1f}",
-              file=sys.stderr)
+        print(f"{phase:<14}" + "".join(f"{step_ms[side].get(phase, 0):>{width}.1f}"
+                                        for side, width in zip(sides, (11, 13, 9))), file=sys.stderr)
     emit({
         "benchmark": "service_overhead",
         "cpu": cpu_model(),
@@ -177,9 +223,11 @@ def main(argv: list[str] | None = None) -> int:
         "steps_per_run": args.steps,
         "repeats": args.repeats,
         "windows": {side: len(values) for side, values in windows.items()},
-        "plain_loop_images_per_s": round(rates["plain_loop"], 1),
-        "service_images_per_s": round(rates["service"], 1),
+        **{f"{side}_images_per_s": round(rates[side], 1) for side in sides},
         "ratio": round(rates["service"] / rates["plain_loop"], 3),
+        # The ratio's two factors: the worker's code, and running it under Ray.
+        "code_ratio": round(rates["service_loop"] / rates["plain_loop"], 3),
+        "ray_ratio": round(rates["service"] / rates["service_loop"], 3),
         "step_phases_ms": step_ms,
         "cores_while_training": cores,
         "service_runs": service_runs,

@@ -38,14 +38,17 @@ def float_outputs(outputs) -> tuple[torch.Tensor, ...]:
 
 class StepBuffers:
     """The module's buffers (BatchNorm running statistics) as they were before a step's first forward pass, so
-    a skipped step leaves them as it found them: the forward of a diverged batch has already moved them."""
+    a skipped step leaves them as it found them: the forward of a diverged batch has already moved them.
+    Disabled (``enabled=False``) where no step is ever skipped (``training.non_finite=stop``): a copy per step
+    for nothing."""
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module, enabled: bool = True) -> None:
         self.module = module
+        self.enabled = enabled
         self.saved: list[torch.Tensor] | None = None
 
     def remember(self) -> None:
-        if self.saved is None:
+        if self.enabled and self.saved is None:
             self.saved = [b.detach().clone() for b in self.module.buffers()]
 
     def forget(self) -> None:
@@ -53,6 +56,8 @@ class StepBuffers:
 
     @torch.no_grad()
     def restore(self) -> None:
+        if not self.enabled:
+            raise RuntimeError("StepBuffers: a step is skipped, but its buffers were not kept (enabled=False)")
         for buffer, saved in zip(self.module.buffers(), self.saved or []):
             buffer.copy_(saved)
         self.saved = None
@@ -79,7 +84,7 @@ class DDPEngine:
     strategy = "ddp"
 
     def __init__(self, model: nn.Module, optimizer, scheduler, device: torch.device, use_amp: bool,
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, skips_steps: bool = True) -> None:
         self.module = to_memory_format(model.to(device), channels_last)
         self.device = device
         self.channels_last = channels_last
@@ -96,13 +101,15 @@ class DDPEngine:
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.use_amp = use_amp  # the worker enables it on GPUs only; tests use it on CPU
-        self.step_buffers = StepBuffers(self.module)
+        self.step_buffers = StepBuffers(self.module, enabled=skips_steps)
 
     def __call__(self, x: torch.Tensor):
         self.step_buffers.remember()
-        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
-            outputs = self.wrapped(as_input(x, self.channels_last))
-        return float_outputs(outputs)
+        x = as_input(x, self.channels_last)
+        if not self.use_amp:  # even a disabled autocast context costs ~0.1 ms a forward pass on a CPU
+            return float_outputs(self.wrapped(x))
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
+            return float_outputs(self.wrapped(x))
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """The model's state, copied to CPU (evaluation and export build a plain model from it)."""
@@ -158,7 +165,7 @@ class DeepSpeedEngine:
     strategy = "deepspeed"
 
     def __init__(self, model: nn.Module, optimizer, scheduler, device: torch.device, ds_cfg,
-                 batch_size_per_worker: int, world_size: int, use_amp: bool) -> None:
+                 batch_size_per_worker: int, world_size: int, use_amp: bool, skips_steps: bool = True) -> None:
         import deepspeed  # heavy import, only when this strategy is chosen
 
         config = {
@@ -189,7 +196,7 @@ class DeepSpeedEngine:
         self.device = device
         self.zero_stage = ds_cfg.zero_stage
         self.offload = bool(ds_cfg.offload_optimizer)
-        self.step_buffers = StepBuffers(self.module)
+        self.step_buffers = StepBuffers(self.module, enabled=skips_steps)
 
     def __call__(self, x: torch.Tensor):
         self.step_buffers.remember()
@@ -245,10 +252,12 @@ class DeepSpeedEngine:
 
 def build_engine(strategy: str, model: nn.Module, optimizer, scheduler, device: torch.device, *, ds_cfg=None,
                  batch_size_per_worker: int = 1, world_size: int = 1, use_amp: bool = False,
-                 channels_last: bool = False):
+                 channels_last: bool = False, skips_steps: bool = True):
+    """``skips_steps``: whether a step may be skipped (``skip_step``; ``training.non_finite=skip``)."""
     if strategy == "ddp":
-        return DDPEngine(model, optimizer, scheduler, device, use_amp, channels_last)
+        return DDPEngine(model, optimizer, scheduler, device, use_amp, channels_last, skips_steps)
     if strategy == "deepspeed":
-        return DeepSpeedEngine(model, optimizer, scheduler, device, ds_cfg, batch_size_per_worker, world_size, use_amp)
+        return DeepSpeedEngine(model, optimizer, scheduler, device, ds_cfg, batch_size_per_worker, world_size, use_amp,
+                               skips_steps)
     raise ValueError(f"training.strategy: must be ddp or deepspeed, got {strategy!r}")
 

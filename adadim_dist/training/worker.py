@@ -42,8 +42,6 @@ def train_loop_per_worker(config_dict: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from ..data import build_ssl_loader
-
     cfg: Config = config_from_dict(config_dict["config"])
     run_id: str | None = config_dict.get("mlflow_run_id")
     context = ray.train.get_context()
@@ -61,37 +59,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
                 ray.get_runtime_context().get_node_id()[:12], device)
     torch.manual_seed(cfg.training.seed)  # identical initial weights on every rank
 
-    train_loader = build_ssl_loader(
-        cfg.data, cfg.training.batch_size_per_worker, rank, world_size, cfg.training.seed,
-        distributed=world_size > 1, device=device if device.type == "cuda" else None,
-    )
-    steps_per_epoch = len(train_loader)
-    if cfg.training.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, cfg.training.max_steps_per_epoch)
-    if steps_per_epoch < 1:
-        raise ValueError(
-            f"training.global_batch_size: {cfg.training.global_batch_size} is larger than the training set "
-            f"({cfg.data.train_path}) gives {world_size} workers"
-        )
-    total_steps = steps_per_epoch * cfg.training.epochs
-    stamps["loaders_ready_at"] = time.time()
-
-    model = build_model(cfg.model)
-    if cfg.model.sync_batchnorm and world_size > 1:
-        # Same parameter objects, so the optimizer groups built below are those of the converted model.
-        model = convert_sync_batchnorm(model, device.type)
-    main_params, probe_params = model.parameter_groups()
-    optimizer = build_optimizer(cfg.optim, cfg.training.global_batch_size, main_params, probe_params)
-    scheduler = build_scheduler(
-        optimizer, total_steps, int(cfg.optim.warmup_epochs * steps_per_epoch), cfg.optim.min_lr_ratio
-    )
-    engine = build_engine(
-        cfg.training.strategy, model, optimizer, scheduler, device, ds_cfg=cfg.training.deepspeed,
-        batch_size_per_worker=cfg.training.batch_size_per_worker, world_size=world_size,
-        use_amp=cfg.training.mixed_precision and device.type == "cuda", channels_last=cfg.training.channels_last,
-    )
-    objective = build_objective(cfg, total_steps, rank)
-    stamps["engine_ready_at"] = time.time()
+    train_loader, steps_per_epoch, engine, objective = build_training(cfg, rank, world_size, device, stamps)
 
     start_epoch = 0
     saved_metrics: dict[str, float] = {}
@@ -187,6 +155,48 @@ def train_loop_per_worker(config_dict: dict) -> None:
         evaluation.close()
         if isinstance(sink, MLflowSink) and not sink.flush():
             sink.spill(unsent_metrics_path(cfg))
+
+
+def build_training(cfg: Config, rank: int, world_size: int, device: torch.device, stamps: dict | None = None):
+    """This rank's (training loader, steps per epoch, engine, objective), as every worker builds them (and
+    ``benchmarks/service_overhead.py`` outside Ray). ``stamps`` gets the start-up times ``loaders_ready_at`` and
+    ``engine_ready_at``."""
+    from ..data import build_ssl_loader
+
+    stamps = {} if stamps is None else stamps
+    train_loader = build_ssl_loader(
+        cfg.data, cfg.training.batch_size_per_worker, rank, world_size, cfg.training.seed,
+        distributed=world_size > 1, device=device if device.type == "cuda" else None,
+    )
+    steps_per_epoch = len(train_loader)
+    if cfg.training.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.training.max_steps_per_epoch)
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"training.global_batch_size: {cfg.training.global_batch_size} is larger than the training set "
+            f"({cfg.data.train_path}) gives {world_size} workers"
+        )
+    total_steps = steps_per_epoch * cfg.training.epochs
+    stamps["loaders_ready_at"] = time.time()
+
+    model = build_model(cfg.model)
+    if cfg.model.sync_batchnorm and world_size > 1:
+        # Same parameter objects, so the optimizer groups built below are those of the converted model.
+        model = convert_sync_batchnorm(model, device.type)
+    main_params, probe_params = model.parameter_groups()
+    optimizer = build_optimizer(cfg.optim, cfg.training.global_batch_size, main_params, probe_params)
+    scheduler = build_scheduler(
+        optimizer, total_steps, int(cfg.optim.warmup_epochs * steps_per_epoch), cfg.optim.min_lr_ratio
+    )
+    engine = build_engine(
+        cfg.training.strategy, model, optimizer, scheduler, device, ds_cfg=cfg.training.deepspeed,
+        batch_size_per_worker=cfg.training.batch_size_per_worker, world_size=world_size,
+        use_amp=cfg.training.mixed_precision and device.type == "cuda", channels_last=cfg.training.channels_last,
+        skips_steps=cfg.training.non_finite == "skip",
+    )
+    objective = build_objective(cfg, total_steps, rank)
+    stamps["engine_ready_at"] = time.time()
+    return train_loader, steps_per_epoch, engine, objective
 
 
 def claim_startup(board) -> bool:

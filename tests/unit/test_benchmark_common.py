@@ -14,6 +14,7 @@ from _common import CpuByProcessGroup, process_group, ray_process_name  # noqa: 
 def test_process_groups_follow_the_command_line():
     assert process_group("ray::RayTrainWorker", "ray::RayTrainWo") == "train_workers"
     assert process_group("python benchmarks/service_overhead.py --plain-loop --steps 9", "python") == "plain_loop"
+    assert process_group("python benchmarks/service_overhead.py --service-loop --steps 9", "python") == "service_loop"
     assert process_group("python -m adadim_dist.run --config c.yaml", "python") == "driver"
     assert process_group("ray::TrainController.run", "ray::TrainContr") == "ray_actors"
     assert process_group("ray::DashboardAgent", "ray::DashboardA") == "ray_daemons"
