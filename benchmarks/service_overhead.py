@@ -2,11 +2,10 @@
 
     python benchmarks/service_overhead.py [--steps 120] [--repeats 2] [--config configs/fmnist_smoke.yaml]
 
-Both sides train ``--config`` (by default ``configs/fmnist_smoke.yaml``: strided small CNN of width 16 with a
+Every side trains ``--config`` (by default ``configs/fmnist_smoke.yaml``: strided small CNN of width 16 with a
 2×2 pooled representation, 512-512 projector, AdaDim as shipped, LARS, global batch 256, channels-last,
 statistics every 20 steps; ``configs/fmnist_demo.yaml`` is the demo, the same with NT-Xent alone, one worker
-per node and 2 loader threads) on the
-shipped FFCV two-view loader, for ``--steps`` steps:
+per node and 2 loader threads) on the shipped FFCV two-view loader, for ``--steps`` steps:
 
 * **plain loop**: one process, ``torch.set_num_threads(2)``, 2 loader threads, no Ray, no DDP, no MLflow
   (``--plain-loop`` runs it in a fresh process and prints its windows);
@@ -16,18 +15,21 @@ shipped FFCV two-view loader, for ``--steps`` steps:
 * **service**: ``python -m adadim_dist.run`` as a user runs it, in the config's layout (the smoke config's
   2 DDP workers × 1 CPU; the demo's one worker holding both cores), MLflow on.
 
-So ``service loop / plain loop`` is the cost of the worker's code, and ``service / service loop`` that of
-running it under Ray (its processes beside the worker; with 2 × 1 the layout's collectives too).
+So ``service loop / plain loop`` (``code_ratio``) is the cost of the worker's code, and ``service / service
+loop`` (``ray_ratio``) that of running it under Ray (its processes beside the worker; with 2 × 1 the layout's
+collectives too).
 
 Rate = images/s of each 20-step window (each image seen as two views), the first window (start-up, JIT)
-dropped on both sides; median over windows; the runs alternate (``--repeats``), so drift in the machine's
-speed hits both. Where a step's time goes, on both sides by the same ``StepClock`` (``time/step_*_ms``:
-waiting for the loader, forward, objective, backward, the service's finiteness checks, update, monitors),
-median over windows; the CPU model is recorded. Where the machine's CPU time goes while each side trains
-(``CpuByProcessGroup``): cores used by the training processes, the job's driver, Ray's actors and daemons,
-and anything else, averaged over the seconds in which the training processes used at least one core. The service's runs also report their start-up phases and
-evaluation tail (``time/*``, ``adadim_dist/training/timing.py``); evaluation is the demo's (bank 20,000,
-k = 20 and 200, baselines on). ``--service-overrides`` changes the service's side (e.g. its layout).
+dropped on every side; median over windows; the runs alternate (``--repeats`` rounds), so drift in the
+machine's speed hits every side, and each round's own ratio (``ratio_by_round``) shows the spread. Where a
+step's time goes, on every side by the same ``StepClock`` (``time/step_*_ms``: waiting for the loader,
+forward, objective, backward, the service's finiteness checks, update, monitors), median over windows; the CPU
+model is recorded. Where the machine's CPU time goes while each side trains (``CpuByProcessGroup``): cores
+used by the training processes, the job's driver, Ray's actors and daemons, and anything else, averaged over
+the seconds in which the training processes used at least one core. The service's runs also report their
+start-up phases and evaluation tail (``time/*``, ``adadim_dist/training/timing.py``); evaluation is the demo's
+(bank 20,000, k = 20 and 200, baselines on). ``--service-overrides`` changes the service's side (e.g. its
+layout).
 """
 
 from __future__ import annotations
@@ -195,8 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     phases: dict[str, list[dict]] = {side: [] for side in sides}
     cores: dict[str, list[dict]] = {side: [] for side in sides}
     service_runs = []
+    rounds: list[dict[str, float]] = []  # each round's median images/s per side: the ratio's spread, paired
     with tempfile.TemporaryDirectory() as storage:
         for index in range(args.repeats):
+            rounds.append({})
             for side in sides if index % 2 == 0 else sides[::-1]:
                 print(f"[bench] {side} #{index + 1}: {args.steps} steps", file=sys.stderr, flush=True)
                 with CpuByProcessGroup() as cpu:
@@ -209,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                 cores[side].append(cpu.busy_cores("train_workers" if side == "service" else side))
                 windows[side] += result["rates"]
                 phases[side] += result["phases"]
+                rounds[-1][side] = round(statistics.median(result["rates"]), 1)
     rates = {side: statistics.median(values) for side, values in windows.items()}
     step_ms = {side: median_phases(values) for side, values in phases.items()}
     print(f"{'ms per step':<14}{'plain loop':>11}{'service loop':>13}{'service':>9}", file=sys.stderr)
@@ -228,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         # The ratio's two factors: the worker's code, and running it under Ray.
         "code_ratio": round(rates["service_loop"] / rates["plain_loop"], 3),
         "ray_ratio": round(rates["service"] / rates["service_loop"], 3),
+        "rounds": rounds,
+        "ratio_by_round": [round(r["service"] / r["plain_loop"], 3) for r in rounds],
         "step_phases_ms": step_ms,
         "cores_while_training": cores,
         "service_runs": service_runs,

@@ -34,6 +34,9 @@ RUN_ID_FILE = "mlflow_run.json"
 WORKER_MLFLOW_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 CONTROLLER_POLL_ENV, CONTROLLER_POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2"
 PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+# How often the dashboard agent of a local instance gathers the node's statistics for the dashboard (a psutil
+# pass over every process; Ray's default is every 5 s). Without a dashboard, once a minute.
+NODE_STATS_INTERVAL_ENV, NODE_STATS_INTERVAL_MS = "REPORTER_UPDATE_INTERVAL_MS", "60000"
 
 
 class TrackingUnavailableError(RuntimeError):
@@ -144,10 +147,28 @@ def init_ray(cfg: Config) -> None:
     if address:
         context = ray.init(address=address, **quiet)
     else:
+        if not cfg.run.dashboard:
+            os.environ.setdefault(NODE_STATS_INTERVAL_ENV, NODE_STATS_INTERVAL_MS)  # read by the agent at start
         context = ray.init(include_dashboard=cfg.run.dashboard, dashboard_host=cfg.run.dashboard_host, **quiet)
+        if not cfg.run.verbose:
+            stop_log_monitor()
     session_dir = (getattr(context, "address_info", None) or {}).get("session_dir")
     worker_logs_dir = None if cfg.run.verbose or not session_dir else str(Path(session_dir) / "logs")
     start_autoscaling_coordinator()
+
+
+def stop_log_monitor() -> None:
+    """Stop the log monitor of the local instance this process started. It reads every worker's log files ten
+    times a second to send new lines to a driver that shows them; with ``run.verbose`` off nothing asks for
+    them (the files stay, and the summary names them), and on a machine whose cores all train its wake-ups cost
+    training time (BENCHMARKS.md, "Service against a plain loop")."""
+    from ray._private import worker as ray_worker
+
+    node = getattr(ray_worker, "_global_node", None)
+    try:
+        node.kill_log_monitor(check_alive=False)
+    except Exception as err:  # noqa: BLE001 - a Ray without this private method: the monitor stays, no harm
+        logger.debug("log monitor left running: %s", err)
 
 
 def check_dataset_fits(cfg: Config, train_info) -> None:

@@ -1,5 +1,11 @@
 """Driver checks that run before Ray starts: --fresh, dataset size, path resolution, run files."""
 
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -198,6 +204,51 @@ def test_the_private_ray_and_deepspeed_hooks_the_service_uses_are_where_it_looks
         get_or_create_autoscaling_coordinator,
     )
 
+    from ray._private.node import Node
+    from ray.dashboard.modules.reporter import reporter_consts
+
     assert (ray.__version__, deepspeed.__version__) == ("2.60.0", "0.19.8"), "re-check these hooks after an upgrade"
+    assert callable(Node.kill_log_monitor)  # a local instance's log monitor (tested below)
+    assert reporter_consts.REPORTER_UPDATE_INTERVAL_MS == int(os.environ.get("REPORTER_UPDATE_INTERVAL_MS", 5000))
     assert callable(DeepSpeedZeroOptimizer_Stage3._overflow_clean_up)
     assert callable(DeepSpeedZeroOptimizer.reset_cpu_buffers) and callable(DeepSpeedZeroOptimizer.has_overflow)
+
+
+LOCAL_INSTANCE = textwrap.dedent("""
+    import json, sys
+    import psutil, ray
+    from adadim_dist.config import load_config
+    from adadim_dist.training.driver import init_ray
+
+    init_ray(load_config("configs/fmnist_smoke.yaml", sys.argv[1:]))
+    try:
+        assert ray.get(ray.remote(lambda: 1).remote()) == 1
+        started = []
+        for process in psutil.Process().children(recursive=True):
+            try:
+                started.append({"cmdline": " ".join(process.cmdline()), "environ": process.environ()})
+            except psutil.Error:
+                pass
+        print(json.dumps(started))
+    finally:
+        ray.shutdown()
+""")
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_a_quiet_local_instance_runs_no_log_monitor_and_reads_node_stats_once_a_minute(quiet):
+    """A local instance started for a job whose console hides the workers' output runs no log monitor (it reads
+    the log files ten times a second for a driver that does not ask), and without a dashboard its agent gathers
+    the node's statistics once a minute, not every 5 s; Ray still runs tasks. With run.verbose and run.dashboard
+    both stay as Ray starts them."""
+    overrides = [] if quiet else ["run.verbose=true", "run.dashboard=true"]
+    env = {key: value for key, value in os.environ.items() if key not in ("RAY_ADDRESS", "REPORTER_UPDATE_INTERVAL_MS")}
+    out = subprocess.run([sys.executable, "-c", LOCAL_INSTANCE, *overrides], cwd=Path(__file__).parents[2], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    started = json.loads(out.stdout.strip().splitlines()[-1])
+    log_monitors = [p for p in started if "log_monitor.py" in p["cmdline"]]
+    agents = [p for p in started if "dashboard/agent.py" in p["cmdline"]]
+    assert agents, [p["cmdline"][:80] for p in started]
+    assert len(log_monitors) == (0 if quiet else 1)
+    assert {p["environ"].get("REPORTER_UPDATE_INTERVAL_MS") for p in agents} == {"60000" if quiet else None}
