@@ -90,6 +90,33 @@ def test_step_buffers_off_keep_no_copy_and_refuse_to_restore():
     with pytest.raises(RuntimeError, match="not kept"):
         buffers.restore()
 
+
+def test_one_process_objective_has_no_collectives_and_the_same_loss_and_gradients():
+    """A one-worker job's objective takes the plain path (no packing of tensors for a gather that gathers
+    nothing), and that path gives the collective-wired objective's loss and gradients."""
+    from adadim_dist.config import load_config
+    from adadim_dist.distributed import all_gather_with_grad, all_reduce_with_grad, broadcast_from_rank0
+    from adadim_dist.objectives import adadim_from_config
+    from adadim_dist.objectives.adadim import _identity
+    from adadim_dist.training.worker import build_objective
+
+    cfg = load_config("configs/fmnist_smoke.yaml", [])
+    plain = build_objective(cfg, 100, 0)
+    wired = adadim_from_config(cfg.objective, 100, gather=all_gather_with_grad, all_reduce=all_reduce_with_grad,
+                               sync=broadcast_from_rank0, rank=0)
+    assert plain.gather is _identity and plain.all_reduce is _identity
+    generator = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(32, 64, generator=generator) for _ in range(4)]
+    results = []
+    for objective in (plain, wired):
+        leaves = [t.clone().requires_grad_() for t in inputs]
+        loss, _ = objective(*leaves, with_stats=False)
+        loss.backward()
+        results.append((loss.detach(), [t.grad for t in leaves]))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-6, atol=1e-7)
+    for plain_grad, wired_grad in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(plain_grad, wired_grad, rtol=1e-5, atol=1e-7)
+
 def test_baselines_are_cached_by_what_they_depend_on_only(tmp_path, monkeypatch):
     """The random-encoder and raw-pixel kNN do not depend on training: the second job with the same data,
     bank, k and architecture reads them back; a different bank or encoder computes them again."""
