@@ -1,4 +1,5 @@
-"""Driver checks that run before Ray starts: --fresh, dataset size, path resolution, run files."""
+"""Driver checks that run before Ray starts (--fresh, dataset size, path resolution, run files), the trainer's
+hooks, and the local Ray instance a job starts."""
 
 import json
 import os

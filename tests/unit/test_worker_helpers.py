@@ -74,13 +74,9 @@ def test_a_skipped_step_leaves_batchnorm_statistics_and_the_checkpoint_check_see
     assert state_is_finite(model.state_dict())
 
 
-
 def test_step_buffers_off_keep_no_copy_and_refuse_to_restore():
     """Under training.non_finite=stop no step is skipped: no copy of the buffers per step, and a restore that
     would silently leave a diverged batch's statistics in place raises instead."""
-    import pytest
-    import torch
-
     from adadim_dist.distributed.engine import StepBuffers
 
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3)).train()
