@@ -121,7 +121,8 @@ def service_loop(steps: int, config: str) -> dict[str, list]:
     from adadim_dist.config import load_config
     from adadim_dist.training.monitors import Monitor, default_monitors
     from adadim_dist.training.tracking import MLflowSink
-    from adadim_dist.training.worker import build_training, train_epoch
+    from adadim_dist.training.build import build_training
+    from adadim_dist.training.worker import train_epoch
 
     torch.set_num_threads(2)
     cfg = load_config(REPO / config, ["training.num_workers=1", "training.cpus_per_worker=2",

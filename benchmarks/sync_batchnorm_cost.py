@@ -34,7 +34,7 @@ def worker(rank: int, world_size: int, port: int, args, out: str) -> None:
     from adadim_dist.distributed.sync_batchnorm import convert_sync_batchnorm
     from adadim_dist.models import build_model
     from adadim_dist.training.optim import build_optimizer, build_scheduler
-    from adadim_dist.training.worker import build_objective
+    from adadim_dist.training.build import build_objective
 
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))

@@ -165,6 +165,8 @@ def stop_log_monitor() -> None:
     from ray._private import worker as ray_worker
 
     node = getattr(ray_worker, "_global_node", None)
+    if node is None:
+        return
     try:
         node.kill_log_monitor(check_alive=False)
     except Exception as err:  # noqa: BLE001 - a Ray without this private method: the monitor stays, no harm

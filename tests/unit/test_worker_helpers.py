@@ -94,7 +94,7 @@ def test_one_process_objective_has_no_collectives_and_the_same_loss_and_gradient
     from adadim_dist.distributed import all_gather_with_grad, all_reduce_with_grad, broadcast_from_rank0
     from adadim_dist.objectives import adadim_from_config
     from adadim_dist.objectives.adadim import _identity
-    from adadim_dist.training.worker import build_objective
+    from adadim_dist.training.build import build_objective
 
     cfg = load_config("configs/fmnist_smoke.yaml", [])
     plain = build_objective(cfg, 100, 0)
