@@ -188,7 +188,8 @@ class TrainingConfig(_Strict):
     # CPUs one process using every core of a node is at least as fast as one per core: fewer collectives, none waiting
     # for a straggler (BENCHMARKS.md, "Service against a plain loop"). Without model.sync_batchnorm each
     # BatchNorm then normalises over a node's share of the batch, not a core's, which changes the model.
-    layout: Literal["as_given", "one_worker_per_node"] = "as_given"
+    # "auto": one_worker_per_node for a CPU-only job, as_given with use_gpu (one worker per GPU).
+    layout: Literal["as_given", "one_worker_per_node", "auto"] = "as_given"
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"  # of the workers
     strategy: Literal["ddp", "deepspeed"] = "ddp"
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
@@ -211,6 +212,11 @@ class TrainingConfig(_Strict):
             raise ValueError("layout: one_worker_per_node is for CPU-only jobs; with use_gpu each worker holds one "
                              "GPU (training.num_workers)")
         return self
+
+    @property
+    def one_worker_per_node(self) -> bool:
+        """Whether the workers are laid out from the cluster, one per node (``layout``)."""
+        return self.layout == "one_worker_per_node" or (self.layout == "auto" and not self.use_gpu)
 
     @model_validator(mode="after")
     def _batch_divides(self) -> "TrainingConfig":

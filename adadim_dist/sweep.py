@@ -158,9 +158,6 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> tuple[Sw
     if base_path is not None and not base_path.is_absolute() and not base_path.exists():
         base_path = path.parent / base_path
     base = load_config(base_path, list(sweep.overrides))
-    if base.training.layout != "as_given":  # trials are placed by the sweep's trial section, several per node
-        raise ConfigError(f"training.layout: a sweep lays out its trials itself (trial.num_workers, "
-                          f"trial.cpus_per_worker); {base.training.layout} is for single jobs")
     for key, domain in sweep.search_space.items():
         # Every listed value, and both ends of a range, must give a valid config: a trial should never be
         # the first to find out.

@@ -29,9 +29,11 @@ PARENT_RUN_FILE = "mlflow_parent_run.json"
 
 
 def trial_config(base: dict, params: dict[str, Any], run_name: str, sweep: SweepConfig) -> Config:
-    """The base config with a trial's variant and sampled values, its resources and its own run name."""
+    """The base config with a trial's variant and sampled values, its resources and its own run name. The sweep's
+    ``trial`` section lays out every trial (several may share a node), whatever the base's ``training.layout``."""
     overrides = trial_overrides(sweep, params) + [
         f"run.name={run_name}",
+        "training.layout=as_given",
         f"training.num_workers={sweep.trial.num_workers}",
         f"training.cpus_per_worker={sweep.trial.cpus_per_worker}",
     ]

@@ -4,7 +4,7 @@ local Ray instance or a running cluster, warm or cold, its evaluation split acro
     python benchmarks/job_phases.py --before REF [--steps 20] [--repeats 2] [--variants before,after,...]
     python benchmarks/job_phases.py --variants after,after_rank0_eval     # no --before without a before* variant
 
-Runs ``configs/fmnist_smoke.yaml`` (the demo: 2 DDP workers, kNN bank of 20,000 training images, 10,000 test
+Runs ``configs/fmnist_smoke.yaml`` (the demo's set-up: its layout, kNN bank of 20,000 training images, 10,000 test
 queries, k = 20 and 200, random-encoder and raw-pixel baselines) for one short epoch of ``--steps`` steps, so
 that a job is start-up, a few steps and the full evaluation. Variants, taking turns:
 
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     emit({
         "benchmark": "job_phases",
         "before": args.before,
-        "config": "configs/fmnist_smoke.yaml (demo: 2 DDP workers, bank 20,000, 10,000 queries, k 20 and 200, "
+        "config": "configs/fmnist_smoke.yaml (its layout, bank 20,000, 10,000 queries, k 20 and 200, "
                   "baselines cached); a local Ray instance per job, or a running cluster (*_cluster)",
         "steps": args.steps,
         "repeats": args.repeats,

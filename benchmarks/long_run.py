@@ -75,7 +75,7 @@ def main() -> None:
     ax.plot([e for e, _ in knn], [v for _, v in knn], marker="o", label="trained encoder (AdaDim)")
     ax.axhline(pixels, color="k", linestyle="--", label=f"raw pixels ({pixels:.2f}%)")
     ax.axhline(random_encoder, color="gray", linestyle=":", label=f"random encoder ({random_encoder:.2f}%)")
-    ax.set_xlabel("epoch (Fashion-MNIST, 2 CPU workers)")
+    ax.set_xlabel("epoch (Fashion-MNIST, CPU)")
     ax.set_ylabel("kNN top-1 (%), k=20")
     ax.set_title(f"smoke config for {args.epochs} epochs ({wall / 60:.0f} min on this machine)")
     ax.grid(alpha=0.3)

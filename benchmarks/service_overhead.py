@@ -4,16 +4,17 @@
 
 Every side trains ``--config`` (by default ``configs/fmnist_smoke.yaml``: strided small CNN of width 16 with a
 2×2 pooled representation, 512-512 projector, AdaDim as shipped, LARS, global batch 256, channels-last,
-statistics every 20 steps; ``configs/fmnist_demo.yaml`` is the demo, the same with NT-Xent alone, one worker
-per node and 2 loader threads) on the shipped FFCV two-view loader, for ``--steps`` steps:
+statistics every 20 steps, 2 loader threads; ``configs/fmnist_demo.yaml`` is the demo, the same with NT-Xent
+alone) on the shipped FFCV two-view loader, for ``--steps`` steps:
 
 * **plain loop**: one process, ``torch.set_num_threads(2)``, 2 loader threads, no Ray, no DDP, no MLflow
   (``--plain-loop`` runs it in a fresh process and prints its windows);
 * **service loop**: the Ray Train worker's own code (``build_training``, ``train_epoch``, its monitors, MLflow
   to a temporary SQLite store) in one process like the plain loop, with no Ray: what the worker's code costs
   per step (``--service-loop`` runs it in a fresh process);
-* **service**: ``python -m adadim_dist.run`` as a user runs it, in the config's layout (the smoke config's
-  2 DDP workers × 1 CPU; the demo's one worker holding both cores), MLflow on.
+* **service**: ``python -m adadim_dist.run`` as a user runs it, in the config's layout (both shipped configs:
+  ``training.layout=auto``, one worker holding every core of the node on CPUs; 2 DDP workers × 1 CPU with
+  ``--service-overrides training.layout=as_given``), MLflow on.
 
 So ``service loop / plain loop`` (``code_ratio``) is the cost of the worker's code, and ``service / service
 loop`` (``ray_ratio``) that of running it under Ray (its processes beside the worker; with 2 × 1 the layout's

@@ -34,7 +34,7 @@ def measure(study: Path, width: int, steps: int, storage: Path) -> dict:
     name = f"sizing-w{width}"
     overrides = [*sweep.overrides, f"model.small_cnn_width={width}", "training.epochs=1",
                  f"training.max_steps_per_epoch={steps}", "training.log_every=10", "eval.every_epochs=1",
-                 f"training.num_workers={sweep.trial.num_workers}",
+                 "training.layout=as_given", f"training.num_workers={sweep.trial.num_workers}",
                  f"training.cpus_per_worker={sweep.trial.cpus_per_worker}",
                  f"run.storage_path={storage}", "tracking.experiment=study-sizing", f"run.name={name}"]
     config = REPO / "configs" / "fmnist_smoke.yaml" if sweep.base_config is None else study.parent / sweep.base_config

@@ -319,32 +319,35 @@ def check_tracking_store(cfg: Config) -> None:
         )
 
 
-def node_cpu_layout(nodes: list[dict]) -> tuple[int, int]:
-    """(workers, CPUs per worker) of ``training.layout=one_worker_per_node`` on a cluster described by
-    ``ray.nodes()``: one worker per live node that has a CPU, each holding the CPUs of the node with the fewest
+def node_cpu_layout(nodes: list[dict], layout: str = "one_worker_per_node") -> tuple[int, int]:
+    """(workers, CPUs per worker) of one worker per node (``training.layout`` ``layout``) on a cluster described
+    by ``ray.nodes()``: one worker per live node that has a CPU, each holding the CPUs of the node with the fewest
     (so that one fits on every node; a head started with no CPUs holds none)."""
     cpus = [int(node.get("Resources", {}).get("CPU", 0)) for node in nodes if node.get("Alive")]
     cpus = [count for count in cpus if count >= 1]
     if not cpus:
-        raise ConfigError("training.layout: one_worker_per_node found no live node with a CPU")
+        raise ConfigError(f"training.layout: {layout} found no live node with a CPU")
     return len(cpus), min(cpus)
 
 
 def laid_out(cfg: Config, nodes: list[dict] | None = None) -> Config:
-    """The config the workers train with: ``cfg`` itself, or under ``training.layout=one_worker_per_node`` with
-    ``training.num_workers`` and ``cpus_per_worker`` taken from the running cluster (``nodes``: ``ray.nodes()``).
-    The run directory's config.yaml and the MLflow params keep the layout as given; the workers tag the run
-    with the one they ran (``machine.layout``)."""
-    if cfg.training.layout != "one_worker_per_node":
+    """The config the workers train with: ``cfg`` itself, or, when ``training.layout`` lays workers out one per
+    node (``one_worker_per_node``, or ``auto`` without GPUs), with ``training.num_workers`` and ``cpus_per_worker``
+    taken from the running cluster (``nodes``: ``ray.nodes()``). The run directory's config.yaml and the MLflow
+    params keep the layout as given; the workers tag the run with the one they ran (``machine.layout``)."""
+    layout = cfg.training.layout
+    if not cfg.training.one_worker_per_node:
         return cfg
     if nodes is None:
         import ray
 
         nodes = ray.nodes()
-    workers, cpus = node_cpu_layout(nodes)
+    workers, cpus = node_cpu_layout(nodes, layout)
     if cfg.training.global_batch_size % workers:
-        raise ConfigError(f"training.layout: one_worker_per_node gives {workers} workers (one per node), which do not "
+        raise ConfigError(f"training.layout: {layout} gives {workers} workers (one per node), which do not "
                           f"divide training.global_batch_size={cfg.training.global_batch_size}")
+    logger.info("training.layout=%s: %d worker%s × %d CPUs, one per node (training.num_workers and "
+                "cpus_per_worker are taken from the cluster)", layout, workers, "" if workers == 1 else "s", cpus)
     return config_with_overrides(cfg.model_dump(mode="json"),
                                  [f"training.num_workers={workers}", f"training.cpus_per_worker={cpus}"])
 

@@ -54,9 +54,9 @@ def test_a_folder_of_unlabelled_images_trains_and_is_evaluated_without_labels(tm
         [sys.executable, "-m", "adadim_dist.run", "--config", "configs/fmnist_smoke.yaml", "data.source=folder",
          f"data.train_path={beton}", "data.test_path=null", f"run.storage_path={tmp_path / 'runs'}",
          "run.name=own-images", "training.epochs=1", "training.max_steps_per_epoch=3", "training.log_every=1",
-         "training.global_batch_size=64", "training.cpus_per_worker=0.5", "eval.baselines=true",
-         # and the CPU layout that one worker per node holds every core of its node (the cluster's 2 CPUs)
-         "training.layout=one_worker_per_node"],
+         "training.global_batch_size=64", "training.cpus_per_worker=0.5", "eval.baselines=true"],
+        # and the default CPU layout (training.layout=auto): one worker holding every core of the node (the
+        # cluster's 2 CPUs), whatever num_workers and cpus_per_worker say
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])
@@ -75,7 +75,7 @@ def test_a_folder_of_unlabelled_images_trains_and_is_evaluated_without_labels(tm
     run = MlflowClient(summary["tracking_uri"]).get_run(summary["run_id"])
     assert run.data.tags["machine.layout"] == "1 worker × 2 CPUs"  # what ran
     assert run.data.params["training.num_workers"] == "2" and run.data.params["training.layout"] == \
-        "one_worker_per_node"  # what was asked for
+        "auto"  # what was asked for
 
     # The offline evaluation of its checkpoint takes the worker's label-free path: the same figures.
     from adadim_dist.evaluate import main as evaluate_main

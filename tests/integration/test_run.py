@@ -38,7 +38,8 @@ def smoke_args(betons, storage, name, *extra):
         f"data.train_path={betons['train']}", f"data.test_path={betons['test']}",
         f"run.storage_path={storage}", f"run.name={name}",
         "training.global_batch_size=64", "training.max_steps_per_epoch=6", "training.log_every=2",
-        "training.cpus_per_worker=0.5", "eval.baselines=false", "eval.every_epochs=1",
+        "training.layout=as_given", "training.cpus_per_worker=0.5", "data.num_loader_workers=1",  # 2 DDP workers
+        "eval.baselines=false", "eval.every_epochs=1",
         "run.verbose=true",  # the tests read the workers' step lines
         *extra,
     ]

@@ -27,7 +27,8 @@ def args_for(betons, storage, name, *extra):
         "--config", "configs/fmnist_smoke.yaml",
         f"data.train_path={betons['train']}", f"data.test_path={betons['test']}",
         f"run.storage_path={storage}", f"run.name={name}", "training.global_batch_size=64",
-        "training.log_every=2", "training.cpus_per_worker=0.5", "eval.baselines=false", "eval.knn_k=[20]",
+        "training.log_every=2", "training.layout=as_given", "training.cpus_per_worker=0.5",  # 2 DDP workers
+        "data.num_loader_workers=1", "eval.baselines=false", "eval.knn_k=[20]",
         "eval.every_epochs=1", "run.verbose=true", *extra,  # the tests read the workers' step lines
     ]
 

@@ -23,6 +23,8 @@ from adadim_dist.training.driver import (
     write_run_file,
 )
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 def test_fresh_moves_the_previous_run_aside_instead_of_deleting_it(tmp_path):
     cfg = resolve_paths(load_config(None, [f"run.storage_path={tmp_path}", "run.name=job"]))
@@ -61,6 +63,25 @@ def test_one_worker_per_node_takes_each_live_nodes_cpus_and_keeps_the_rest(nodes
     assert (cfg.training.num_workers, cfg.training.cpus_per_worker) == (workers, cpus)
     assert cfg.model_dump(exclude={"training"}) == given.model_dump(exclude={"training"})
     assert cfg.training.global_batch_size == 384 and cfg.optim.lr == 0.7
+
+
+def test_auto_lays_out_one_worker_per_node_on_cpus_and_keeps_one_worker_per_gpu():
+    cpu = laid_out(load_config(None, ["training.layout=auto", "training.num_workers=2"]), [_node(4), _node(4)])
+    assert (cpu.training.num_workers, cpu.training.cpus_per_worker) == (2, 4)
+    cpu = laid_out(load_config(None, ["training.layout=auto", "training.num_workers=2"]), [_node(2)])
+    assert (cpu.training.num_workers, cpu.training.cpus_per_worker) == (1, 2)
+    gpu = load_config(None, ["training.layout=auto", "training.use_gpu=true", "training.num_workers=8"])
+    assert laid_out(gpu, [_node(16), _node(16)]) is gpu  # one worker per GPU, as given
+    with pytest.raises(ConfigError, match=r"^training\.layout: auto gives 3 workers .* "
+                                          r"training\.global_batch_size=256$"):
+        laid_out(load_config(None, ["training.layout=auto"]), [_node(2)] * 3)
+
+
+def test_the_embedded_default_lays_out_one_worker_per_node_on_cpus():
+    default = load_config(REPO / "configs/fmnist_smoke.yaml", [])
+    assert default.training.layout == "auto" and default.training.one_worker_per_node
+    on_gpus = load_config(REPO / "configs/fmnist_smoke.yaml", ["training.use_gpu=true", "training.num_workers=4"])
+    assert not on_gpus.training.one_worker_per_node
 
 
 def test_the_layout_as_given_is_left_alone_and_a_layout_that_cannot_work_is_refused_in_one_line():

@@ -55,9 +55,17 @@ def test_asha_needs_a_metric_every_epoch(tmp_path):
     load_sweep(_write(tmp_path, overrides=["eval.every_epochs=2"], metric="rankme"))  # in every epoch's report
 
 
-def test_a_sweep_refuses_a_per_node_layout_because_it_places_its_trials_itself(tmp_path):
-    with pytest.raises(ConfigError, match=r"^training\.layout: a sweep lays out its trials itself"):
-        load_sweep(_write(tmp_path, overrides=["training.layout=one_worker_per_node"]))
+@pytest.mark.parametrize("layout", ["auto", "one_worker_per_node", "as_given"])
+def test_a_sweep_lays_out_its_trials_from_its_trial_section_whatever_the_base_layout(tmp_path, layout):
+    from adadim_dist.tune import trial_config
+
+    sweep, base = load_sweep(_write(tmp_path, overrides=[f"training.layout={layout}", "eval.every_epochs=1"],
+                                    trial={"num_workers": 2, "cpus_per_worker": 0.45, "trial_cpus": 0.1}))
+    assert base.training.layout == layout
+    cfg = trial_config(base.model_dump(mode="json"), {"objective.gamma": 2.0}, "trial", sweep)
+    # as_given: the driver keeps the trial's 2 workers × 0.45 CPUs (several trials share a node)
+    assert (cfg.training.layout, cfg.training.num_workers, cfg.training.cpus_per_worker) == ("as_given", 2, 0.45)
+    assert not cfg.training.one_worker_per_node
 
 
 def test_a_bad_value_anywhere_in_a_list_is_refused_with_its_key(tmp_path):
