@@ -32,6 +32,11 @@ RUN_ID_FILE = "mlflow_run.json"
 # One quick retry and a 10 s timeout per MLflow request: while the server is down, logging buffers instead of
 # stalling the job in MLflow's default retry loop (minutes per call).
 WORKER_MLFLOW_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+# Ray Train runs the training function in a thread of its own, and glibc gives a new thread a malloc arena of its
+# own: heaps of at most 64 MiB, unmapped and mapped again as each step's activations come and go. A plain loop in
+# such a thread ran at 0.967x itself in its main thread, with one arena at 0.988x (BENCHMARKS.md, "Service against
+# a plain loop"). With one arena the training thread allocates from the main heap, as a plain loop does.
+MALLOC_ARENAS_ENV, WORKER_MALLOC_ARENAS = "MALLOC_ARENA_MAX", "1"
 CONTROLLER_POLL_ENV, CONTROLLER_POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2"
 PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 # How often the dashboard agent of a local instance gathers the node's statistics for the dashboard (a psutil
@@ -471,9 +476,15 @@ def build_trainer(cfg: Config, run_id: str | None, callbacks: list | None = None
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.checkpoints_to_keep),
             callbacks=callbacks or None,
             # Rank 0 must not stall for minutes in MLflow's retry loop when the server is down: it buffers.
-            worker_runtime_env={"env_vars": dict(WORKER_MLFLOW_ENV)},
+            worker_runtime_env={"env_vars": worker_env()},
         ),
     )
+
+
+def worker_env() -> dict[str, str]:
+    """The training workers' environment variables: MLflow's retries, and glibc's malloc arenas (one, unless the
+    driver's environment says otherwise). Set when Ray starts a worker's process, before its first allocation."""
+    return {**WORKER_MLFLOW_ENV, MALLOC_ARENAS_ENV: os.environ.get(MALLOC_ARENAS_ENV, WORKER_MALLOC_ARENAS)}
 
 
 @functools.cache
