@@ -32,11 +32,13 @@ RUN_ID_FILE = "mlflow_run.json"
 # One quick retry and a 10 s timeout per MLflow request: while the server is down, logging buffers instead of
 # stalling the job in MLflow's default retry loop (minutes per call).
 WORKER_MLFLOW_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-# Ray Train runs the training function in a thread of its own, and glibc gives a new thread a malloc arena of its
-# own: heaps of at most 64 MiB, unmapped and mapped again as each step's activations come and go. A plain loop in
-# such a thread ran at 0.967x itself in its main thread, with one arena at 0.988x (BENCHMARKS.md, "Service against
-# a plain loop"). With one arena the training thread allocates from the main heap, as a plain loop does.
-MALLOC_ARENAS_ENV, WORKER_MALLOC_ARENAS = "MALLOC_ARENA_MAX", "1"
+# glibc's malloc as a training step needs it (benchmarks/malloc_settings.py): by default glibc hands the freed top
+# of its heap back to the kernel after each step's backward pass and faults it in again in the next forward pass,
+# and serves blocks above an adaptive threshold from mmap (5,600 page faults a step on the smoke config). Blocks up
+# to 32 MiB (glibc's largest threshold) come from the heap, whose top is kept up to 1 GiB; one arena, because Ray
+# Train runs the training function in a thread of its own, which would get an arena of its own (64 MiB heaps).
+WORKER_MALLOC_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
+                     "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 CONTROLLER_POLL_ENV, CONTROLLER_POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2"
 PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 # How often the dashboard agent of a local instance gathers the node's statistics for the dashboard (a psutil
@@ -482,9 +484,9 @@ def build_trainer(cfg: Config, run_id: str | None, callbacks: list | None = None
 
 
 def worker_env() -> dict[str, str]:
-    """The training workers' environment variables: MLflow's retries, and glibc's malloc arenas (one, unless the
-    driver's environment says otherwise). Set when Ray starts a worker's process, before its first allocation."""
-    return {**WORKER_MLFLOW_ENV, MALLOC_ARENAS_ENV: os.environ.get(MALLOC_ARENAS_ENV, WORKER_MALLOC_ARENAS)}
+    """The training workers' environment variables: MLflow's retries, and glibc's malloc settings (each one unless
+    the driver's environment sets it). Ray sets them when it starts a worker's process, before its first malloc."""
+    return {**WORKER_MLFLOW_ENV, **{key: os.environ.get(key, value) for key, value in WORKER_MALLOC_ENV.items()}}
 
 
 @functools.cache

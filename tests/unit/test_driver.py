@@ -214,6 +214,22 @@ def test_the_trainer_starts_no_ray_data_actor_and_a_standalone_job_no_placement_
         assert callbacks(torch_trainer_class(standalone)) == [kind for kind in rays if kind not in left_out]
 
 
+def test_training_workers_start_with_the_malloc_settings_of_a_training_step(tmp_path, monkeypatch):
+    """The workers' processes start with glibc's malloc settings for a step (one arena, 32 MiB blocks from the
+    heap, its top kept; BENCHMARKS.md) beside MLflow's retry settings; a setting in the driver's environment wins."""
+    from adadim_dist.training.driver import build_trainer
+
+    for key in ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
+        monkeypatch.delenv(key, raising=False)
+    cfg = resolve_paths(load_config(None, [f"run.storage_path={tmp_path}"]))
+    env = build_trainer(cfg, None).run_config.worker_runtime_env["env_vars"]
+    assert env == {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MALLOC_ARENA_MAX": "1",
+                   "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**30)}
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    env = build_trainer(cfg, None).run_config.worker_runtime_env["env_vars"]
+    assert env["MALLOC_ARENA_MAX"] == "4" and env["MALLOC_TRIM_THRESHOLD_"] == str(2**30)
+
+
 def test_the_private_ray_and_deepspeed_hooks_the_service_uses_are_where_it_looks():
     """The service reaches into private places (each falls back to doing nothing, which is safe but slower or
     wrong): Ray Data's autoscaling coordinator (started early), Ray Train's dataset and placement-group-cleaner
