@@ -34,7 +34,7 @@ RUN_ID_FILE = "mlflow_run.json"
 WORKER_MLFLOW_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 # glibc's malloc as a training step needs it (benchmarks/malloc_settings.py): by default glibc hands the freed top
 # of its heap back to the kernel after each step's backward pass and faults it in again in the next forward pass,
-# and serves blocks above an adaptive threshold from mmap (5,600 page faults a step on the smoke config). Blocks up
+# and serves blocks above an adaptive threshold from mmap (~6,000 page faults a step on the smoke config). Blocks up
 # to 32 MiB (glibc's largest threshold) come from the heap, whose top is kept up to 1 GiB; one arena, because Ray
 # Train runs the training function in a thread of its own, which would get an arena of its own (64 MiB heaps).
 WORKER_MALLOC_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
@@ -342,9 +342,9 @@ def laid_out(cfg: Config, nodes: list[dict] | None = None) -> Config:
     node (``one_worker_per_node``, or ``auto`` without GPUs), with ``training.num_workers`` and ``cpus_per_worker``
     taken from the running cluster (``nodes``: ``ray.nodes()``). The run directory's config.yaml and the MLflow
     params keep the layout as given; the workers tag the run with the one they ran (``machine.layout``)."""
-    layout = cfg.training.layout
     if not cfg.training.one_worker_per_node:
         return cfg
+    layout = cfg.training.layout
     if nodes is None:
         import ray
 
