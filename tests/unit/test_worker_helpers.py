@@ -113,6 +113,7 @@ def test_one_process_objective_has_no_collectives_and_the_same_loss_and_gradient
     for plain_grad, wired_grad in zip(results[0][1], results[1][1]):
         torch.testing.assert_close(plain_grad, wired_grad, rtol=1e-5, atol=1e-7)
 
+
 def test_baselines_are_cached_by_what_they_depend_on_only(tmp_path, monkeypatch):
     """The random-encoder and raw-pixel kNN do not depend on training: the second job with the same data,
     bank, k and architecture reads them back; a different bank or encoder computes them again."""
